@@ -1,0 +1,416 @@
+"""Streaming readers for every corpus format the studio ingests.
+
+A reader turns one source (a file, or a `hf://` dataset) into `SourceRecord`s: either a document (text plus,
+for instruction and benchmark data, the structured record) or an error with the line where it happened.
+Readers never raise on bad content: a malformed line is a record with `error` set, so the caller can store it
+and move on. They stream: memory stays bounded by one line or one batch, whatever the file size (JSON arrays,
+which have no line structure, are the one exception and are read whole).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import io
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+FORMAT_BY_SUFFIX = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv",
+    ".tsv": "tsv", ".txt": "txt", ".md": "md", ".markdown": "md",
+}
+FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "tsv", "txt", "md")
+LAYOUTS = ("auto", "text", "alpaca", "sharegpt", "mcq")
+DEFAULT_TEXT_FIELDS = ("text", "content")
+SNIPPET_CHARS = 200
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (missing, unsupported, unreachable)."""
+
+
+@dataclass
+class ReadOptions:
+    fmt: str = "auto"  # one of FORMATS
+    layout: str = "auto"  # one of LAYOUTS: how a record becomes a document
+    text_field: str | None = None  # field name or dotted path; None guesses text/content or the layout
+    template: str | None = None  # e.g. "{title}\n{ask}": builds the text from several fields
+    txt_unit: str = "paragraph"  # 'paragraph' or 'file', for TXT and Markdown
+    encoding: str | None = None  # None detects
+    csv_delimiter: str | None = None
+
+
+@dataclass
+class SourceRecord:
+    line: int | None  # 1-based line for line formats, 0-based row for JSON arrays and Parquet
+    byte_offset: int | None
+    text: str | None = None
+    kind: str = "text"  # text | alpaca | sharegpt | mcq
+    record: dict[str, Any] | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class SourceInfo:
+    """What was learned about a source while reading it (shown in summaries)."""
+
+    fmt: str = ""
+    encoding: str = ""
+    compression: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+# --- format detection and opening ---------------------------------------------------------------------------
+def split_suffixes(path: Path) -> tuple[str, str]:
+    """(format, compression) from a file name such as `x.jsonl.zst`."""
+    suffixes = [s.lower() for s in path.suffixes]
+    compression = ""
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        compression = COMPRESSION_SUFFIXES[suffixes.pop()]
+    fmt = FORMAT_BY_SUFFIX.get(suffixes[-1], "") if suffixes else ""
+    return fmt, compression
+
+
+def open_binary(path: Path, compression: str) -> IO[bytes]:
+    if compression == "gzip":
+        return gzip.open(path, "rb")
+    if compression == "zstd":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb", buffering=1 << 20)
+
+
+def detect_encoding(sample: bytes) -> str:
+    """UTF-8 (with or without BOM), UTF-16 (BOM or by its zero bytes), or what charset-normalizer finds
+    (GB18030 for the GBK family, since it is their superset)."""
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if len(sample) >= 4 and sample[1::2].count(0) > len(sample) // 4:
+        return "utf-16-le"
+    if len(sample) >= 4 and sample[0::2].count(0) > len(sample) // 4:
+        return "utf-16-be"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(sample).best()
+    if best is None:
+        return "utf-8"
+    enc = best.encoding.lower().replace("_", "-")
+    if enc in {"gb2312", "gbk", "cp936", "hz", "gb18030"}:
+        return "gb18030"
+    return enc
+
+
+def _sample(path: Path, compression: str, size: int = 1 << 16) -> bytes:
+    with open_binary(path, compression) as fh:
+        return fh.read(size)
+
+
+# --- turning a parsed record into a document ----------------------------------------------------------------
+def dotted_get(record: Any, path: str) -> Any:
+    value = record
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise KeyError(path)
+    return value
+
+
+def render_alpaca(rec: dict[str, Any]) -> str:
+    parts = [str(rec.get("system") or "").strip(), str(rec.get("instruction") or "").strip(),
+             str(rec.get("input") or "").strip()]
+    prompt = "\n".join(p for p in parts if p)
+    return f"{prompt}\n\n{str(rec.get('output') or '').strip()}".strip()
+
+
+def sharegpt_turns(rec: dict[str, Any]) -> list[dict[str, str]]:
+    """Normalise sharegpt (`conversations` of from/value) and OpenAI-style (`messages` of role/content)."""
+    turns = rec.get("conversations") if "conversations" in rec else rec.get("messages")
+    if not isinstance(turns, list):
+        raise ValueError("conversations is not a list")
+    out = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise ValueError("a turn is not an object")
+        speaker = turn.get("from", turn.get("role"))
+        value = turn.get("value", turn.get("content"))
+        if not isinstance(value, str) or speaker is None:
+            raise ValueError("a turn lacks from/value")
+        out.append({"from": str(speaker), "value": value})
+    return out
+
+
+def render_turns(turns: list[dict[str, str]]) -> str:
+    return "\n\n".join(t["value"].strip() for t in turns if t["value"].strip())
+
+
+def render_mcq(rec: dict[str, Any]) -> str:
+    letters = string.ascii_uppercase
+    options = "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(rec["choices"]))
+    return f"{str(rec['question']).strip()}\n{options}"
+
+
+def _guess_layout(rec: dict[str, Any]) -> str:
+    if "instruction" in rec and "output" in rec:
+        return "alpaca"
+    if isinstance(rec.get("conversations"), list) or isinstance(rec.get("messages"), list):
+        return "sharegpt"
+    if "question" in rec and isinstance(rec.get("choices"), list):
+        return "mcq"
+    return "text"
+
+
+def record_to_document(rec: Any, opts: ReadOptions, line: int | None, offset: int | None) -> SourceRecord:
+    out = SourceRecord(line=line, byte_offset=offset)
+    if not isinstance(rec, dict):
+        out.error, out.detail = "record is not an object", _snippet(repr(rec))
+        return out
+    try:
+        if opts.template:
+            out.text = opts.template.format_map(rec)
+            return out
+        if opts.text_field:
+            value = dotted_get(rec, opts.text_field)
+            if not isinstance(value, str):
+                out.error, out.detail = f"text field {opts.text_field!r} is not a string", _snippet(repr(value))
+            else:
+                out.text = value
+            return out
+        layout = opts.layout if opts.layout != "auto" else _guess_layout(rec)
+        if layout == "text":
+            for name in DEFAULT_TEXT_FIELDS:
+                if isinstance(rec.get(name), str):
+                    out.text = rec[name]
+                    return out
+            out.error = "missing text field"
+            out.detail = f"no string field among {list(DEFAULT_TEXT_FIELDS)}; keys: {sorted(rec)[:12]}"
+        elif layout == "alpaca":
+            kept = {k: rec.get(k) for k in ("instruction", "input", "output", "system", "history") if k in rec}
+            if not isinstance(kept.get("instruction"), str) or not isinstance(kept.get("output"), str):
+                out.error, out.detail = "alpaca record lacks instruction/output strings", _snippet(repr(rec))
+            else:
+                out.kind, out.record, out.text = "alpaca", kept, render_alpaca(kept)
+        elif layout == "sharegpt":
+            turns = sharegpt_turns(rec)
+            out.kind, out.record, out.text = "sharegpt", {"conversations": turns}, render_turns(turns)
+            if "system" in rec:
+                out.record["system"] = rec["system"]
+        elif layout == "mcq":
+            choices = rec.get("choices")
+            if not isinstance(choices, list) or not isinstance(rec.get("question"), str):
+                out.error, out.detail = "benchmark item lacks question/choices", _snippet(repr(rec))
+            else:
+                kept = {"question": rec["question"], "choices": [str(c) for c in choices],
+                        "answer_index": rec.get("answer_index"), "subject": rec.get("subject"),
+                        "item_id": rec.get("id")}
+                out.kind, out.record, out.text = "mcq", kept, render_mcq(kept)
+    except KeyError as exc:
+        out.error = f"missing field {exc.args[0]!r}"
+        out.detail = f"keys: {sorted(rec)[:12]}"
+    except ValueError as exc:
+        out.error, out.detail = f"malformed {opts.layout if opts.layout != 'auto' else 'record'}: {exc}", \
+            _snippet(repr(rec))
+    return out
+
+
+def _snippet(text: str) -> str:
+    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS] + "…"
+
+
+# --- the readers --------------------------------------------------------------------------------------------
+def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[SourceRecord]:
+    fmt, compression = split_suffixes(path)
+    if opts.fmt != "auto":
+        fmt = opts.fmt
+    if not fmt:
+        raise SourceError(f"unsupported file type: {path.name} (known: {', '.join(sorted(FORMAT_BY_SUFFIX))}, "
+                          "optionally .gz or .zst)")
+    info.fmt, info.compression = fmt, compression
+    if fmt == "parquet":
+        if compression:
+            raise SourceError("compressed Parquet files are not supported (Parquet compresses internally)")
+        yield from _read_parquet(path, opts)
+        return
+    encoding = opts.encoding or detect_encoding(_sample(path, compression))
+    info.encoding = encoding
+    if fmt == "jsonl":
+        yield from _read_jsonl(path, compression, encoding, opts)
+    elif fmt == "json":
+        yield from _read_json_array(path, compression, encoding, opts)
+    elif fmt in {"csv", "tsv"}:
+        yield from _read_csv(path, compression, encoding, opts, "\t" if fmt == "tsv" else ",")
+    else:
+        yield from _read_text(path, compression, encoding, opts)
+
+
+def _lines_with_offsets(path: Path, compression: str, encoding: str) -> Iterator[tuple[int, int, bytes | str]]:
+    """(line number, byte offset, line) for each line; bytes for UTF-8 (parsed without decoding twice)."""
+    with open_binary(path, compression) as fh:
+        if encoding in {"utf-8", "utf-8-sig"}:
+            offset = 0
+            for number, raw in enumerate(fh, start=1):
+                line = raw[3:] if number == 1 and encoding == "utf-8-sig" and raw.startswith(codecs.BOM_UTF8) \
+                    else raw
+                yield number, offset, line
+                offset += len(raw)
+            return
+        text = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="")
+        offset = 0
+        width = codecs.lookup(encoding).name
+        for number, line in enumerate(text, start=1):
+            yield number, offset, line
+            offset += len(line.encode(width if width != "utf-16" else "utf-16-le", errors="replace"))
+
+
+def _read_jsonl(path: Path, compression: str, encoding: str, opts: ReadOptions) -> Iterator[SourceRecord]:
+    loads = orjson.loads
+    for number, offset, line in _lines_with_offsets(path, compression, encoding):
+        if not line.strip():
+            continue
+        try:
+            rec = loads(line)
+        except orjson.JSONDecodeError as exc:
+            raw = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+            reason = "invalid UTF-8" if "UTF-8" in str(exc) else "malformed JSON"
+            yield SourceRecord(number, offset, error=reason, detail=_snippet(f"{exc}: {raw.strip()}"))
+            continue
+        yield record_to_document(rec, opts, number, offset)
+
+
+def _read_json_array(path: Path, compression: str, encoding: str, opts: ReadOptions) -> Iterator[SourceRecord]:
+    with open_binary(path, compression) as fh:
+        data = fh.read()
+    try:
+        text = data.decode(encoding)
+        parsed = orjson.loads(text.lstrip("\ufeff"))
+    except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+        # A JSON array that does not parse may still be JSON Lines with a .json name.
+        if data.lstrip()[:1] == b"{":
+            yield from _read_jsonl(path, compression, encoding, opts)
+            return
+        yield SourceRecord(None, None, error="malformed JSON", detail=_snippet(str(exc)))
+        return
+    if isinstance(parsed, dict):
+        lists = [v for v in parsed.values() if isinstance(v, list)]
+        is_record = _guess_layout(parsed) != "text" or any(k in parsed for k in DEFAULT_TEXT_FIELDS)
+        parsed = lists[0] if len(lists) == 1 and not is_record else [parsed]
+    for index, rec in enumerate(parsed):
+        yield record_to_document(rec, opts, index, None)
+
+
+def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
+              delimiter: str) -> Iterator[SourceRecord]:
+    csv.field_size_limit(1 << 30)
+    with open_binary(path, compression) as fh:
+        text = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="")
+        reader = csv.reader(text, delimiter=opts.csv_delimiter or delimiter)
+        header = next(reader, None)
+        if header is None:
+            return
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        if not opts.text_field and not opts.template and not (set(header) & set(DEFAULT_TEXT_FIELDS)) \
+                and _guess_layout(dict.fromkeys(header)) == "text" and "question" not in header:
+            yield SourceRecord(1, None, error="missing text field",
+                               detail=f"choose a text field or template; columns: {header[:20]}")
+            return
+        previous_line = reader.line_num
+        for row in reader:
+            start = previous_line + 1
+            previous_line = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                yield SourceRecord(start, None, error="wrong number of columns",
+                                   detail=_snippet(f"expected {len(header)}, got {len(row)}: {row}"))
+                continue
+            rec: dict[str, Any] = dict(zip(header, row, strict=True))
+            if "choices" not in rec and {"A", "B", "C", "D"} <= rec.keys() and "question" in {k.lower() for k in rec}:
+                rec = _mmlu_row(rec)
+            yield record_to_document(rec, opts, start, None)
+
+
+def _mmlu_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """MMLU/CMMLU CSV rows (question, A-D, answer letter) as a benchmark item."""
+    question = next(v for k, v in rec.items() if k.lower() == "question")
+    answer = next((v for k, v in rec.items() if k.lower() == "answer"), "")
+    answer = answer.strip()
+    index = "ABCD".index(answer) if answer in {"A", "B", "C", "D"} else (int(answer) if answer.isdigit() else None)
+    return {"question": question, "choices": [rec[c] for c in "ABCD"], "answer_index": index,
+            "subject": rec.get("subject")}
+
+
+def _read_text(path: Path, compression: str, encoding: str, opts: ReadOptions) -> Iterator[SourceRecord]:
+    if opts.txt_unit == "file":
+        with open_binary(path, compression) as fh:
+            data = fh.read()
+        yield SourceRecord(1, 0, text=data.decode(encoding, errors="replace").lstrip("\ufeff"))
+        return
+    start_line, start_offset, buffer = None, None, []
+    for number, offset, line in _lines_with_offsets(path, compression, encoding):
+        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+        if text.strip():
+            if start_line is None:
+                start_line, start_offset = number, offset
+            buffer.append(text.rstrip("\r\n"))
+        elif buffer:
+            yield SourceRecord(start_line, start_offset, text="\n".join(buffer))
+            start_line, buffer = None, []
+    if buffer:
+        yield SourceRecord(start_line, start_offset, text="\n".join(buffer))
+
+
+def _read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+        for rec in batch.to_pylist():
+            yield record_to_document(rec, opts, row, None)
+            row += 1
+
+
+def read_hub(spec: str, opts: ReadOptions, info: SourceInfo) -> Iterator[SourceRecord]:
+    """`hf://owner/name[:config][/split]` through `datasets`, streamed."""
+    body = spec.removeprefix("hf://")
+    parts = body.split("/")
+    if len(parts) < 2:
+        raise SourceError(f"{spec}: expected hf://owner/name[:config][/split]")
+    name, split = "/".join(parts[:2]), (parts[2] if len(parts) > 2 else "train")
+    config = None
+    if ":" in name:
+        name, config = name.split(":", 1)
+    try:
+        import datasets
+    except ImportError as exc:
+        raise SourceError("reading hf:// sources needs the `datasets` package") from exc
+    try:
+        stream = datasets.load_dataset(name, config, split=split, streaming=True)
+        iterator = iter(stream)
+        first = next(iterator, None)
+    except Exception as exc:  # datasets raises many types for an unreachable hub
+        raise SourceError(f"cannot read {spec}: no hub reachable or no such dataset ({type(exc).__name__}: "
+                          f"{str(exc)[:300]})") from exc
+    info.fmt = "hf"
+    if first is None:
+        return
+    yield record_to_document(first, opts, 0, None)
+    for row, rec in enumerate(iterator, start=1):
+        yield record_to_document(rec, opts, row, None)

@@ -1,0 +1,296 @@
+"""The workspace: a folder holding `studio.duckdb` and an `artifacts/` folder for large files.
+
+Every step opens a `Workspace`, records itself as a row of `runs` and writes its verdicts into `decisions`.
+Connections are short-lived on purpose: DuckDB lets one process write a database file at a time, so the app
+and the command line take turns instead of one of them holding the file for hours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from core.schema import MIGRATIONS
+
+DB_NAME = "studio.duckdb"
+ROLES = ("domain", "general", "instruction", "benchmark")
+DEFAULT_TOKENIZER = "bundled:smollm2"
+
+
+class WorkspaceError(RuntimeError):
+    """A problem the user can fix (a bad path, a locked workspace, an unknown corpus)."""
+
+
+@dataclass
+class Run:
+    """One execution of a step; counts set here are stored on the run when it ends."""
+
+    run_id: str
+    step: str
+    params: dict[str, Any]
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+@cache
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("studio", "duckdb", "pyarrow", "transformers", "tokenizers", "torch", "sentence-transformers",
+                 "faiss-cpu", "rensa", "datasketch", "ftfy", "jieba"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+@cache
+def code_version() -> str:
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+class Workspace:
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+        self.path = path
+        self.con = con
+        self.read_only = read_only
+
+    # --- opening -------------------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, create: bool = True, read_only: bool = False) -> Workspace:
+        path = Path(path).expanduser().resolve()
+        db = path / DB_NAME
+        if not db.exists():
+            if not create:
+                raise WorkspaceError(f"no workspace at {path} (run `studio init {path}` first)")
+            if read_only:
+                raise WorkspaceError(f"no workspace at {path}")
+            if path.exists() and not path.is_dir():
+                raise WorkspaceError(f"{path} exists and is not a folder")
+            path.mkdir(parents=True, exist_ok=True)
+        (path / "artifacts").mkdir(exist_ok=True)
+        try:
+            con = duckdb.connect(str(db), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise WorkspaceError(
+                    f"workspace {path} is in use by another process (a running step or the app); try again "
+                    "when it finishes"
+                ) from exc
+            raise WorkspaceError(f"cannot open workspace {path}: {exc}") from exc
+        ws = cls(path, con, read_only)
+        if not read_only:
+            ws._migrate()
+            ws._close_interrupted_runs()
+        return ws
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / "artifacts"
+
+    def _migrate(self) -> None:
+        self.con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_versions (component VARCHAR PRIMARY KEY, version INTEGER, "
+            "applied_at TIMESTAMP DEFAULT current_timestamp)"
+        )
+        applied = dict(self.con.execute("SELECT component, version FROM schema_versions").fetchall())
+        for component, steps in MIGRATIONS.items():
+            done = applied.get(component, 0)
+            for version, sql in enumerate(steps[done:], start=done + 1):
+                with self.transaction():
+                    self.con.execute(sql)
+                    self.con.execute(
+                        "INSERT OR REPLACE INTO schema_versions VALUES (?, ?, current_timestamp)",
+                        [component, version],
+                    )
+
+    def _close_interrupted_runs(self) -> None:
+        # Holding the write lock means no other process is writing: a 'running' run of another process was
+        # killed. Its uncommitted work was rolled back by DuckDB; say so in its row.
+        self.con.execute(
+            "UPDATE runs SET status = 'failed', ended_at = coalesce(ended_at, current_timestamp), "
+            "error = 'interrupted: the process ended before the step finished' "
+            "WHERE status = 'running' AND coalesce(pid, -1) <> ?",
+            [os.getpid()],
+        )
+
+    def schema_version(self) -> dict[str, int]:
+        return dict(self.con.execute("SELECT component, version FROM schema_versions").fetchall())
+
+    # --- transactions and queries --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        else:
+            self.con.execute("COMMIT")
+
+    def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
+        return self.con.execute(sql, params or []).fetchall()
+
+    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+        row = self.con.execute(sql, params or []).fetchone()
+        return row[0] if row else None
+
+    def df(self, sql: str, params: list[Any] | None = None):  # -> pandas.DataFrame
+        return self.con.execute(sql, params or []).df()
+
+    # --- settings ------------------------------------------------------------------------------------------
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        value = self.scalar("SELECT value FROM settings WHERE key = ?", [key])
+        return default if value is None else value
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", [key, value])
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.get_setting("tokenizer", DEFAULT_TOKENIZER) or DEFAULT_TOKENIZER
+
+    # --- corpora -------------------------------------------------------------------------------------------
+    def ensure_corpus(self, name: str, role: str, source: str = "", fmt: str = "", description: str = "") -> None:
+        if role not in ROLES:
+            raise WorkspaceError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        if not name.strip():
+            raise WorkspaceError("a corpus needs a name")
+        existing = self.scalar("SELECT role FROM corpora WHERE name = ?", [name])
+        if existing is None:
+            self.con.execute(
+                "INSERT INTO corpora (name, role, source, format, description) VALUES (?, ?, ?, ?, ?)",
+                [name, role, source, fmt, description],
+            )
+        elif existing != role:
+            raise WorkspaceError(f"corpus {name!r} already exists with role {existing!r}, not {role!r}")
+
+    def corpora(self) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            """
+            SELECT c.name, c.role, c.format, c.source,
+                   count(d.doc_id) AS documents,
+                   coalesce(sum(d.char_count), 0) AS chars,
+                   sum(d.token_count) AS tokens,
+                   count(d.doc_id) - count(d.token_count) AS untokenised
+            FROM corpora c LEFT JOIN documents d ON d.corpus = c.name
+            GROUP BY ALL ORDER BY c.role, c.name
+            """
+        ).fetchall()
+        keys = ("name", "role", "format", "source", "documents", "chars", "tokens", "untokenised")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    # --- runs and decisions --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(self, step: str, params: dict[str, Any], *, supersede: bool = True) -> Iterator[Run]:
+        """Record a step's execution. With `supersede`, earlier runs of the same step stop counting once
+        this one succeeds (their decisions stay in the table, as history)."""
+        run = Run(run_id=f"{step}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}", step=step,
+                  params=params)
+        self.con.execute(
+            "INSERT INTO runs (run_id, step, params, versions, started_at, status, active, pid) "
+            "VALUES (?, ?, ?, ?, current_timestamp, 'running', FALSE, ?)",
+            [run.run_id, step, json.dumps(params, default=str),
+             json.dumps({"code": code_version(), **library_versions()}), os.getpid()],
+        )
+        try:
+            yield run
+        except BaseException as exc:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            self.con.execute(
+                "UPDATE runs SET status = 'failed', ended_at = current_timestamp, error = ?, counts = ? "
+                "WHERE run_id = ?",
+                [f"{type(exc).__name__}: {exc}"[:2000], json.dumps(run.counts, default=str), run.run_id],
+            )
+            raise
+        with self.transaction():
+            if supersede:
+                self.con.execute("UPDATE runs SET active = FALSE WHERE step = ? AND run_id <> ?",
+                                 [step, run.run_id])
+            self.con.execute(
+                "UPDATE runs SET status = 'ok', active = TRUE, ended_at = current_timestamp, counts = ? "
+                "WHERE run_id = ?",
+                [json.dumps(run.counts, default=str), run.run_id],
+            )
+
+    def record_decisions(self, run: Run, decisions: pa.Table) -> int:
+        """Append decisions for `run`. `decisions` needs doc_id and verdict columns; reason, score, threshold
+        and details (a JSON string) are optional."""
+        n = decisions.num_rows
+        if n == 0:
+            return 0
+        cols = set(decisions.column_names)
+        missing = {"doc_id", "verdict"} - cols
+
+        if missing:
+            raise ValueError(f"decisions lack columns {sorted(missing)}")
+
+        def col(name: str) -> str:
+            return f"new.{name}" if name in cols else "NULL"
+
+        self.con.register("new_decisions", decisions)
+        try:
+            self.con.execute(
+                f"""
+                INSERT INTO decisions (doc_id, step, run_id, verdict, reason, score, threshold, details)
+                SELECT new.doc_id, ?, ?, new.verdict, {col('reason')}, {col('score')}, {col('threshold')},
+                       {col('details')}
+                FROM new_decisions new
+                """,
+                [run.step, run.run_id],
+            )
+        finally:
+            self.con.unregister("new_decisions")
+        return n
+
+    def document_history(self, doc_id: str) -> list[dict[str, Any]]:
+        """Every decision ever taken on a document, newest first, with whether it still counts."""
+        rows = self.con.execute(
+            """
+            SELECT d.step, d.verdict, d.reason, d.score, d.threshold, d.details, d.run_id, r.active,
+                   r.status, d.decided_at
+            FROM decisions d JOIN runs r USING (run_id) WHERE d.doc_id = ? ORDER BY d.decided_at DESC
+            """,
+            [doc_id],
+        ).fetchall()
+        keys = ("step", "verdict", "reason", "score", "threshold", "details", "run_id", "active", "status",
+                "decided_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT run_id, step, status, active, started_at, ended_at, counts, params, error FROM runs "
+            "ORDER BY started_at DESC LIMIT ?",
+            [limit],
+        ).fetchall()
+        keys = ("run_id", "step", "status", "active", "started_at", "ended_at", "counts", "params", "error")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
