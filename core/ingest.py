@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 
+from core.progress import Progress
 from core.readers import (
     FORMAT_BY_SUFFIX,
     ReadOptions,
@@ -32,8 +33,6 @@ from core.readers import (
 )
 from core.text import clean_text, content_hash, detect_language, raw_hash
 from core.workspace import Workspace, WorkspaceError
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass

@@ -28,16 +28,13 @@ _NON_WORD_RE = re.compile(r"[\W_]+", re.UNICODE)
 
 # The most frequent English function words: a Latin-script text in which they are rare is not English.
 ENGLISH_STOP_WORDS = frozenset(
-    "the of and to a in is that for it as was with be by on not he this are or his from at which but have an "
-    "they you were her she there been their one all we can has may if more when will would who its also".split()
+    ["the", "of", "and", "to", "a", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by", "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an", "they", "you", "were", "her", "she", "there", "been", "their", "one", "all", "we", "can", "has", "may", "if", "more", "when", "will", "would", "who", "its", "also"]
 )
 
 # Function words of other Latin-script languages (French, German, Spanish, Italian, Dutch, Portuguese) that
 # are not English words: text rich in them is 'other'.
 OTHER_LATIN_STOP_WORDS = frozenset(
-    "le la les des du et est une un pour dans qui sur pas avec der die das und ist nicht ein eine mit den dem "
-    "zu von auf el los las y es por con para una del lo il che di della sono het een van zijn niet op voor "
-    "que não com uma os".split()
+    ["le", "la", "les", "des", "du", "et", "est", "une", "un", "pour", "dans", "qui", "sur", "pas", "avec", "der", "die", "das", "und", "ist", "nicht", "ein", "eine", "mit", "den", "dem", "zu", "von", "auf", "el", "los", "las", "y", "es", "por", "con", "para", "una", "del", "lo", "il", "che", "di", "della", "sono", "het", "een", "van", "zijn", "niet", "op", "voor", "que", "não", "com", "uma", "os"]
 )
 
 

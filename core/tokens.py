@@ -7,15 +7,13 @@ critical path: ingest stays at tens of thousands of documents per second, and th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from core.models import load_tokenizer
+from core.progress import Progress
 from core.workspace import Workspace
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass
@@ -62,3 +60,9 @@ def count_tokens(ws: Workspace, cfg: TokenCountConfig | None = None,
             cursor.close()
         run.counts = {"documents_counted": counted, "tokens": total}
     return TokenCountResult(run.run_id, name, counted, total)
+
+
+def demo_step(ws: Workspace, params: dict, progress: Progress) -> dict:
+    """The demo's token pass: counts every document not counted yet."""
+    result = count_tokens(ws, TokenCountConfig(**params), progress)
+    return {"run_id": result.run_id, "documents_counted": result.documents_counted, "tokens": result.tokens}

@@ -1,0 +1,85 @@
+"""`studio app` (the browser studio on a workspace) and `studio demo` (build the demo workspace, then the app)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from core.config import REPO_ROOT, data_root, workspaces_root
+from core.demo import DEFAULT_RECIPE, build_demo
+from core.workspace import Workspace
+from studio.cli import CommandResult, Reporter, add_workspace_arguments
+
+APP_FILE = REPO_ROOT / "studio" / "app.py"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="start the browser studio on a workspace")
+    add_workspace_arguments(p)
+    _add_server_arguments(p)
+    p.set_defaults(handler=app_command)
+
+    p = sub.add_parser("demo", help="build the demo workspace from the shared data, then start the studio on it")
+    p.add_argument("workspace", type=Path, nargs="?", default=None,
+                   help="workspace folder (default: workspaces/demo in the checkout)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--progress-file", help=argparse.SUPPRESS)
+    p.add_argument("--data", type=Path, default=None,
+                   help="the public data folder (default: $STUDIO_DATA, else ../shared/data)")
+    p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="demo recipe (TOML)")
+    p.add_argument("--no-app", action="store_true", help="build the workspace only")
+    p.add_argument("--no-steps", action="store_true", help="ingest only; skip the recipe's curation steps")
+    _add_server_arguments(p)
+    p.set_defaults(handler=demo_command)
+
+
+def _add_server_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--host", default="localhost", help="address to serve on (0.0.0.0 to share on the network)")
+    p.add_argument("--max-upload-mb", type=int, default=None, help="largest upload the Ingest page accepts")
+
+
+def serve(workspace: Path, args: argparse.Namespace) -> int:
+    """Run Streamlit in the foreground on `workspace` until interrupted."""
+    env = dict(os.environ, STUDIO_WORKSPACE=str(workspace.resolve()))
+    if args.max_upload_mb:
+        env["STUDIO_UPLOAD_MB"] = str(args.max_upload_mb)
+    env.setdefault("STUDIO_ROOTS", os.pathsep.join(
+        str(p) for p in (data_root(), workspaces_root(), workspace.resolve().parent)))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
+           "--server.port", str(args.port), "--server.address", args.host, "--browser.gatherUsageStats", "false",
+           "--server.maxUploadSize", env.get("STUDIO_UPLOAD_MB", "200")]
+    print(f"studio: serving {workspace} at http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    try:
+        return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
+    except KeyboardInterrupt:
+        return 0
+
+
+def app_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
+    Workspace.open(args.workspace).close()  # create or migrate first, so the app opens a current schema
+    code = serve(args.workspace, args)
+    return CommandResult({"workspace": str(args.workspace), "exit": code}, ["studio app stopped"], code)
+
+
+def demo_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
+    workspace = args.workspace or workspaces_root() / "demo"
+    with Workspace.open(workspace) as ws:
+        result = build_demo(ws, args.data, args.recipe, report, steps=not args.no_steps)
+    data = {"workspace": result.workspace, "documents_added": result.documents_added, "errors": result.errors,
+            "corpora": result.corpora, "steps": result.steps}
+    lines = [f"demo workspace {result.workspace}: {result.documents_added:,} documents added, "
+             f"{result.errors:,} skipped records (see ingest_errors)"]
+    for c in result.corpora:
+        lines.append(f"  {c['corpus']:32} {c['role']:12} +{c['documents_added']:>7,}  "
+                     f"({c['already_present']:,} already present, {c['errors']:,} errors)")
+    for s in result.steps:
+        lines.append(f"  step {s['step']}: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "step"))
+    if args.no_app:
+        return CommandResult(data, lines)
+    print("\n".join(lines), file=sys.stderr)
+    code = serve(Path(result.workspace), args)
+    return CommandResult(data, ["studio demo stopped"], code)
