@@ -414,3 +414,86 @@ def read_hub(spec: str, opts: ReadOptions, info: SourceInfo) -> Iterator[SourceR
     yield record_to_document(first, opts, 0, None)
     for row, rec in enumerate(iterator, start=1):
         yield record_to_document(rec, opts, row, None)
+
+
+# --- previews (the Ingest page shows the first rows before anything is written) -----------------------------
+@dataclass
+class Preview:
+    fmt: str
+    encoding: str
+    rows: list[dict[str, Any]]  # raw records (text formats: {"text": paragraph})
+    fields: list[str]  # dotted paths of string fields, best text candidates first
+    guessed_layout: str
+
+
+def _string_paths(value: Any, prefix: str = "", depth: int = 0) -> list[tuple[str, int]]:
+    """(dotted path, length) of the string leaves of a record, a few levels deep."""
+    if isinstance(value, str):
+        return [(prefix, len(value))]
+    out: list[tuple[str, int]] = []
+    if depth < 3 and isinstance(value, dict):
+        for key, item in value.items():
+            out += _string_paths(item, f"{prefix}.{key}" if prefix else str(key), depth + 1)
+    elif depth < 3 and isinstance(value, list) and value:
+        out += _string_paths(value[0], f"{prefix}.0" if prefix else "0", depth + 1)
+    return out
+
+
+def preview_source(path: Path, opts: ReadOptions | None = None, limit: int = 10) -> Preview:
+    """The first `limit` raw records of a file and the string fields a text could come from."""
+    opts = opts or ReadOptions()
+    fmt, compression = split_suffixes(path)
+    fmt = opts.fmt if opts.fmt != "auto" else fmt
+    if not fmt:
+        raise SourceError(f"unsupported file type: {path.name}")
+    encoding = "" if fmt == "parquet" else (opts.encoding or detect_encoding(_sample(path, compression)))
+    rows: list[dict[str, Any]] = []
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
+        rows = batch.to_pylist() if batch is not None else []
+    elif fmt == "jsonl":
+        for _, _, line in _lines_with_offsets(path, compression, encoding):
+            if len(rows) >= limit:
+                break
+            if line.strip():
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    rec = {"(malformed line)": line.decode("utf-8", "replace") if isinstance(line, bytes) else line}
+                rows.append(rec if isinstance(rec, dict) else {"(value)": rec})
+    elif fmt == "json":
+        with open_binary(path, compression) as fh:
+            parsed = orjson.loads(fh.read().decode(encoding).lstrip("\ufeff"))
+        if isinstance(parsed, dict):
+            lists = [v for v in parsed.values() if isinstance(v, list)]
+            parsed = lists[0] if len(lists) == 1 else [parsed]
+        rows = [r if isinstance(r, dict) else {"(value)": r} for r in parsed[:limit]]
+    elif fmt in {"csv", "tsv"}:
+        with open_binary(path, compression) as fh:
+            text = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="")
+            reader = csv.DictReader(text, delimiter=opts.csv_delimiter or ("\t" if fmt == "tsv" else ","))
+            for row in reader:
+                if len(rows) >= limit:
+                    break
+                rows.append({(k or "").lstrip("\ufeff"): v for k, v in row.items()})
+    else:
+        rows = [{"text": r.text} for r in _take(_read_text(path, compression, encoding, opts), limit)]
+    lengths: dict[str, int] = {}
+    for row in rows:
+        for key, n in _string_paths(row):
+            lengths[key] = lengths.get(key, 0) + n
+    preferred = [f for f in DEFAULT_TEXT_FIELDS if f in lengths]
+    fields = preferred + sorted((f for f in lengths if f not in preferred), key=lambda f: -lengths[f])
+    layout = _guess_layout(rows[0]) if rows and isinstance(rows[0], dict) else "text"
+    return Preview(fmt=fmt, encoding=encoding, rows=rows, fields=fields, guessed_layout=layout)
+
+
+def _take(records: Iterator[SourceRecord], limit: int) -> list[SourceRecord]:
+    out = []
+    for rec in records:
+        if len(out) >= limit:
+            break
+        out.append(rec)
+    return out

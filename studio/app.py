@@ -1,0 +1,79 @@
+"""The studio in the browser: `studio app WORKSPACE` (or `streamlit run studio/app.py`).
+
+One page per step of the flow, in flow order; the sidebar picks, creates and opens a workspace.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `streamlit run studio/app.py` puts only studio/ on the path
+    sys.path.insert(0, str(REPO_ROOT))
+
+from core.config import workspaces_root  # noqa: E402
+from core.workspace import DB_NAME, Workspace, WorkspaceError  # noqa: E402
+from studio.widgets import WORKSPACE_KEY, workspace_path  # noqa: E402
+
+# (file under pages/, title, icon): the flow, in order. Only pages that work are listed.
+PAGES: list[tuple[str, str, str]] = [
+    ("home.py", "Overview", ":material/dashboard:"),
+    ("ingest.py", "Ingest", ":material/upload_file:"),
+    ("corpus.py", "Corpus", ":material/library_books:"),
+]
+
+
+def known_workspaces() -> list[Path]:
+    root = workspaces_root()
+    found = sorted(p.parent for p in root.glob(f"*/{DB_NAME}")) if root.is_dir() else []
+    current = workspace_path()
+    if current is not None and current not in found:
+        found.insert(0, current)
+    return found
+
+
+def workspace_sidebar() -> None:
+    with st.sidebar:
+        st.markdown("### :material/database: Workspace")
+        options = known_workspaces()
+        current = workspace_path()
+        if options:
+            index = options.index(current) if current in options else 0
+            choice = st.selectbox("Open", options, index=index, format_func=lambda p: f"{p.name}  ({p.parent})",
+                                  key="workspace_choice")
+            if choice != current:
+                st.session_state[WORKSPACE_KEY] = str(choice)
+                st.rerun()
+        with st.expander("New or other workspace"):
+            typed = st.text_input("Folder", placeholder=str(workspaces_root() / "my-workspace"),
+                                  help="A new folder is created as a workspace; an existing one is opened "
+                                       "(its schema is migrated forward, nothing is lost).")
+            if st.button("Open / create", icon=":material/create_new_folder:", disabled=not typed):
+                path = Path(typed).expanduser()
+                if not path.is_absolute():
+                    path = workspaces_root() / path
+                try:
+                    Workspace.open(path).close()
+                except WorkspaceError as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state[WORKSPACE_KEY] = str(path.resolve())
+                    st.rerun()
+        if current is not None:
+            st.caption(f"`{current}`")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Studio", page_icon=":material/biotech:", layout="wide")
+    if WORKSPACE_KEY not in st.session_state and workspace_path() is not None:
+        st.session_state[WORKSPACE_KEY] = str(workspace_path())
+    pages = [st.Page(str(REPO_ROOT / "pages" / file), title=title, icon=icon) for file, title, icon in PAGES]
+    navigation = st.navigation(pages)
+    workspace_sidebar()
+    navigation.run()
+
+
+main()
