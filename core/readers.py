@@ -27,7 +27,7 @@ FORMAT_BY_SUFFIX = {
     ".tsv": "tsv", ".txt": "txt", ".md": "md", ".markdown": "md",
 }
 FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "tsv", "txt", "md")
-LAYOUTS = ("auto", "text", "alpaca", "sharegpt", "mcq")
+LAYOUTS = ("auto", "text", "alpaca", "sharegpt", "mcq", "qa")
 DEFAULT_TEXT_FIELDS = ("text", "content")
 SNIPPET_CHARS = 200
 
@@ -222,6 +222,14 @@ def record_to_document(rec: Any, opts: ReadOptions, line: int | None, offset: in
                         "answer_index": rec.get("answer_index"), "subject": rec.get("subject"),
                         "item_id": rec.get("id")}
                 out.kind, out.record, out.text = "mcq", kept, render_mcq(kept)
+        elif layout == "qa":  # free-text evaluation items: a question and its reference answer
+            if not isinstance(rec.get("question"), str) or not isinstance(rec.get("answer"), str | int | float):
+                out.error, out.detail = "evaluation item lacks question/answer", _snippet(repr(rec))
+            else:
+                kept = {"question": rec["question"], "answer": str(rec["answer"]), "subject": rec.get("subject"),
+                        "item_id": rec.get("id")}
+                out.kind, out.record = "qa", kept
+                out.text = f"{kept['question'].strip()}\n{kept['answer'].strip()}"
     except KeyError as exc:
         out.error = f"missing field {exc.args[0]!r}"
         out.detail = f"keys: {sorted(rec)[:12]}"
@@ -342,18 +350,32 @@ def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
                                    detail=_snippet(f"expected {len(header)}, got {len(row)}: {row}"))
                 continue
             rec: dict[str, Any] = dict(zip(header, row, strict=True))
-            if "choices" not in rec and {"A", "B", "C", "D"} <= rec.keys() and "question" in {k.lower() for k in rec}:
+            if "choices" not in rec and "question" in {k.lower() for k in rec} and _choice_columns(rec):
                 rec = _mmlu_row(rec)
             yield record_to_document(rec, opts, start, None)
 
 
+def _choice_columns(rec: dict[str, Any]) -> list[str]:
+    """The option columns of an MMLU-style CSV row: A-D (and E), or choice0.. / option0.. in order."""
+    if {"A", "B", "C", "D"} <= rec.keys():
+        return [c for c in "ABCDE" if c in rec]
+    for prefix in ("choice", "option"):
+        numbered = sorted((k for k in rec if k.lower().startswith(prefix) and k[len(prefix):].isdigit()),
+                          key=lambda k: int(k[len(prefix):]))
+        if len(numbered) >= 2:
+            return numbered
+    return []
+
+
 def _mmlu_row(rec: dict[str, Any]) -> dict[str, Any]:
-    """MMLU/CMMLU CSV rows (question, A-D, answer letter) as a benchmark item."""
+    """MMLU/CMMLU CSV rows (question, options A-D or choice0.., answer letter or 0-based index) as an item."""
     question = next(v for k, v in rec.items() if k.lower() == "question")
     answer = next((v for k, v in rec.items() if k.lower() == "answer"), "")
     answer = answer.strip()
-    index = "ABCD".index(answer) if answer in {"A", "B", "C", "D"} else (int(answer) if answer.isdigit() else None)
-    return {"question": question, "choices": [rec[c] for c in "ABCD"], "answer_index": index,
+    columns = _choice_columns(rec)
+    letters = "ABCDE"[: len(columns)]
+    index = letters.index(answer) if len(answer) == 1 and answer in letters else (int(answer) if answer.isdigit() else None)
+    return {"question": question, "choices": [rec[c] for c in columns], "answer_index": index,
             "subject": rec.get("subject")}
 
 

@@ -104,7 +104,149 @@ CORE_MIGRATIONS: list[str] = [
     """,
 ]
 
+# Benchmarks, eval-driven recall and decontamination (core/benchmarks.py, core/recall.py, core/decontam.py).
+BENCHMARK_MIGRATIONS: list[str] = [
+    # 1: benchmarks and their items; recall results per run; contamination evidence; item flags.
+    """
+    CREATE TABLE IF NOT EXISTS benchmarks (
+        corpus VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL CHECK (kind IN ('domain', 'general')),
+        description VARCHAR,
+        subjects JSON,
+        items INTEGER,
+        registered_at TIMESTAMP DEFAULT current_timestamp
+    );
+    CREATE TABLE IF NOT EXISTS benchmark_items (
+        doc_id VARCHAR PRIMARY KEY,
+        corpus VARCHAR NOT NULL,
+        item_id VARCHAR,
+        subject VARCHAR,
+        question VARCHAR,
+        choices JSON,
+        answer_index INTEGER,
+        answer VARCHAR,
+        item_text VARCHAR,
+        format VARCHAR
+    );
+    CREATE TABLE IF NOT EXISTS recall_candidates (
+        run_id VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        corpus VARCHAR,
+        tokens BIGINT,
+        best_item VARCHAR,
+        best_similarity FLOAT
+    );
+    CREATE TABLE IF NOT EXISTS recall_hits (
+        run_id VARCHAR NOT NULL,
+        item_doc_id VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        rank INTEGER,
+        similarity FLOAT
+    );
+    CREATE TABLE IF NOT EXISTS recall_set (
+        run_id VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        best_item VARCHAR,
+        best_similarity FLOAT,
+        items_hit INTEGER
+    );
+    CREATE TABLE IF NOT EXISTS recall_control (
+        run_id VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS recall_item_stats (
+        run_id VARCHAR NOT NULL,
+        item_doc_id VARCHAR NOT NULL,
+        corpus VARCHAR,
+        subject VARCHAR,
+        hits INTEGER,
+        capped INTEGER,
+        best_similarity FLOAT
+    );
+    CREATE TABLE IF NOT EXISTS contamination (
+        run_id VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        item_doc_id VARCHAR NOT NULL,
+        benchmark VARCHAR,
+        span_start INTEGER,
+        span_end INTEGER,
+        ngram VARCHAR,
+        span_text VARCHAR
+    );
+    CREATE TABLE IF NOT EXISTS benchmark_item_flags (
+        run_id VARCHAR NOT NULL,
+        item_doc_id VARCHAR NOT NULL,
+        flag VARCHAR NOT NULL CHECK (flag IN ('lexical', 'near')),
+        doc_id VARCHAR,
+        score DOUBLE,
+        evidence VARCHAR
+    );
+    CREATE OR REPLACE VIEW latest_recall_run AS
+        SELECT run_id FROM runs WHERE step = 'recall' AND active AND status = 'ok'
+        ORDER BY started_at DESC LIMIT 1;
+    CREATE OR REPLACE VIEW latest_decontam_run AS
+        SELECT run_id FROM runs WHERE step = 'decontam' AND active AND status = 'ok'
+        ORDER BY started_at DESC LIMIT 1;
+    CREATE OR REPLACE VIEW recalled_documents AS
+        SELECT s.doc_id, s.best_item, s.best_similarity FROM recall_set s
+        WHERE s.run_id = (SELECT run_id FROM latest_recall_run)
+          AND s.doc_id IN (SELECT doc_id FROM current_documents);
+    CREATE OR REPLACE VIEW control_documents AS
+        SELECT c.doc_id FROM recall_control c
+        WHERE c.run_id = (SELECT run_id FROM latest_recall_run)
+          AND c.doc_id IN (SELECT doc_id FROM current_documents);
+    CREATE OR REPLACE VIEW flagged_benchmark_items AS
+        SELECT f.* FROM benchmark_item_flags f
+        WHERE f.run_id IN (SELECT run_id FROM latest_recall_run UNION ALL SELECT run_id FROM latest_decontam_run);
+    CREATE OR REPLACE VIEW clean_benchmark_items AS
+        SELECT i.* FROM benchmark_items i
+        WHERE i.doc_id NOT IN (SELECT item_doc_id FROM flagged_benchmark_items);
+    """,
+]
+
+# The shared embedding cache (core/embed.py): one vector per (model and truncation, raw text hash), so semantic
+# dedup and recall never embed an unchanged text twice.
+EMBED_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS embeddings (
+        model_key VARCHAR NOT NULL,
+        text_hash VARCHAR NOT NULL,
+        dim INTEGER NOT NULL,
+        vector FLOAT[] NOT NULL,
+        created_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (model_key, text_hash)
+    );
+    """,
+]
+
+# Terminology density (core/terms.py): hits and density per document per scoring run. `current_term_density`
+# (doc_id, density) is read by the quality composite for relevance: keep its name and columns.
+TERMS_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS term_hits (
+        doc_id VARCHAR NOT NULL,
+        run_id VARCHAR NOT NULL,
+        lexicon VARCHAR NOT NULL,
+        unit VARCHAR NOT NULL CHECK (unit IN ('word', 'char')),
+        units INTEGER NOT NULL,
+        hits INTEGER NOT NULL,
+        weighted_hits DOUBLE NOT NULL,
+        density DOUBLE NOT NULL,
+        terms JSON
+    );
+    CREATE OR REPLACE VIEW current_term_hits AS
+        SELECT h.* FROM term_hits h
+        WHERE h.run_id = (SELECT run_id FROM runs WHERE step = 'terms_score' AND active AND status = 'ok'
+                          ORDER BY started_at DESC LIMIT 1);
+    CREATE OR REPLACE VIEW current_term_density AS
+        SELECT doc_id, density FROM current_term_hits;
+    """,
+]
+
 # Later steps register their own tables here under their component name (e.g. "dedup", "quality").
 MIGRATIONS: dict[str, list[str]] = {
     "core": CORE_MIGRATIONS,
+    "embed": EMBED_MIGRATIONS,
+    "benchmarks": BENCHMARK_MIGRATIONS,
+    "terms": TERMS_MIGRATIONS,
 }
