@@ -27,6 +27,7 @@ from core.workspace import WorkspaceError
 COMMAND_MODULES = [
     "studio.commands.workspace",
     "studio.commands.ingest",
+    "studio.commands.terms",
     "studio.commands.app",
 ]
 
