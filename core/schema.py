@@ -243,45 +243,6 @@ TERMS_MIGRATIONS: list[str] = [
     """,
 ]
 
-# The shared embedding cache (core/embed.py): one vector per (model and truncation, raw text hash), so semantic
-# dedup and recall never embed an unchanged text twice.
-EMBED_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS embeddings (
-        model_key VARCHAR NOT NULL,
-        text_hash VARCHAR NOT NULL,
-        dim INTEGER NOT NULL,
-        vector FLOAT[] NOT NULL,
-        created_at TIMESTAMP DEFAULT current_timestamp,
-        PRIMARY KEY (model_key, text_hash)
-    );
-    """,
-]
-
-# Terminology density (core/terms.py): hits and density per document per scoring run. `current_term_density`
-# (doc_id, density) is read by the quality composite for relevance: keep its name and columns.
-TERMS_MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE IF NOT EXISTS term_hits (
-        doc_id VARCHAR NOT NULL,
-        run_id VARCHAR NOT NULL,
-        lexicon VARCHAR NOT NULL,
-        unit VARCHAR NOT NULL CHECK (unit IN ('word', 'char')),
-        units INTEGER NOT NULL,
-        hits INTEGER NOT NULL,
-        weighted_hits DOUBLE NOT NULL,
-        density DOUBLE NOT NULL,
-        terms JSON
-    );
-    CREATE OR REPLACE VIEW current_term_hits AS
-        SELECT h.* FROM term_hits h
-        WHERE h.run_id = (SELECT run_id FROM runs WHERE step = 'terms_score' AND active AND status = 'ok'
-                          ORDER BY started_at DESC LIMIT 1);
-    CREATE OR REPLACE VIEW current_term_density AS
-        SELECT doc_id, density FROM current_term_hits;
-    """,
-]
-
 MIX_MIGRATIONS: list[str] = [
     # 1: mixes and their membership. A mix is a run of step 'mix' (mix_id = run_id); mix_members holds every
     # document of it in order (split 'train' or 'validation_<role>'), so reports and training find the exact
@@ -322,7 +283,7 @@ MIX_MIGRATIONS: list[str] = [
 MIGRATIONS: dict[str, list[str]] = {
     "core": CORE_MIGRATIONS,
     "embed": EMBED_MIGRATIONS,
-    "embed": EMBED_MIGRATIONS,
     "benchmarks": BENCHMARK_MIGRATIONS,
     "terms": TERMS_MIGRATIONS,
+    "mix": MIX_MIGRATIONS,
 }
