@@ -1,0 +1,71 @@
+"""`studio mix`: build the training mix of a recipe and export it (or, with --plan, only do the accounting)."""
+
+from __future__ import annotations
+
+import argparse
+
+from core.mix import PRESETS, build_mix, load_recipe, plan_mix, preset_recipe, save_recipe
+from core.workspace import Workspace
+from studio.cli import CommandResult, Reporter, add_workspace_arguments
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "mix", help="build a training mix from a recipe (shares in tokens) and export it for trainers",
+        description="Sample the recipe's components from the current (filtered) workspace, interleave them, "
+                    "carve out validation sets, decontaminate against the benchmarks and export JSONL, Parquet, "
+                    "alpaca/sharegpt, LLaMA-Factory dataset_info.json and a manifest.")
+    add_workspace_arguments(p)
+    p.add_argument("--recipe", type=str, metavar="FILE",
+                   help="the recipe (TOML); see `--write-preset` for a starting point")
+    p.add_argument("--out", type=str, metavar="DIR",
+                   help="export folder (default: WORKSPACE/artifacts/exports/<recipe name>)")
+    p.add_argument("--plan", action="store_true",
+                   help="only show the accounting (available versus requested tokens); export nothing")
+    p.add_argument("--write-preset", metavar="NAME", choices=list(PRESETS),
+                   help=f"write a preset recipe to --recipe FILE and stop ({'; '.join(PRESETS)})")
+    p.add_argument("--tokens", type=int, default=1_000_000, help="token budget for --write-preset")
+    p.set_defaults(handler=mix_command)
+
+
+def _plan_lines(plan) -> list[str]:
+    lines = [f"{'component':16} {'share':>6} {'requested':>12} {'available':>12} {'planned':>12} {'repeats':>8}"]
+    for c in plan.components:
+        flag = "  SHORT" if c.short else ""
+        lines.append(f"{c.name[:16]:16} {c.share:6.1%} {c.requested_tokens:>12,} {c.available_tokens:>12,} "
+                     f"{c.planned_tokens:>12,} {c.repeats:>7.2f}x{flag}")
+    for split, v in plan.validation.items():
+        lines.append(f"{split}: {v['documents']:,} documents, {v['tokens']:,} tokens (held out)")
+    lines += [f"warning: {w}" for w in plan.warnings]
+    return lines
+
+
+def mix_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
+    if not args.recipe:
+        raise ValueError("--recipe FILE is required")
+    if args.write_preset:
+        recipe = preset_recipe(args.write_preset, args.tokens)
+        path = save_recipe(recipe, args.recipe)
+        return CommandResult({"recipe": str(path), "preset": args.write_preset},
+                             [f"wrote preset {args.write_preset!r} ({args.tokens:,} tokens) to {path}"])
+    recipe = load_recipe(args.recipe)
+    if args.plan:
+        with Workspace.open(args.workspace, create=False, read_only=True) as ws:
+            plan = plan_mix(ws, recipe)
+        return CommandResult({"plan": plan.to_dict()}, _plan_lines(plan))
+    with Workspace.open(args.workspace, create=False) as ws:
+        result = build_mix(ws, recipe, args.out, report)
+    d = result.decontamination
+    lines = _plan_lines(result.plan) + [
+        "",
+        f"mix {result.name}: {result.train_documents:,} documents, {result.train_tokens:,} tokens "
+        f"(run {result.run_id})",
+        *(f"  {name:16} {c['tokens']:>12,} tokens ({c['share_exported']:.1%}), {c['documents']:,} documents, "
+          f"{c['unique_documents']:,} unique" for name, c in result.components.items()),
+        f"decontamination: {d['dropped_documents']:,} dropped, {d['cut_documents']:,} cut, "
+        f"{d['benchmark_items_matched']:,} benchmark items matched" if d["enabled"] else "decontamination: off",
+        f"windows of {result.window['size']} documents: largest token-share deviation "
+        f"{result.window['max_share_deviation']:.3f}, mean {result.window['mean_share_deviation']:.3f}",
+        f"exported to {result.out_dir}",
+    ]
+    return CommandResult(result.to_dict(), lines)
