@@ -112,8 +112,8 @@ def parse_lexicon(text: str, name: str, fmt: str = "txt") -> Lexicon:
             if line and not line.startswith("#"):
                 _add_term(weights, spelling, line, 1.0, name)
     elif fmt == "csv":
-        rows = [r for r in csv.reader(io.StringIO(text.lstrip("\ufeff"))) if r and r[0].strip()
-                and not r[0].strip().startswith("#")]
+        rows = [r for r in csv.reader(io.StringIO(text.lstrip("\ufeff")))
+                if any(c.strip() for c in r) and not r[0].strip().startswith("#")]
         term_col, weight_col = 0, 1
         if rows:
             header = [c.strip().lower() for c in rows[0]]
@@ -125,7 +125,8 @@ def parse_lexicon(text: str, name: str, fmt: str = "txt") -> Lexicon:
             raw_weight = row[weight_col].strip() if len(row) > weight_col else ""
             if raw_weight and not _is_number(raw_weight):
                 raise ValueError(f"{name}: row {number}: weight {raw_weight!r} is not a number")
-            _add_term(weights, spelling, row[term_col], float(raw_weight) if raw_weight else 1.0, name)
+            term = row[term_col] if len(row) > term_col else ""
+            _add_term(weights, spelling, term, float(raw_weight) if raw_weight else 1.0, name)
     else:
         raise ValueError(f"{name}: a lexicon is a .txt (one term a line) or .csv (term,weight) file, not {fmt!r}")
     if not weights:
