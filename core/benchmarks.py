@@ -53,6 +53,21 @@ class BenchmarkImportResult:
     ingest_counts: dict[str, Any] = field(default_factory=dict)
 
 
+def scalar(ws: Workspace, sql: str, params: list[Any] | None = None) -> Any:
+    """The first value of a query, with the result drained (DuckDB refuses new work while one is open)."""
+    rows = ws.query(sql, params)
+    return rows[0][0] if rows else None
+
+
+def arrow_query(ws: Workspace, sql: str, params: list[Any] | None = None) -> pa.Table:
+    """A query's result as an Arrow table, through its own cursor (no result left open on `ws.con`)."""
+    cursor = ws.con.cursor()
+    try:
+        return cursor.sql(sql, params=params).to_arrow_table()
+    finally:
+        cursor.close()
+
+
 def subject_from_file(source_file: str | None) -> str | None:
     """`.../anatomy_test.csv` -> 'anatomy' (MMLU and CMMLU name their files by subject)."""
     if not source_file:
@@ -84,7 +99,7 @@ def register_benchmark(ws: Workspace, corpus: str, kind: str, description: str =
     """Record (or refresh) `corpus` as a benchmark of `kind` and derive its items from its documents."""
     if kind not in BENCHMARK_KINDS:
         raise WorkspaceError(f"benchmark kind must be one of {', '.join(BENCHMARK_KINDS)}, not {kind!r}")
-    role = ws.scalar("SELECT role FROM corpora WHERE name = ?", [corpus])
+    role = scalar(ws, "SELECT role FROM corpora WHERE name = ?", [corpus])
     if role is None:
         raise WorkspaceError(f"no corpus named {corpus!r}")
     if role != "benchmark":
@@ -175,10 +190,10 @@ def ensure_registered(ws: Workspace, names: list[str]) -> None:
     if ws.read_only:
         return
     for name in names:
-        registered = ws.scalar("SELECT items FROM benchmarks WHERE corpus = ?", [name])
-        documents = ws.scalar("SELECT count(*) FROM documents WHERE corpus = ?", [name])
+        registered = scalar(ws, "SELECT items FROM benchmarks WHERE corpus = ?", [name])
+        documents = scalar(ws, "SELECT count(*) FROM documents WHERE corpus = ?", [name])
         if registered is None:
             register_benchmark(ws, name, "domain")
         elif registered != documents:
-            kind = ws.scalar("SELECT kind FROM benchmarks WHERE corpus = ?", [name])
+            kind = scalar(ws, "SELECT kind FROM benchmarks WHERE corpus = ?", [name])
             register_benchmark(ws, name, kind)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from core.benchmarks import benchmark_names, ensure_registered
+from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
 from core.progress import Progress, no_progress
 from core.workspace import Workspace, WorkspaceError
 
@@ -349,7 +349,7 @@ def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
     index = contamination_index(ws, cfg)
     if not index.items:
         raise WorkspaceError("the workspace has no benchmark to check against (ingest one with bench-import)")
-    total = ws.scalar(f"SELECT count(*) FROM ({pool_sql('decontam', corpora)})") if corpora else 0
+    total = scalar(ws, f"SELECT count(*) FROM ({pool_sql('decontam', corpora)})") if corpora else 0
     params = {**asdict(cfg), "corpora": corpora}
     rows: dict[str, list] = defaultdict(list)
     decision_rows: dict[str, list] = defaultdict(list)
@@ -358,8 +358,8 @@ def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
     with ws.run("decontam", params) as run:
         if total:
             # All documents to check first, then the writes: no open result set while the run writes.
-            todo = ws.con.sql(
-                f"SELECT doc_id, corpus, text FROM ({pool_sql('decontam', corpora)}) ORDER BY doc_id").to_arrow_table()
+            todo = arrow_query(ws, f"SELECT doc_id, corpus, text FROM ({pool_sql('decontam', corpora)}) "
+                                   "ORDER BY doc_id")
             for batch in todo.to_batches(cfg.batch_size):
                 doc_ids = batch.column(0).to_pylist()
                 corpus_names = batch.column(1).to_pylist()
@@ -429,7 +429,7 @@ def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
         for bench in sorted({it.corpus for it in index.items}):
             by_benchmark.setdefault(bench, {"documents": 0, "items": 0})
             by_benchmark[bench]["items_checked"] = sum(1 for it in index.items if it.corpus == bench)
-        flagged = ws.scalar("SELECT count(DISTINCT item_doc_id) FROM benchmark_item_flags WHERE run_id = ?",
+        flagged = scalar(ws, "SELECT count(DISTINCT item_doc_id) FROM benchmark_item_flags WHERE run_id = ?",
                             [run.run_id])
         result = DecontamResult(
             run_id=run.run_id, documents_checked=checked, documents_contaminated=contaminated,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.benchmarks import register_benchmark
 from core.config import REPO_ROOT, data_root
 from core.ingest import IngestConfig, ingest
 from core.progress import Progress, no_progress
@@ -28,6 +29,8 @@ StepRunner = Callable[[Workspace, dict[str, Any], Progress], dict[str, Any]]
 STEP_RUNNERS: dict[str, str] = {
     "tokens": "core.tokens:demo_step",
     "terms": "core.terms:demo_step",
+    "recall": "core.recall:demo_step",
+    "decontam": "core.decontam:demo_step",
 }
 
 
@@ -90,7 +93,7 @@ def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFA
 
         res = ingest(ws, cfg, sub_progress)
         if kind := corpus.get("benchmark_kind"):
-            ws.set_setting(f"benchmark_kind:{corpus['name']}", kind)
+            register_benchmark(ws, corpus["name"], kind, corpus.get("description", ""))
         result.corpora.append({"corpus": corpus["name"], "role": corpus["role"], "run_id": res.run_id,
                                **res.counts()})
     if steps:

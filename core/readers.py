@@ -335,7 +335,7 @@ def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
             return
         header = [h.strip().lstrip("\ufeff") for h in header]
         if not opts.text_field and not opts.template and not (set(header) & set(DEFAULT_TEXT_FIELDS)) \
-                and _guess_layout(dict.fromkeys(header)) == "text" and "question" not in header:
+                and _guess_layout(dict.fromkeys(header)) == "text" and "question" not in {h.lower() for h in header}:
             yield SourceRecord(1, None, error="missing text field",
                                detail=f"choose a text field or template; columns: {header[:20]}")
             return

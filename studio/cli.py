@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "studio.commands.workspace",
     "studio.commands.ingest",
     "studio.commands.terms",
+    "studio.commands.recall",
     "studio.commands.mix",
     "studio.commands.app",
 ]
