@@ -279,10 +279,47 @@ MIX_MIGRATIONS: list[str] = [
     """,
 ]
 
+# Deduplication (core/dedup.py). Signatures and band hashes are keyed by scheme so a later run reuses them;
+# pairs are stored down to a floor below the threshold so the review page can move the threshold without
+# recomputing; clusters record which document each dropped one lost to.
+DEDUP_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS dedup_signatures (
+        scheme VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        shingles INTEGER,
+        signature UINTEGER[] NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS dedup_bands (
+        lsh_key VARCHAR NOT NULL,
+        band SMALLINT NOT NULL,
+        band_hash UBIGINT NOT NULL,
+        doc_id VARCHAR NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS dedup_pairs (
+        run_id VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        doc_a VARCHAR NOT NULL,
+        doc_b VARCHAR NOT NULL,
+        similarity DOUBLE NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS dedup_clusters (
+        run_id VARCHAR NOT NULL,
+        method VARCHAR NOT NULL,
+        doc_id VARCHAR NOT NULL,
+        kept_doc VARCHAR NOT NULL,
+        cluster_size INTEGER NOT NULL,
+        is_kept BOOLEAN NOT NULL,
+        similarity_to_kept DOUBLE
+    );
+    """,
+]
+
 # Later steps register their own tables here under their component name (e.g. "dedup", "quality").
 MIGRATIONS: dict[str, list[str]] = {
     "core": CORE_MIGRATIONS,
     "embed": EMBED_MIGRATIONS,
+    "dedup": DEDUP_MIGRATIONS,
     "benchmarks": BENCHMARK_MIGRATIONS,
     "terms": TERMS_MIGRATIONS,
     "mix": MIX_MIGRATIONS,

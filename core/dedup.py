@@ -1,0 +1,705 @@
+"""Deduplication: exact (normalised hash), MinHash near-duplicates (LSH over stored signatures) and semantic
+duplicates (cached embeddings, FAISS neighbours).
+
+Every method works the same way: find pairs of documents with a similarity, keep the pairs at or above a *floor*
+(lower than the threshold) in `dedup_pairs`, cluster the pairs at or above the *threshold* with union-find
+(connected components), keep one representative per cluster by a policy, and record every other member as a
+'drop' decision naming the method, the kept document and the similarity. The stored pairs let the page move the
+threshold and count what would go without recomputing anything.
+
+MinHash signatures live in `dedup_signatures` keyed by a scheme (library, permutations, n-gram size, seed) and the
+document, and band hashes in `dedup_bands`: a later run (a new corpus against an already curated one, or another
+threshold) computes signatures only for documents that lack them, and candidates come from a DuckDB self-join on
+band hashes, so clustering does not need every signature in memory at once.
+
+Signatures are computed with `rensa` (Rust, R-MinHash): measured in `bench/dedup.py` against datasketch's fastest
+path (`MinHash.bulk`) on the same shingles with the same number of permutations; its estimates have the same error
+as classic MinHash (std sqrt(J(1-J)/num_perm)), which the tests check against exact Jaccard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from core.embed import EmbedConfig, embed_documents, register_arrow
+from core.progress import Progress, no_progress
+from core.text import NormalisationConfig, content_hash, detect_language, normalise
+from core.workspace import ROLES, Workspace, WorkspaceError
+
+Method = Literal["exact", "minhash", "semantic"]
+METHODS: tuple[str, ...] = ("exact", "minhash", "semantic")
+SCOPES = ("all", "role", "corpus")  # which documents may be duplicates of each other
+POLICIES = ("first", "longest", "quality")  # which member of a cluster is kept
+DEFAULT_ROLES = ("domain", "general", "instruction")  # benchmarks are decontamination's business, not dedup's
+MINHASH_SEED = 1337
+# Above this many documents semantic dedup uses an approximate FAISS index (HNSW) instead of the exact flat one:
+# exact inner-product search is O(n^2) and at 50k × 384 takes ~40 s on 2 cores; HNSW stays near-linear.
+EXACT_INDEX_MAX = 50_000
+
+_CJK_CHAR = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Chinese/Japanese documents: every CJK or kana character is a token; Latin words and numbers inside them stay
+# whole (mixed text such as "CT检查" gives "ct", "检", "查").
+_CHAR_TOKENS = re.compile(f"[{_CJK_CHAR}]|[^\\W{_CJK_CHAR}]+")
+_WORD_TOKENS = re.compile(r"\w+")
+
+
+def step_name(method: str) -> str:
+    return f"dedup_{method}"
+
+
+@dataclass
+class DedupConfig:
+    method: Method = "minhash"
+    threshold: float | None = None  # exact: unused; minhash: Jaccard (0.8); semantic: cosine (0.95)
+    floor: float | None = None  # pairs down to here are stored for the movable threshold
+    scope: str = "all"
+    policy: str = "first"
+    roles: Sequence[str] = DEFAULT_ROLES
+    corpora: Sequence[str] = ()  # empty: every corpus of the chosen roles
+    limit: int | None = None  # at most this many documents (in ingest order); for demos on small machines
+    # exact
+    normalisation: NormalisationConfig = field(default_factory=NormalisationConfig)
+    # minhash
+    num_perm: int = 128
+    ngram: int = 5
+    bands: int | None = None  # with rows: override the bands × rows solved for the threshold
+    rows: int | None = None
+    # semantic
+    embed_model: str = EmbedConfig().model
+    max_tokens: int = EmbedConfig().max_tokens
+    neighbours: int = 10
+
+    def __post_init__(self) -> None:
+        if isinstance(self.normalisation, dict):  # from a recipe or JSON
+            self.normalisation = NormalisationConfig(**self.normalisation)
+        self.roles = tuple(self.roles)
+        self.corpora = tuple(self.corpora)
+
+    def resolved_threshold(self) -> float:
+        if self.threshold is not None:
+            return float(self.threshold)
+        return {"exact": 1.0, "minhash": 0.8, "semantic": 0.95}[self.method]
+
+    def resolved_floor(self) -> float:
+        t = self.resolved_threshold()
+        if self.floor is not None:
+            return min(float(self.floor), t)
+        return {"exact": 1.0, "minhash": max(t - 0.2, 0.3), "semantic": max(t - 0.1, 0.5)}[self.method]
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
+        bad = [r for r in self.roles if r not in ROLES]
+        if bad:
+            raise ValueError(f"unknown roles {bad}; roles are {', '.join(ROLES)}")
+        t = self.resolved_threshold()
+        if not 0 < t <= 1:
+            raise ValueError(f"threshold must be in (0, 1], not {t}")
+        if self.num_perm < 8:
+            raise ValueError("num_perm must be at least 8")
+        if self.ngram < 1:
+            raise ValueError("ngram must be at least 1")
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("give both bands and rows, or neither")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands × rows = {self.bands * self.rows} exceeds num_perm {self.num_perm}")
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"method": self.method, "threshold": self.resolved_threshold(),
+                               "floor": self.resolved_floor(), "scope": self.scope, "policy": self.policy,
+                               "roles": list(self.roles), "corpora": list(self.corpora), "limit": self.limit}
+        if self.method == "exact":
+            out["normalisation"] = asdict(self.normalisation)
+            out["normalisation_described"] = self.normalisation.describe()
+        elif self.method == "minhash":
+            bands, rows = self.lsh_shape()
+            out |= {"num_perm": self.num_perm, "ngram": self.ngram, "bands": bands, "rows": rows,
+                    "scheme": minhash_scheme(self.num_perm, self.ngram)}
+        else:
+            out |= {"embed_model": self.embed_model, "max_tokens": self.max_tokens, "neighbours": self.neighbours}
+        return out
+
+    def lsh_shape(self) -> tuple[int, int]:
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        return optimal_bands_rows(self.resolved_threshold(), self.num_perm)
+
+
+@dataclass
+class DedupResult:
+    run_id: str
+    method: str
+    threshold: float
+    documents: int
+    clusters: int  # clusters with more than one member
+    dropped: int
+    pairs_stored: int
+    by_corpus: dict[str, int]
+    by_role: dict[str, int]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- LSH theory ---------------------------------------------------------------------------------------------
+def candidate_probability(similarity: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
+    """P(two documents of Jaccard `similarity` share at least one band) = 1 - (1 - s^r)^b (the S-curve)."""
+    s = np.asarray(similarity, dtype=np.float64)
+    return 1.0 - (1.0 - s ** rows) ** bands
+
+
+@cache
+def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5) -> tuple[int, int]:
+    """Bands × rows (b·r <= num_perm) minimising the weighted area of false positives below the threshold and
+    false negatives above it under the S-curve (the rule datasketch and Data-Juicer use)."""
+    grid = np.linspace(0.0, 1.0, 1001)
+    below, above = grid <= threshold, grid >= threshold
+    best: tuple[float, int, int] = (float("inf"), 1, 1)
+    for b in range(1, num_perm + 1):
+        for r in range(1, num_perm // b + 1):
+            p = candidate_probability(grid, b, r)
+            fp = np.trapezoid(p[below], grid[below])
+            fn = np.trapezoid(1.0 - p[above], grid[above])
+            err = fp_weight * fp + (1 - fp_weight) * fn
+            if err < best[0]:
+                best = (err, b, r)
+    return best[1], best[2]
+
+
+# --- shingles and signatures --------------------------------------------------------------------------------
+def minhash_scheme(num_perm: int, ngram: int) -> str:
+    import rensa
+
+    return f"rensa-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}|perm={num_perm}|ngram={ngram}|seed={MINHASH_SEED}"
+
+
+def tokens_for(text: str, language: str | None = None) -> list[str]:
+    """Word tokens, or character tokens for Chinese and Japanese documents (by script, per document)."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    text = text.casefold()
+    language = language or detect_language(text)
+    return _CHAR_TOKENS.findall(text) if language in ("zh", "ja") else _WORD_TOKENS.findall(text)
+
+
+def shingles(text: str, ngram: int = 5, language: str | None = None) -> list[str]:
+    """The set of n-grams of `text` (word n-grams, character n-grams for zh/ja); a text shorter than n tokens
+    is one shingle. Joined with a separator that cannot occur inside a token."""
+    tokens = tokens_for(text, language)
+    if len(tokens) <= ngram:
+        return ["\x1f".join(tokens)] if tokens else [""]
+    return list({"\x1f".join(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1)})
+
+
+def signatures(texts: Sequence[str], num_perm: int = 128, ngram: int = 5,
+               languages: Sequence[str | None] | None = None) -> np.ndarray:
+    """(n, num_perm) uint32 MinHash signatures (rensa R-MinHash, fixed seed)."""
+    langs = languages if languages is not None else [None] * len(texts)
+    sets = [shingles(t, ngram, lang) for t, lang in zip(texts, langs, strict=True)]
+    return signatures_from_shingles(sets, num_perm)
+
+
+def signatures_from_shingles(shingle_sets: Sequence[Sequence[str]], num_perm: int = 128) -> np.ndarray:
+    import rensa
+
+    if not shingle_sets:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    matrix = rensa.RMinHash.digest_matrix_from_token_sets(shingle_sets, num_perm, MINHASH_SEED)
+    return np.asarray(matrix.to_rows(), dtype=np.uint32)
+
+
+def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise share of equal signature slots: the MinHash estimate of Jaccard similarity."""
+    return (a == b).mean(axis=-1)
+
+
+# --- selecting documents ------------------------------------------------------------------------------------
+def _scope_expr(scope: str) -> str:
+    return {"all": "'all'", "role": "c.role", "corpus": "d.corpus"}[scope]
+
+
+def _select_documents(ws: Workspace, cfg: DedupConfig) -> pa.Table:
+    """The documents this run looks at: of the chosen roles/corpora, not dropped by another active step
+    (a re-run of this method supersedes its own earlier drops), in ingest order."""
+    where = ["c.role IN (SELECT unnest(?::VARCHAR[]))"]
+    params: list[Any] = [list(cfg.roles)]
+    if cfg.corpora:
+        known = {r[0] for r in ws.query("SELECT name FROM corpora")}
+        unknown = [c for c in cfg.corpora if c not in known]
+        if unknown:
+            raise WorkspaceError(f"unknown corpora: {', '.join(unknown)}")
+        where.append("d.corpus IN (SELECT unnest(?::VARCHAR[]))")
+        params.append(list(cfg.corpora))
+    params.append(step_name(cfg.method))
+    limit = f"LIMIT {int(cfg.limit)}" if cfg.limit else ""
+    return ws.con.sql(
+        f"""
+        SELECT d.doc_id, d.corpus, c.role, {_scope_expr(cfg.scope)} AS grp, d.rowid AS ord, d.char_count,
+               d.language, d.content_hash
+        FROM documents d JOIN corpora c ON c.name = d.corpus
+        WHERE {' AND '.join(where)}
+          AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> ?)
+        ORDER BY d.rowid {limit}
+        """, params=params).to_arrow_table()
+
+
+def _priority(ws: Workspace, docs: pa.Table, policy: str) -> np.ndarray:
+    """A rank per document (lower is kept first) for the representative policy."""
+    n = docs.num_rows
+    order = docs.column("ord").to_numpy()
+    if policy == "first":
+        return np.argsort(np.argsort(order, kind="stable"), kind="stable")
+    if policy == "longest":
+        keys = np.lexsort((order, -docs.column("char_count").to_numpy().astype(np.int64)))
+        rank = np.empty(n, dtype=np.int64)
+        rank[keys] = np.arange(n)
+        return rank
+    exists = ws.scalar("SELECT count(*) FROM duckdb_views() WHERE view_name = 'quality_composite'") or \
+        ws.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'quality_composite'")
+    if not exists:
+        raise WorkspaceError("the 'quality' representative policy needs quality scores: run `studio score` "
+                             "on this workspace first (or choose --policy first or longest)")
+    register_arrow(ws, "dedup_docs_q", pa.table({"doc_id": docs.column("doc_id")}))
+    try:
+        scores = dict(ws.query("SELECT q.doc_id, q.score FROM quality_composite q "
+                               "JOIN dedup_docs_q USING (doc_id)"))
+    finally:
+        ws.con.unregister("dedup_docs_q")
+    score = np.array([scores.get(d, float("-inf")) if scores.get(d) is not None else float("-inf")
+                      for d in docs.column("doc_id").to_pylist()], dtype=np.float64)
+    keys = np.lexsort((order, -score))
+    rank = np.empty(n, dtype=np.int64)
+    rank[keys] = np.arange(n)
+    return rank
+
+
+# --- clustering ---------------------------------------------------------------------------------------------
+def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find over index pairs: a component label per node."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as cc
+
+    if len(a) == 0:
+        return np.arange(n)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+    return cc(graph, directed=False)[1]
+
+
+def removal_count(pair_a: np.ndarray, pair_b: np.ndarray, similarity: np.ndarray, threshold: float) -> int:
+    """How many documents clustering at `threshold` would drop (nodes minus components over linked nodes):
+    what the page shows as the threshold moves, from stored pairs only."""
+    keep = similarity >= threshold
+    if not keep.any():
+        return 0
+    nodes, inverse = np.unique(np.concatenate([pair_a[keep], pair_b[keep]]), return_inverse=True)
+    half = keep.sum()
+    labels = connected_components(len(nodes), inverse[:half], inverse[half:])
+    return int(len(nodes) - len(np.unique(labels)))
+
+
+@dataclass
+class _Pairs:
+    a: np.ndarray  # row indices into the selected documents
+    b: np.ndarray
+    similarity: np.ndarray
+
+
+def _cluster_and_record(ws: Workspace, run: Any, cfg: DedupConfig, docs: pa.Table, pairs: _Pairs,
+                        similarity_to: Any, progress: Progress) -> DedupResult:
+    """Store pairs >= floor, cluster pairs >= threshold, keep one per cluster, record drops."""
+    threshold, floor = cfg.resolved_threshold(), cfg.resolved_floor()
+    doc_ids = np.asarray(docs.column("doc_id").to_pylist(), dtype=object)
+    stored = pairs.similarity >= floor - 1e-9
+    pair_table = pa.table({
+        "run_id": pa.array([run.run_id] * int(stored.sum()), pa.string()),
+        "method": pa.array([cfg.method] * int(stored.sum()), pa.string()),
+        "doc_a": pa.array(doc_ids[pairs.a[stored]].tolist(), pa.string()),
+        "doc_b": pa.array(doc_ids[pairs.b[stored]].tolist(), pa.string()),
+        "similarity": pa.array(pairs.similarity[stored].astype(np.float64)),
+    })
+    register_arrow(ws, "dedup_new_pairs", pair_table)
+    ws.con.execute("INSERT INTO dedup_pairs SELECT * FROM dedup_new_pairs")
+    ws.con.unregister("dedup_new_pairs")
+
+    linked = pairs.similarity >= threshold - 1e-9
+    labels = connected_components(docs.num_rows, pairs.a[linked], pairs.b[linked])
+    rank = _priority(ws, docs, cfg.policy)
+    # The representative of each component is its member of lowest rank.
+    order = np.lexsort((rank, labels))
+    first_of_label = np.r_[True, labels[order][1:] != labels[order][:-1]]
+    rep_of_label = {int(labels[i]): int(i) for i in order[first_of_label]}
+    sizes = np.bincount(labels)
+    members = np.flatnonzero(sizes[labels] > 1)
+    reps = np.array([rep_of_label[int(labels[i])] for i in members], dtype=np.int64)
+    dropped = members[members != reps]
+    kept_for_dropped = reps[members != reps]
+    sim_to_kept = similarity_to(dropped, kept_for_dropped) if len(dropped) else np.zeros(0)
+
+    # The strongest direct link of each dropped document, to explain transitive clusters.
+    best_link: dict[int, tuple[int, float]] = {}
+    for x, y, s in zip(pairs.a[linked], pairs.b[linked], pairs.similarity[linked], strict=True):
+        for u, v in ((int(x), int(y)), (int(y), int(x))):
+            if u not in best_link or s > best_link[u][1]:
+                best_link[u] = (v, float(s))
+
+    corpora = docs.column("corpus").to_pylist()
+    roles = docs.column("role").to_pylist()
+    details = []
+    for d, k, s in zip(dropped, kept_for_dropped, sim_to_kept, strict=True):
+        link_doc, link_sim = best_link.get(int(d), (int(k), float(s)))
+        details.append(json.dumps({
+            "method": cfg.method, "kept": doc_ids[k], "kept_corpus": corpora[k], "similarity_to_kept": round(float(s), 4),
+            "linked_to": doc_ids[link_doc], "link_similarity": round(link_sim, 4), "cluster_size": int(sizes[labels[d]]),
+            "policy": cfg.policy}))
+    label = {"exact": "exact duplicate", "minhash": "near-duplicate (MinHash Jaccard)",
+             "semantic": "semantic duplicate (cosine)"}[cfg.method]
+    decisions = pa.table({
+        "doc_id": pa.array(doc_ids[dropped].tolist(), pa.string()),
+        "verdict": pa.array(["drop"] * len(dropped), pa.string()),
+        "reason": pa.array([f"{label} of {doc_ids[k]}" for k in kept_for_dropped], pa.string()),
+        "score": pa.array(np.asarray(sim_to_kept, dtype=np.float64)),
+        "threshold": pa.array([threshold] * len(dropped), pa.float64()),
+        "details": pa.array(details, pa.string()),
+    })
+    ws.record_decisions(run, decisions)
+
+    clusters = pa.table({
+        "run_id": pa.array([run.run_id] * len(members), pa.string()),
+        "method": pa.array([cfg.method] * len(members), pa.string()),
+        "doc_id": pa.array(doc_ids[members].tolist(), pa.string()),
+        "kept_doc": pa.array(doc_ids[reps].tolist(), pa.string()),
+        "cluster_size": pa.array(sizes[labels[members]].astype(np.int32)),
+        "is_kept": pa.array((members == reps).tolist(), pa.bool_()),
+        "similarity_to_kept": pa.array(np.where(members == reps, 1.0,
+                                                similarity_to(members, reps) if len(members) else 0.0)
+                                       .astype(np.float64)),
+    })
+    register_arrow(ws, "dedup_new_clusters", clusters)
+    ws.con.execute("INSERT INTO dedup_clusters SELECT * FROM dedup_new_clusters")
+    ws.con.unregister("dedup_new_clusters")
+
+    by_corpus: dict[str, int] = {}
+    by_role: dict[str, int] = {}
+    for d in dropped:
+        by_corpus[corpora[d]] = by_corpus.get(corpora[d], 0) + 1
+        by_role[roles[d]] = by_role.get(roles[d], 0) + 1
+    n_clusters = int((sizes > 1).sum())
+    run.counts = {"documents": docs.num_rows, "clusters": n_clusters, "dropped": len(dropped),
+                  "pairs_stored": int(stored.sum()), "dropped_by_corpus": by_corpus, "dropped_by_role": by_role}
+    progress(1.0, f"{len(dropped):,} of {docs.num_rows:,} documents dropped in {n_clusters:,} clusters")
+    return DedupResult(run.run_id, cfg.method, threshold, docs.num_rows, n_clusters, len(dropped),
+                       int(stored.sum()), by_corpus, by_role)
+
+
+# --- exact --------------------------------------------------------------------------------------------------
+def _exact_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table, progress: Progress) -> _Pairs:
+    if cfg.normalisation == NormalisationConfig():
+        hashes = docs.column("content_hash").to_pylist()  # computed at ingest with the default folding
+    else:
+        texts = _texts(ws, docs)
+        hashes = [content_hash(t, cfg.normalisation) for t in texts]
+    groups = docs.column("grp").to_pylist()
+    progress(0.5, "grouping equal normalised texts")
+    first: dict[tuple[str, str], int] = {}
+    a: list[int] = []
+    b: list[int] = []
+    for i, key in enumerate(zip(groups, hashes, strict=True)):
+        j = first.setdefault(key, i)
+        if j != i:  # a star around the first member: linear in the cluster size
+            a.append(j)
+            b.append(i)
+    return _Pairs(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64), np.ones(len(a)))
+
+
+def _texts(ws: Workspace, docs: pa.Table) -> list[str]:
+    register_arrow(ws, "dedup_sel", pa.table({"doc_id": docs.column("doc_id"),
+                                               "pos": pa.array(np.arange(docs.num_rows))}))
+    try:
+        return ws.con.sql("SELECT d.text FROM dedup_sel s JOIN documents d USING (doc_id) ORDER BY s.pos"
+                          ).to_arrow_table().column("text").to_pylist()
+    finally:
+        ws.con.unregister("dedup_sel")
+
+
+# --- minhash ------------------------------------------------------------------------------------------------
+def ensure_signatures(ws: Workspace, doc_ids: Sequence[str] | None, num_perm: int, ngram: int,
+                      progress: Progress = no_progress, batch: int = 20_000) -> int:
+    """Compute and store signatures for the documents (all when `doc_ids` is None) that lack them under this
+    scheme; returns how many were computed."""
+    scheme = minhash_scheme(num_perm, ngram)
+    if doc_ids is None:
+        source = "SELECT doc_id FROM documents"
+        register = None
+    else:
+        register = pa.table({"doc_id": pa.array(list(doc_ids), pa.string())})
+        source = "SELECT doc_id FROM dedup_want"
+    if register is not None:
+        register_arrow(ws, "dedup_want", register)
+    try:
+        todo = ws.con.sql(
+            f"""SELECT d.doc_id, d.text, d.language FROM documents d
+                WHERE d.doc_id IN ({source})
+                  AND NOT EXISTS (SELECT 1 FROM dedup_signatures s WHERE s.scheme = ? AND s.doc_id = d.doc_id)
+                ORDER BY d.rowid""", params=[scheme]).to_arrow_table()
+    finally:
+        if register is not None:
+            ws.con.unregister("dedup_want")
+    total = todo.num_rows
+    for start in range(0, total, batch):
+        part = todo.slice(start, batch)
+        texts = part.column("text").to_pylist()
+        sets = [shingles(t, ngram, lang) for t, lang in zip(texts, part.column("language").to_pylist(),
+                                                            strict=True)]
+        sigs = signatures_from_shingles(sets, num_perm)
+        offsets = pa.array(np.arange(0, (len(texts) + 1) * num_perm, num_perm, dtype=np.int32))
+        table = pa.table({"doc_id": part.column("doc_id"),
+                          "shingles": pa.array([len(s) for s in sets], pa.int32()),
+                          "signature": pa.ListArray.from_arrays(offsets, pa.array(sigs.reshape(-1), pa.uint32()))})
+        register_arrow(ws, "dedup_new_sigs", table)
+        ws.con.execute("INSERT INTO dedup_signatures SELECT ?, doc_id, shingles, signature FROM dedup_new_sigs",
+                       [scheme])
+        ws.con.unregister("dedup_new_sigs")
+        progress(min(start + batch, total) / max(total, 1),
+                 f"MinHash signatures: {min(start + batch, total):,} / {total:,} new documents")
+    return total
+
+
+def ensure_bands(ws: Workspace, num_perm: int, ngram: int, bands: int, rows: int) -> str:
+    """Band hashes (one per band per document) for every stored signature of the scheme that lacks them."""
+    scheme = minhash_scheme(num_perm, ngram)
+    lsh_key = f"{scheme}|bands={bands}|rows={rows}"
+    ws.con.execute(
+        f"""
+        INSERT INTO dedup_bands
+        SELECT ?, b.band::SMALLINT, hash(s.signature[b.band * {rows} + 1 : (b.band + 1) * {rows}]), s.doc_id
+        FROM dedup_signatures s, range({bands}) b(band)
+        WHERE s.scheme = ?
+          AND NOT EXISTS (SELECT 1 FROM dedup_bands x WHERE x.lsh_key = ? AND x.doc_id = s.doc_id)
+        """, [lsh_key, scheme, lsh_key])
+    return lsh_key
+
+
+def _signature_matrix(ws: Workspace, doc_ids: Sequence[str], scheme: str, num_perm: int) -> np.ndarray:
+    register_arrow(ws, "dedup_sel_sig", pa.table({"doc_id": pa.array(list(doc_ids), pa.string()),
+                                                  "pos": pa.array(np.arange(len(doc_ids)))}))
+    try:
+        table = ws.con.sql("SELECT s.signature FROM dedup_sel_sig q JOIN dedup_signatures s "
+                           "ON s.doc_id = q.doc_id AND s.scheme = ? ORDER BY q.pos", params=[scheme]
+                           ).to_arrow_table()
+    finally:
+        ws.con.unregister("dedup_sel_sig")
+    flat = table.column("signature").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return flat.astype(np.uint32, copy=False).reshape(len(doc_ids), num_perm)
+
+
+def _minhash_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
+                   progress: Progress) -> tuple[_Pairs, Any, dict[str, Any]]:
+    doc_ids = docs.column("doc_id").to_pylist()
+    computed = ensure_signatures(ws, doc_ids, cfg.num_perm, cfg.ngram,
+                                 lambda f, m: progress(0.6 * f, m))
+    bands, rows = cfg.lsh_shape()
+    progress(0.6, f"band hashes ({bands} bands × {rows} rows)")
+    lsh_key = ensure_bands(ws, cfg.num_perm, cfg.ngram, bands, rows)
+    progress(0.7, "candidate pairs from shared band hashes")
+    register_arrow(ws, "dedup_sel_docs", pa.table({"doc_id": docs.column("doc_id"), "grp": docs.column("grp"),
+                                                   "pos": pa.array(np.arange(docs.num_rows))}))
+    try:
+        # Each bucket (band, hash, scope group) links its members to its first member: linear in bucket size
+        # even for boilerplate shared by thousands of documents, and transitive clusters still form.
+        cand = ws.con.sql(
+            """
+            WITH b AS (
+                SELECT x.band, x.band_hash, q.grp, q.pos FROM dedup_bands x JOIN dedup_sel_docs q USING (doc_id)
+                WHERE x.lsh_key = ?
+            ), centre AS (
+                SELECT band, band_hash, grp, min(pos) AS c FROM b GROUP BY ALL HAVING count(*) > 1
+            )
+            SELECT DISTINCT centre.c AS a, b.pos AS b
+            FROM b JOIN centre USING (band, band_hash, grp) WHERE b.pos <> centre.c
+            """, params=[lsh_key]).to_arrow_table()
+    finally:
+        ws.con.unregister("dedup_sel_docs")
+    a = cand.column("a").to_numpy().astype(np.int64)
+    b = cand.column("b").to_numpy().astype(np.int64)
+    progress(0.8, f"verifying {len(a):,} candidate pairs with the signature estimate")
+    scheme = minhash_scheme(cfg.num_perm, cfg.ngram)
+    sigs = _signature_matrix(ws, doc_ids, scheme, cfg.num_perm)
+
+    def similarity_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        out = np.empty(len(x), dtype=np.float64)
+        for s in range(0, len(x), 100_000):
+            out[s:s + 100_000] = jaccard_estimate(sigs[x[s:s + 100_000]], sigs[y[s:s + 100_000]])
+        return out
+
+    sim = similarity_to(a, b)
+    floor = cfg.resolved_floor()
+    keep = sim >= floor - 1e-9  # a band collision alone never links documents
+    progress(0.9, f"{int(keep.sum()):,} of {len(a):,} candidates verified >= {floor:.2f}")
+    return _Pairs(a[keep], b[keep], sim[keep]), similarity_to, {"signatures_computed": computed,
+                                                               "candidates": len(a), "bands": bands, "rows": rows}
+
+
+# --- semantic -----------------------------------------------------------------------------------------------
+def _semantic_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
+                    progress: Progress) -> tuple[_Pairs, Any, dict[str, Any]]:
+    import faiss
+
+    doc_ids = docs.column("doc_id").to_pylist()
+    vectors = embed_documents(ws, doc_ids, EmbedConfig(model=cfg.embed_model, max_tokens=cfg.max_tokens),
+                              lambda f, m: progress(0.8 * f, m))
+    n, dim = vectors.shape
+    k = min(cfg.neighbours + 1, n)
+    groups = np.asarray(docs.column("grp").to_pylist(), dtype=object)
+    progress(0.8, f"nearest neighbours of {n:,} documents")
+    if n <= EXACT_INDEX_MAX:
+        index: Any = faiss.IndexFlatIP(dim)
+        kind = "exact (IndexFlatIP)"
+    else:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 2 * k)
+        kind = "approximate (HNSW, M=32, efSearch>=64)"
+    index.add(vectors)
+    a_parts, b_parts, s_parts = [], [], []
+    for start in range(0, n, 8_192):
+        sims, nbrs = index.search(vectors[start:start + 8_192], k)
+        rows = np.repeat(np.arange(start, start + len(sims)), k)
+        cols, vals = nbrs.reshape(-1), sims.reshape(-1)
+        ok = (cols >= 0) & (cols != rows) & (vals >= cfg.resolved_floor() - 1e-6)
+        a_parts.append(np.minimum(rows[ok], cols[ok]))
+        b_parts.append(np.maximum(rows[ok], cols[ok]))
+        s_parts.append(vals[ok])
+    a, b, s = (np.concatenate(p) if p else np.zeros(0) for p in (a_parts, b_parts, s_parts))
+    a, b = a.astype(np.int64), b.astype(np.int64)
+    same_group = groups[a] == groups[b] if len(a) else np.zeros(0, dtype=bool)
+    a, b, s = a[same_group], b[same_group], s[same_group]
+    if len(a):  # each pair once (found from both ends)
+        _, unique = np.unique(a * n + b, return_index=True)
+        a, b, s = a[unique], b[unique], s[unique]
+
+    def similarity_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.clip((vectors[x] * vectors[y]).sum(axis=1).astype(np.float64), -1.0, 1.0)
+
+    return _Pairs(a, b, np.clip(s.astype(np.float64), -1.0, 1.0)), similarity_to, {"index": kind}
+
+
+# --- the step -----------------------------------------------------------------------------------------------
+def deduplicate(ws: Workspace, cfg: DedupConfig | None = None, progress: Progress = no_progress) -> DedupResult:
+    """Run one dedup method over the workspace and record its drops (superseding its earlier run)."""
+    cfg = cfg or DedupConfig()
+    cfg.validate()
+    with ws.run(step_name(cfg.method), cfg.params()) as run:
+        docs = _select_documents(ws, cfg)
+        progress(0.0, f"{docs.num_rows:,} documents to deduplicate ({cfg.method})")
+        if cfg.policy == "quality":
+            _priority(ws, docs.slice(0, 0), "quality")  # fail early with the clear message
+        extra: dict[str, Any] = {}
+        if cfg.method == "exact":
+            pairs = _exact_pairs(ws, cfg, docs, progress)
+
+            def similarity_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+                return np.ones(len(x))
+        elif cfg.method == "minhash":
+            pairs, similarity_to, extra = _minhash_pairs(ws, cfg, docs, progress)
+        else:
+            pairs, similarity_to, extra = _semantic_pairs(ws, cfg, docs, progress)
+        result = _cluster_and_record(ws, run, cfg, docs, pairs, similarity_to, progress)
+        run.counts |= extra
+        result.details = extra
+    return result
+
+
+# --- reading results (pages, tests) -------------------------------------------------------------------------
+def latest_run(ws: Workspace, method: str) -> dict[str, Any] | None:
+    row = ws.query("SELECT run_id, params, counts FROM runs WHERE step = ? AND status = 'ok' AND active "
+                   "ORDER BY started_at DESC LIMIT 1", [step_name(method)])
+    if not row:
+        return None
+    run_id, params, counts = row[0]
+    return {"run_id": run_id, "params": json.loads(params or "{}"), "counts": json.loads(counts or "{}")}
+
+
+def stored_pairs(ws: Workspace, run_id: str) -> pa.Table:
+    return ws.con.sql(
+        """SELECT p.doc_a, p.doc_b, p.similarity, da.corpus AS corpus_a, db.corpus AS corpus_b
+           FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
+           WHERE p.run_id = ?""", params=[run_id]).to_arrow_table()
+
+
+def what_if(ws: Workspace, run_id: str, threshold: float) -> int:
+    """Documents a run's stored pairs would drop at another threshold (no recomputation)."""
+    table = ws.con.sql("SELECT doc_a, doc_b, similarity FROM dedup_pairs WHERE run_id = ?",
+                       params=[run_id]).to_arrow_table()
+    ids, inverse = np.unique(np.concatenate([np.asarray(table.column("doc_a").to_pylist(), dtype=object),
+                                             np.asarray(table.column("doc_b").to_pylist(), dtype=object)]),
+                             return_inverse=True)
+    half = table.num_rows
+    return removal_count(inverse[:half], inverse[half:], table.column("similarity").to_numpy(), threshold)
+
+
+def boundary_pairs(ws: Workspace, run_id: str, threshold: float, n: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """The `n` stored pairs just at/above and just below `threshold`, with their texts."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for side, cond, order in (("above", ">=", "ASC"), ("below", "<", "DESC")):
+        rows = ws.query(
+            f"""SELECT p.doc_a, p.doc_b, p.similarity, da.corpus, db.corpus, da.text, db.text
+                FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
+                WHERE p.run_id = ? AND p.similarity {cond} ? ORDER BY p.similarity {order}, p.doc_a LIMIT ?""",
+            [run_id, threshold, n])
+        keys = ("doc_a", "doc_b", "similarity", "corpus_a", "corpus_b", "text_a", "text_b")
+        out[side] = [dict(zip(keys, r, strict=True)) for r in rows]
+    return out
+
+
+def clusters(ws: Workspace, run_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Clusters of a run, largest first: kept document, size and corpora."""
+    rows = ws.query(
+        """SELECT c.kept_doc, max(c.cluster_size) AS size, min(c.similarity_to_kept) AS min_similarity,
+                  string_agg(DISTINCT d.corpus, ', ') AS corpora, any_value(k.text) AS kept_text
+           FROM dedup_clusters c JOIN documents d USING (doc_id) JOIN documents k ON k.doc_id = c.kept_doc
+           WHERE c.run_id = ? GROUP BY c.kept_doc ORDER BY size DESC, c.kept_doc LIMIT ?""", [run_id, limit])
+    keys = ("kept_doc", "size", "min_similarity", "corpora", "kept_text")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def cluster_members(ws: Workspace, run_id: str, kept_doc: str) -> list[dict[str, Any]]:
+    rows = ws.query(
+        """SELECT c.doc_id, c.is_kept, c.similarity_to_kept, d.corpus, d.text FROM dedup_clusters c
+           JOIN documents d USING (doc_id) WHERE c.run_id = ? AND c.kept_doc = ?
+           ORDER BY c.is_kept DESC, c.similarity_to_kept DESC""", [run_id, kept_doc])
+    keys = ("doc_id", "is_kept", "similarity_to_kept", "corpus", "text")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def normalisation_preview(text: str, cfg: NormalisationConfig | None = None) -> str:
+    return normalise(text, cfg or NormalisationConfig())
+
+
+# --- the demo -----------------------------------------------------------------------------------------------
+def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Runs each method named in params['methods'] (a table per method with its DedupConfig fields)."""
+    methods = params.get("methods", ["exact", "minhash"])
+    out: dict[str, Any] = {}
+    for i, method in enumerate(methods):
+        options = dict(params.get(method, {}))
+
+        def sub(f: float, m: str, i: int = i, method: str = method) -> None:
+            progress((i + max(f, 0.0)) / len(methods), f"{method}: {m}")
+
+        result = deduplicate(ws, DedupConfig(method=method, **options), sub)
+        out[method] = {"run_id": result.run_id, "documents": result.documents, "dropped": result.dropped,
+                       "clusters": result.clusters}
+    return out
