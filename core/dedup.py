@@ -279,7 +279,11 @@ def _priority(ws: Workspace, docs: pa.Table, policy: str) -> np.ndarray:
                                "JOIN dedup_docs_q USING (doc_id)"))
     finally:
         ws.con.unregister("dedup_docs_q")
-    score = np.array([scores.get(d, float("-inf")) if scores.get(d) is not None else float("-inf")
+    if n and not any(v is not None for v in scores.values()):
+        raise WorkspaceError("the 'quality' representative policy needs quality scores, and none of these "
+                             "documents has one: run `studio score` on this workspace first")
+    # Unscored documents rank after scored ones (then in ingest order).
+    score = np.array([s if (s := scores.get(d)) is not None else float("-inf")
                       for d in docs.column("doc_id").to_pylist()], dtype=np.float64)
     keys = np.lexsort((order, -score))
     rank = np.empty(n, dtype=np.int64)
@@ -605,7 +609,7 @@ def deduplicate(ws: Workspace, cfg: DedupConfig | None = None, progress: Progres
         docs = _select_documents(ws, cfg)
         progress(0.0, f"{docs.num_rows:,} documents to deduplicate ({cfg.method})")
         if cfg.policy == "quality":
-            _priority(ws, docs.slice(0, 0), "quality")  # fail early with the clear message
+            _priority(ws, docs, "quality")  # fail early, before any work, with the clear message
         extra: dict[str, Any] = {}
         if cfg.method == "exact":
             pairs = _exact_pairs(ws, cfg, docs, progress)

@@ -27,6 +27,7 @@ from core.workspace import WorkspaceError
 COMMAND_MODULES = [
     "studio.commands.workspace",
     "studio.commands.ingest",
+    "studio.commands.dedup",
     "studio.commands.terms",
     "studio.commands.recall",
     "studio.commands.mix",
