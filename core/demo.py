@@ -28,6 +28,7 @@ StepRunner = Callable[[Workspace, dict[str, Any], Progress], dict[str, Any]]
 # step name -> "module:function"; imported only when the recipe asks for the step.
 STEP_RUNNERS: dict[str, str] = {
     "tokens": "core.tokens:demo_step",
+    "dedup": "core.dedup:demo_step",
     "terms": "core.terms:demo_step",
     "recall": "core.recall:demo_step",
     "decontam": "core.decontam:demo_step",
