@@ -17,8 +17,12 @@ How the mix is drawn, all in DuckDB SQL so a million documents never become Pyth
    shares hold (`on_short = "shrink"`), the component stays short (`"allow"`) or the build stops (`"error"`).
 4. Interleaving: a document's place in the mix is the middle of its token range within its component's
    stream, as a fraction of that stream. Sorting every component's documents by that fraction spreads each
-   component evenly over the whole sequence, so any window of N documents holds the components in their token
-   shares. Curriculum phases cut each stream into consecutive pieces, one per phase, with their own shares.
+   component evenly over the whole sequence: at every point each component's cumulative tokens are within
+   about one of its longest documents of its share, so any window of N documents holds the components in
+   their token shares as closely as document boundaries allow. (`interleave = "documents"` spaces documents
+   by count instead: no window ever lacks a component, at the cost of token shares around very long
+   documents.) Curriculum phases cut each stream into consecutive pieces, one per phase, with their own
+   shares.
 5. Export streams the ordered mix out of DuckDB in Arrow record batches, runs decontamination on every text,
    and writes JSONL and Parquet, the instruction records as alpaca or sharegpt, the validation sets, an entry
    for LLaMA-Factory's dataset_info.json, the membership and a manifest with file hashes.
@@ -51,6 +55,7 @@ from core.workspace import Workspace, WorkspaceError, code_version
 DRAWABLE_ROLES = ("domain", "general", "instruction")
 SOURCES = ("corpora", "recalled", "control")
 ON_SHORT = ("shrink", "allow", "error")
+INTERLEAVE = ("tokens", "documents")
 INSTRUCTION_FORMATS = ("alpaca", "sharegpt", "none")
 EXPORT_FORMATS = ("jsonl", "parquet")
 MANIFEST_FORMAT = "studio-mix/1"
@@ -102,6 +107,10 @@ class MixRecipe:
     components: list[Component] = field(default_factory=list)
     phases: list[Phase] = field(default_factory=list)
     window: int = 100  # documents per window for the interleaving check
+    # "tokens": each component's cumulative tokens track its share at every point of the sequence (within one
+    # document); "documents": each component's document count does (a very long document then skews the token
+    # share around it, but no window of N documents ever lacks a component).
+    interleave: str = "tokens"
     max_repeats: float = 4.0
     on_short: str = "shrink"
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -138,6 +147,8 @@ class MixRecipe:
             raise ValueError(f"instruction_format must be one of {', '.join(INSTRUCTION_FORMATS)}")
         if not self.formats or set(self.formats) - set(EXPORT_FORMATS):
             raise ValueError(f"formats must be a non-empty subset of {', '.join(EXPORT_FORMATS)}")
+        if self.interleave not in INTERLEAVE:
+            raise ValueError(f"interleave must be one of {', '.join(INTERLEAVE)}")
         if self.window < 1:
             raise ValueError("window must be at least 1 document")
         if self.max_repeats < 1:
@@ -565,7 +576,10 @@ def _build_stream(ws: Workspace, recipe: MixRecipe, plan: MixPlan) -> None:
             FROM kept k
         ), phased AS (
             SELECT s.*, ph.phase_idx, ph.phase,
-                   least((s.mid - ph.start) / ph.length, 1.0) AS place
+                   CASE WHEN $by_tokens THEN least((s.mid - ph.start) / ph.length, 1.0)
+                        ELSE (row_number() OVER (PARTITION BY s.comp_idx, ph.phase_idx
+                                                 ORDER BY s.copy, s.shuffle_key, s.doc_id) - 0.5)
+                             / count(*) OVER (PARTITION BY s.comp_idx, ph.phase_idx) END AS place
             FROM streamed s JOIN mix_phase_params ph
               ON ph.comp_idx = s.comp_idx AND s.mid >= ph.start AND (s.mid < ph.start + ph.length OR ph.last)
         )
@@ -573,7 +587,7 @@ def _build_stream(ws: Workspace, recipe: MixRecipe, plan: MixPlan) -> None:
                p.doc_id, n.component, p.phase, p.copy::INTEGER AS copy, p.tokens, p.corpus
         FROM phased p JOIN mix_component_names n USING (comp_idx)
         """,
-        {"seed": str(recipe.seed)},
+        {"seed": str(recipe.seed), "by_tokens": recipe.interleave == "tokens"},
     )
     ws.con.unregister("mix_component_names")
 
