@@ -23,6 +23,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("home.py", "Overview", ":material/dashboard:"),
     ("ingest.py", "Ingest", ":material/upload_file:"),
     ("corpus.py", "Corpus", ":material/library_books:"),
+    ("dedup.py", "Deduplication", ":material/content_copy:"),
 ]
 
 

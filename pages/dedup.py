@@ -1,0 +1,236 @@
+"""Deduplication: run exact, MinHash or semantic dedup as a background job; review the stored pair similarities
+with a movable threshold (counts from stored pairs, nothing recomputed), the pairs either side of it with their
+differences highlighted, and the clusters, largest first."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.dedup import (
+    DEFAULT_ROLES,
+    POLICIES,
+    SCOPES,
+    boundary_pairs,
+    candidate_probability,
+    cluster_members,
+    clusters,
+    latest_run,
+    normalisation_preview,
+    optimal_bands_rows,
+    stored_pairs,
+    what_if,
+)
+from core.models import BUNDLED_EMBEDDER
+from core.text import NormalisationConfig
+from core.workspace import ROLES, WorkspaceError
+from studio import widgets as w
+
+METHOD_LABELS = {"exact": "Exact (normalised text)", "minhash": "Near-duplicates (MinHash)",
+                 "semantic": "Semantic (embeddings)"}
+SCOPE_LABELS = {"all": "across all corpora and roles", "role": "within each role", "corpus": "within each corpus"}
+POLICY_LABELS = {"first": "first ingested", "longest": "longest", "quality": "best quality score"}
+
+st.title(":material/content_copy: Deduplication")
+st.caption("Duplicates inflate some content, waste compute and leak evaluation data. Each method finds pairs "
+           "with a similarity, clusters the pairs at or above the threshold, keeps one document per cluster and "
+           "drops the others; every drop names the method, the kept document and the similarity.")
+w.require_workspace()
+w.job_panel()
+
+with w.read_ws() as ws:
+    corpora = ws.corpora()
+    runs = {m: latest_run(ws, m) for m in METHOD_LABELS}
+
+method = st.segmented_control("Method", list(METHOD_LABELS), format_func=METHOD_LABELS.get, default="minhash",
+                              key="dedup_method") or "minhash"
+run = runs[method]
+previous = run["params"] if run else {}
+
+
+# --- parameters and the run button -----------------------------------------------------------------------------
+def s_curve(threshold: float, num_perm: int, bands: int, rows: int) -> go.Figure:
+    grid = np.linspace(0, 1, 201)
+    fig = go.Figure(go.Scatter(x=grid, y=candidate_probability(grid, bands, rows), mode="lines",
+                               name=f"{bands} bands × {rows} rows"))
+    fig.add_vline(x=threshold, line_dash="dash", line_color="#d62728", annotation_text=f"threshold {threshold:g}")
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="true Jaccard similarity",
+                      yaxis_title="P(candidate pair)", title=f"LSH S-curve, {num_perm} permutations")
+    return fig
+
+
+with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
+    argv = ["dedup", "--method", method]
+    c1, c2, c3 = st.columns(3)
+    scope = c1.selectbox("Duplicates may be found", SCOPES, format_func=SCOPE_LABELS.get,
+                         index=SCOPES.index(previous.get("scope", "all")), key=f"dedup_scope_{method}")
+    policy = c2.selectbox("Keep per cluster", POLICIES, format_func=POLICY_LABELS.get,
+                          index=POLICIES.index(previous.get("policy", "first")), key=f"dedup_policy_{method}",
+                          help="'best quality score' needs the quality step to have run")
+    roles = c3.multiselect("Roles", ROLES, default=previous.get("roles", list(DEFAULT_ROLES)),
+                           key=f"dedup_roles_{method}")
+    names = [c["name"] for c in corpora if c["role"] in roles]
+    chosen = st.multiselect("Only these corpora (empty: all of the roles)", names,
+                            default=[c for c in previous.get("corpora", []) if c in names],
+                            key=f"dedup_corpora_{method}")
+    argv += ["--scope", scope, "--policy", policy, "--roles", ",".join(roles)]
+    if chosen:
+        argv += ["--corpora", ",".join(chosen)]
+
+    if method == "exact":
+        norm = previous.get("normalisation", {})
+        k1, k2, k3, k4 = st.columns(4)
+        nfkc = k1.checkbox("Unicode NFKC", norm.get("unicode_nfkc", True), key="dedup_nfkc")
+        fold = k2.checkbox("Fold case", norm.get("casefold", True), key="dedup_case")
+        punct = k3.checkbox("Remove punctuation", norm.get("strip_punctuation", True), key="dedup_punct")
+        space = k4.checkbox("Collapse whitespace", norm.get("fold_whitespace", True), key="dedup_space")
+        cfg = NormalisationConfig(unicode_nfkc=nfkc, casefold=fold, strip_punctuation=punct, fold_whitespace=space)
+        sample = st.text_input("Try the normalisation", "Fever: ＴＲＥＡＴ the cause,  not   the symptom!",
+                               key="dedup_norm_sample")
+        st.markdown(f"Hashed as: `{normalisation_preview(sample, cfg)}` ({cfg.describe()})")
+        argv += [flag for flag, on in (("--no-nfkc", not nfkc), ("--keep-case", not fold),
+                                       ("--keep-punctuation", not punct), ("--keep-whitespace", not space)) if on]
+    elif method == "minhash":
+        m1, m2, m3 = st.columns(3)
+        threshold = m1.slider("Jaccard threshold", 0.5, 0.99, float(previous.get("threshold", 0.8)), 0.01,
+                              key="dedup_mh_threshold")
+        num_perm = m2.select_slider("Permutations", [64, 128, 256], value=int(previous.get("num_perm", 128)),
+                                    key="dedup_mh_perm")
+        ngram = m3.number_input("Shingle size (words; characters for Chinese/Japanese)", 1, 20,
+                                int(previous.get("ngram", 5)), key="dedup_mh_ngram")
+        bands, rows = optimal_bands_rows(round(threshold, 2), num_perm)
+        st.plotly_chart(s_curve(threshold, num_perm, bands, rows), key="dedup_s_curve")
+        st.caption(f"{bands} bands × {rows} rows, solved to balance missed pairs above the threshold against "
+                   f"needless candidates below it. A pair at Jaccard {threshold:g} becomes a candidate with "
+                   f"probability {float(candidate_probability(threshold, bands, rows)):.2f}; every candidate is "
+                   "then verified with the signatures' Jaccard estimate, so a band collision alone never drops a "
+                   "document.")
+        argv += ["--threshold", f"{threshold:g}", "--num-perm", str(num_perm), "--ngram", str(int(ngram))]
+    else:
+        s1, s2, s3 = st.columns(3)
+        threshold = s1.slider("Cosine threshold", 0.80, 0.999, float(previous.get("threshold", 0.95)), 0.005,
+                              key="dedup_sem_threshold")
+        model = s2.text_input("Model (sentence-transformers id or path)", previous.get("embed_model", BUNDLED_EMBEDDER),
+                              key="dedup_sem_model")
+        max_tokens = s3.number_input("Truncate at tokens", 16, 512, int(previous.get("max_tokens", 128)),
+                                     key="dedup_sem_tokens")
+        st.caption("Embeddings are cached per model and text: only documents never embedded are computed. "
+                   "On 2 cores expect about 100 new paragraphs a second.")
+        argv += ["--threshold", f"{threshold:g}", "--model", model, "--max-tokens", str(int(max_tokens))]
+    if st.button(f"Run {method} dedup", type="primary", icon=":material/play_arrow:", key="dedup_run"):
+        try:
+            w.launch_job(argv, f"{METHOD_LABELS[method]} dedup")
+        except WorkspaceError as exc:
+            st.error(str(exc), icon=":material/error:")
+        st.rerun()
+
+if run is None:
+    st.info(f"No {METHOD_LABELS[method].lower()} run yet: set the parameters above and run it.",
+            icon=":material/info:")
+    st.stop()
+
+# --- what the run did -------------------------------------------------------------------------------------------
+counts = run["counts"]
+params = run["params"]
+st.subheader("Result")
+a, b, c, d = st.columns(4)
+a.metric("Documents examined", f"{counts.get('documents', 0):,}")
+b.metric("Dropped", f"{counts.get('dropped', 0):,}")
+c.metric("Clusters", f"{counts.get('clusters', 0):,}")
+d.metric("Threshold", f"{params.get('threshold', 1.0):g}")
+role_of = {x["name"]: x["role"] for x in corpora}
+by_corpus = counts.get("dropped_by_corpus", {})
+if by_corpus:
+    table = pd.DataFrame([{"corpus": k, "role": role_of.get(k, ""), "dropped": v} for k, v in by_corpus.items()])
+    st.dataframe(table.sort_values("dropped", ascending=False), hide_index=True)
+st.caption(f"Run `{run['run_id']}`: {SCOPE_LABELS.get(params.get('scope', 'all'))}, keeping the "
+           f"{POLICY_LABELS.get(params.get('policy', 'first'))} document of each cluster.")
+
+with w.read_ws() as ws:
+    pairs = stored_pairs(ws, run["run_id"]).to_pandas()
+
+# --- the movable threshold --------------------------------------------------------------------------------------
+if method != "exact" and len(pairs):
+    st.subheader("Similarity of the stored pairs")
+    floor = float(params.get("floor", pairs["similarity"].min()))
+    applied = float(params.get("threshold", 0.8))
+    moved = st.slider("Move the threshold", floor, 1.0, applied, 0.005, key=f"dedup_moved_{method}",
+                      help="Counts below come from the pairs stored by the run (down to the floor); nothing is "
+                           "recomputed. Apply the new value with the button to record it.")
+    with w.read_ws() as ws:
+        would = what_if(ws, run["run_id"], moved)
+    st.plotly_chart(w.threshold_histogram(pairs, "similarity", [moved], title="Pairs by similarity",
+                                          x_label="Jaccard estimate" if method == "minhash" else "cosine", bins=50),
+                    key="dedup_hist")
+    st.markdown(f"At **{moved:.3f}**: **{would:,}** documents would be dropped "
+                f"({would - counts.get('dropped', 0):+,} against the applied {applied:g}); "
+                f"{int((pairs['similarity'] >= moved).sum()):,} of {len(pairs):,} stored pairs are at or above it.")
+    if method == "minhash":
+        st.caption(f"Pairs below the applied threshold are stored down to {floor:g}, but LSH surfaces them only "
+                   "with the probability the S-curve gives: the count there is a lower bound. Apply a lower "
+                   "threshold to search them fully.")
+    if abs(moved - applied) > 1e-9 and st.button(f"Apply {moved:.3f}", icon=":material/done_all:",
+                                                 key="dedup_apply"):
+        again = ["dedup", "--method", method, "--threshold", f"{moved:g}", "--scope", params.get("scope", "all"),
+                 "--policy", params.get("policy", "first"), "--roles", ",".join(params.get("roles", DEFAULT_ROLES))]
+        if params.get("corpora"):
+            again += ["--corpora", ",".join(params["corpora"])]
+        if method == "minhash":
+            again += ["--num-perm", str(params.get("num_perm", 128)), "--ngram", str(params.get("ngram", 5))]
+        else:
+            again += ["--model", params.get("embed_model", BUNDLED_EMBEDDER),
+                      "--max-tokens", str(params.get("max_tokens", 128))]
+        try:
+            w.launch_job(again, f"{METHOD_LABELS[method]} dedup at {moved:g}")
+        except WorkspaceError as exc:
+            st.error(str(exc), icon=":material/error:")
+        st.rerun()
+
+    # --- pairs either side of the line --------------------------------------------------------------------------
+    st.subheader("Pairs at the threshold")
+    st.caption("Red: only in the first text; green: only in the second.")
+    with w.read_ws() as ws:
+        edge = boundary_pairs(ws, run["run_id"], moved, n=3)
+    for side, title in (("above", "Just above (dropped)"), ("below", "Just below (kept)")):
+        st.markdown(f"**{title}**")
+        if not edge[side]:
+            st.caption("no stored pair on this side")
+        for pair in edge[side]:
+            html_a, html_b = w.diff_html(pair["text_a"][:3000], pair["text_b"][:3000])
+            with st.container(border=True):
+                st.markdown(f"similarity **{pair['similarity']:.3f}** · `{pair['doc_a']}` ({pair['corpus_a']}) "
+                            f"vs `{pair['doc_b']}` ({pair['corpus_b']})")
+                left, right = st.columns(2)
+                with left:
+                    w.show_html(html_a)
+                with right:
+                    w.show_html(html_b)
+
+# --- clusters -------------------------------------------------------------------------------------------------------
+st.subheader("Clusters, largest first")
+with w.read_ws() as ws:
+    biggest = clusters(ws, run["run_id"], limit=200)
+if not biggest:
+    st.caption("No cluster: nothing was dropped.")
+    st.stop()
+frame = pd.DataFrame([{"kept document": x["kept_doc"], "size": x["size"], "lowest similarity": x["min_similarity"],
+                       "corpora": x["corpora"], "kept text": x["kept_text"][:120]} for x in biggest])
+st.dataframe(frame, hide_index=True, height=240)
+pick = st.selectbox("Open a cluster", [x["kept_doc"] for x in biggest],
+                    format_func=lambda k: f"{k} ({next(x['size'] for x in biggest if x['kept_doc'] == k)} documents)",
+                    key=f"dedup_cluster_{method}")
+with w.read_ws() as ws:
+    members = cluster_members(ws, run["run_id"], pick)
+kept_text = next((m["text"] for m in members if m["is_kept"]), "")
+for member in members[:20]:
+    label = "kept" if member["is_kept"] else f"dropped, similarity to kept {member['similarity_to_kept']:.3f}"
+    with st.expander(f"{member['doc_id']} ({member['corpus']}): {label}", expanded=member["is_kept"]):
+        if member["is_kept"]:
+            st.text(member["text"][:3000])
+        else:
+            _, html_b = w.diff_html(kept_text[:3000], member["text"][:3000])
+            w.show_html(html_b)
+if len(members) > 20:
+    st.caption(f"{len(members) - 20:,} more members not shown")
