@@ -29,6 +29,7 @@ StepRunner = Callable[[Workspace, dict[str, Any], Progress], dict[str, Any]]
 STEP_RUNNERS: dict[str, str] = {
     "tokens": "core.tokens:demo_step",
     "dedup": "core.dedup:demo_step",
+    "quality": "core.quality:demo_step",
     "terms": "core.terms:demo_step",
     "recall": "core.recall:demo_step",
     "decontam": "core.decontam:demo_step",

@@ -279,6 +279,82 @@ MIX_MIGRATIONS: list[str] = [
     """,
 ]
 
+# Quality (core/quality.py): raw heuristic signals per document (long format, so thresholds move without
+# recomputing), perplexity per document and model, and the composite score. `quality_composite(doc_id, score)`
+# is read by the dedup step's "best quality" representative policy: keep its name and columns. Relevance is read
+# live from the terms step's `current_term_density`, so the composite follows the latest terminology run.
+QUALITY_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS quality_scored (
+        doc_id VARCHAR PRIMARY KEY,
+        language_group VARCHAR NOT NULL,
+        signals_version INTEGER NOT NULL,
+        informativeness DOUBLE,
+        safety DOUBLE,
+        run_id VARCHAR
+    );
+    CREATE TABLE IF NOT EXISTS quality_signals (
+        doc_id VARCHAR NOT NULL,
+        signal VARCHAR NOT NULL,
+        value DOUBLE,
+        run_id VARCHAR
+    );
+    CREATE TABLE IF NOT EXISTS quality_perplexity (
+        doc_id VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        max_tokens INTEGER NOT NULL,
+        dtype VARCHAR,
+        tokens INTEGER,
+        perplexity DOUBLE,
+        run_id VARCHAR,
+        computed_at TIMESTAMP DEFAULT current_timestamp
+    );
+    CREATE TABLE IF NOT EXISTS quality_weights (
+        relevance DOUBLE NOT NULL,
+        fluency DOUBLE NOT NULL,
+        informativeness DOUBLE NOT NULL,
+        safety DOUBLE NOT NULL
+    );
+    INSERT INTO quality_weights SELECT 0.3, 0.2, 0.3, 0.2 WHERE NOT EXISTS (SELECT 1 FROM quality_weights);
+    CREATE OR REPLACE VIEW quality_perplexity_latest AS
+        SELECT * EXCLUDE (pick) FROM (
+            SELECT *, row_number() OVER (PARTITION BY doc_id ORDER BY computed_at DESC, run_id DESC) AS pick
+            FROM quality_perplexity)
+        WHERE pick = 1;
+    CREATE OR REPLACE VIEW quality_parts AS
+        WITH density AS (
+            SELECT doc_id, max(density) AS density FROM current_term_density GROUP BY doc_id),
+        relevance AS (
+            SELECT q.doc_id,
+                   CASE WHEN t.density <= 0 THEN 0.0 ELSE cume_dist() OVER (
+                       PARTITION BY q.language_group, t.density > 0 ORDER BY t.density) END AS relevance
+            FROM quality_scored q JOIN density t USING (doc_id)),
+        fluency AS (
+            SELECT q.doc_id,
+                   1.0 - percent_rank() OVER (PARTITION BY q.language_group ORDER BY p.perplexity) AS fluency
+            FROM quality_scored q JOIN quality_perplexity_latest p USING (doc_id)
+            WHERE p.perplexity IS NOT NULL)
+        SELECT q.doc_id, q.language_group, r.relevance, f.fluency, q.informativeness, q.safety
+        FROM quality_scored q LEFT JOIN relevance r USING (doc_id) LEFT JOIN fluency f USING (doc_id);
+    CREATE OR REPLACE VIEW quality_composite AS
+        SELECT p.doc_id,
+               (coalesce(w.relevance * p.relevance, 0) + coalesce(w.fluency * p.fluency, 0)
+                + coalesce(w.informativeness * p.informativeness, 0) + coalesce(w.safety * p.safety, 0))
+               / nullif(CASE WHEN p.relevance IS NULL THEN 0 ELSE w.relevance END
+                        + CASE WHEN p.fluency IS NULL THEN 0 ELSE w.fluency END
+                        + CASE WHEN p.informativeness IS NULL THEN 0 ELSE w.informativeness END
+                        + CASE WHEN p.safety IS NULL THEN 0 ELSE w.safety END, 0) AS score
+        FROM quality_parts p CROSS JOIN (SELECT * FROM quality_weights LIMIT 1) w;
+    CREATE OR REPLACE VIEW quality_values AS
+        SELECT doc_id, signal, value FROM quality_signals
+        UNION ALL
+        SELECT doc_id, 'perplexity' AS signal, perplexity AS value FROM quality_perplexity_latest
+        WHERE perplexity IS NOT NULL
+        UNION ALL
+        SELECT doc_id, 'composite' AS signal, score AS value FROM quality_composite WHERE score IS NOT NULL;
+    """,
+]
+
 # Deduplication (core/dedup.py). Signatures and band hashes are keyed by scheme so a later run reuses them;
 # pairs are stored down to a floor below the threshold so the review page can move the threshold without
 # recomputing; clusters record which document each dropped one lost to.
@@ -323,4 +399,5 @@ MIGRATIONS: dict[str, list[str]] = {
     "benchmarks": BENCHMARK_MIGRATIONS,
     "terms": TERMS_MIGRATIONS,
     "mix": MIX_MIGRATIONS,
+    "quality": QUALITY_MIGRATIONS,
 }

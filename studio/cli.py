@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "studio.commands.workspace",
     "studio.commands.ingest",
     "studio.commands.dedup",
+    "studio.commands.quality",
     "studio.commands.terms",
     "studio.commands.recall",
     "studio.commands.mix",
