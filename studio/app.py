@@ -24,6 +24,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("ingest.py", "Ingest", ":material/upload_file:"),
     ("corpus.py", "Corpus", ":material/library_books:"),
     ("dedup.py", "Deduplication", ":material/content_copy:"),
+    ("quality.py", "Quality", ":material/verified:"),
 ]
 
 
