@@ -25,6 +25,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -184,7 +185,7 @@ def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5) 
 def minhash_scheme(num_perm: int, ngram: int) -> str:
     import rensa
 
-    return f"rensa-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}|perm={num_perm}|ngram={ngram}|seed={MINHASH_SEED}"
+    return f"rensa-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}|ngramhash-v1|perm={num_perm}|ngram={ngram}|seed={MINHASH_SEED}"
 
 
 def tokens_for(text: str, language: str | None = None) -> list[str]:
@@ -205,15 +206,77 @@ def shingles(text: str, ngram: int = 5, language: str | None = None) -> list[str
     return list({"\x1f".join(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1)})
 
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: spreads the bits of combined n-gram hashes."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def shingle_hashes(texts: Sequence[str], ngram: int = 5, languages: Sequence[str | None] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit hashes of every n-gram of every text, flat, with row offsets (n + 1 of them).
+
+    The same n-grams as `shingles` (so the same Jaccard similarity), computed without building a string per
+    n-gram: tokens are dictionary-encoded (Arrow), each distinct token hashed once (rensa's FxHash, stable
+    across processes), and each n-gram's hash combined from its tokens' hashes with NumPy over the whole batch.
+    Repeated n-grams stay in (MinHash ignores repeats). A text shorter than n tokens is one shingle; an empty
+    text one constant shingle."""
+    import rensa
+
+    langs = languages if languages is not None else [None] * len(texts)
+    token_lists = [tokens_for(t, lang) for t, lang in zip(texts, langs, strict=True)]
+    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+    encoded = pa.array(list(chain.from_iterable(token_lists)), pa.string()).dictionary_encode()
+    distinct = encoded.dictionary.to_pylist()
+    token_hash = np.asarray(rensa.RMinHash.hash_token_sets([distinct])[0] if distinct else [], dtype=np.uint64)
+    tokens = np.concatenate([token_hash[encoded.indices.to_numpy(zero_copy_only=False)],
+                             np.zeros(ngram, dtype=np.uint64)])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    windows = np.where(lengths >= ngram, lengths - ngram + 1, 1)
+    doc = np.repeat(np.arange(len(texts)), windows)
+    first = np.repeat(np.cumsum(windows) - windows, windows)
+    pos = np.arange(int(windows.sum()), dtype=np.int64) - first + starts[doc]
+    span = np.minimum(lengths, ngram).astype(np.uint64)
+    hashes = np.zeros(len(pos), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(ngram):
+            hashes = (hashes * _GOLDEN) ^ tokens[pos + j]
+        # Texts shorter than n tokens (few): their one shingle combines only their own tokens.
+        window_end = np.cumsum(windows)
+        for d in np.flatnonzero(lengths < ngram):
+            h = np.uint64(0)
+            for j in range(int(lengths[d])):
+                h = (h * _GOLDEN) ^ tokens[starts[d] + j]
+            hashes[window_end[d] - 1] = h
+        hashes = _mix64(hashes ^ span[doc])
+    offsets = np.concatenate([[0], np.cumsum(windows)]).astype(np.uint64)
+    return hashes, offsets
+
+
 def signatures(texts: Sequence[str], num_perm: int = 128, ngram: int = 5,
                languages: Sequence[str | None] | None = None) -> np.ndarray:
-    """(n, num_perm) uint32 MinHash signatures (rensa R-MinHash, fixed seed)."""
-    langs = languages if languages is not None else [None] * len(texts)
-    sets = [shingles(t, ngram, lang) for t, lang in zip(texts, langs, strict=True)]
-    return signatures_from_shingles(sets, num_perm)
+    """(n, num_perm) uint32 MinHash signatures of the texts' n-gram sets (rensa R-MinHash, fixed seed)."""
+    hashes, offsets = shingle_hashes(texts, ngram, languages)
+    return signatures_from_hashes(hashes, offsets, num_perm)
+
+
+def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128) -> np.ndarray:
+    import rensa
+
+    if len(offsets) <= 1:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, MINHASH_SEED)
+    return np.asarray(matrix.to_rows(), dtype=np.uint32)
 
 
 def signatures_from_shingles(shingle_sets: Sequence[Sequence[str]], num_perm: int = 128) -> np.ndarray:
+    """Signatures of explicit shingle strings (rensa hashes them); for comparisons and explanations."""
     import rensa
 
     if not shingle_sets:
@@ -466,12 +529,11 @@ def ensure_signatures(ws: Workspace, doc_ids: Sequence[str] | None, num_perm: in
     for start in range(0, total, batch):
         part = todo.slice(start, batch)
         texts = part.column("text").to_pylist()
-        sets = [shingles(t, ngram, lang) for t, lang in zip(texts, part.column("language").to_pylist(),
-                                                            strict=True)]
-        sigs = signatures_from_shingles(sets, num_perm)
+        hashes, shingle_offsets = shingle_hashes(texts, ngram, part.column("language").to_pylist())
+        sigs = signatures_from_hashes(hashes, shingle_offsets, num_perm)
         offsets = pa.array(np.arange(0, (len(texts) + 1) * num_perm, num_perm, dtype=np.int32))
         table = pa.table({"doc_id": part.column("doc_id"),
-                          "shingles": pa.array([len(s) for s in sets], pa.int32()),
+                          "shingles": pa.array(np.diff(shingle_offsets).astype(np.int32)),
                           "signature": pa.ListArray.from_arrays(offsets, pa.array(sigs.reshape(-1), pa.uint32()))})
         register_arrow(ws, "dedup_new_sigs", table)
         ws.con.execute("INSERT INTO dedup_signatures SELECT ?, doc_id, shingles, signature FROM dedup_new_sigs",

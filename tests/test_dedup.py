@@ -269,3 +269,25 @@ def test_semantic_finds_paraphrase_level_duplicates_and_caches(empty_ws: Workspa
     again = deduplicate(empty_ws, DedupConfig(method="semantic", threshold=0.9))
     assert empty_ws.scalar("SELECT count(*) FROM embeddings") == stored  # nothing re-embedded
     assert again.dropped >= result.dropped
+
+
+def test_hashed_shingles_are_the_string_shingles(data_dir: Path) -> None:
+    """The engine hashes n-grams without building strings; it must see the same n-gram sets as `shingles`."""
+    from core.dedup import shingle_hashes
+    from core.text import detect_language
+
+    texts = (_read_texts(data_dir, "medquad/corpus_en_medquad_nih_paragraphs.jsonl")[:300]
+             + _read_texts(data_dir, "medicalgpt/corpus_zh_medical_textbook_fever.jsonl")[:300]
+             + ["", "one", "two words", "CT检查", "a b c d e", "a b c d e f"])
+    langs = [detect_language(t) for t in texts]
+    hashes, offsets = shingle_hashes(texts, 5, langs)
+    assert len(offsets) == len(texts) + 1
+    for i, (text, lang) in enumerate(zip(texts, langs, strict=True)):
+        assert len(set(hashes[offsets[i]:offsets[i + 1]].tolist())) == len(set(shingles(text, 5, lang)))
+    # Mixed script: Latin words stay whole inside Chinese text, each Han character is a token.
+    from core.dedup import tokens_for
+
+    assert tokens_for("CT检查阴性, see Fig 2", "zh") == ["ct", "检", "查", "阴", "性", "see", "fig", "2"]
+    assert tokens_for("CT检查阴性, see Fig 2", "en") == ["ct检查阴性", "see", "fig", "2"]
+    short = signatures(["short one", "short two", "短文", "短文字"])
+    assert (jaccard_estimate(short[:, None, :], short[None, :, :]) == np.eye(4)).all()
