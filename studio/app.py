@@ -25,6 +25,8 @@ PAGES: list[tuple[str, str, str]] = [
     ("corpus.py", "Corpus", ":material/library_books:"),
     ("dedup.py", "Deduplication", ":material/content_copy:"),
     ("quality.py", "Quality", ":material/verified:"),
+    ("terms.py", "Terminology", ":material/spellcheck:"),
+    ("mix.py", "Mix", ":material/blender:"),
 ]
 
 

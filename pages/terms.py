@@ -1,0 +1,223 @@
+"""Terminology: lexicons (bundled, uploaded, combined), density per corpus with a movable threshold, live
+kept/dropped counts from stored values, documents either side of the threshold with their terms highlighted,
+and applying the filter as a background job."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.terms import (
+    DEFAULT_LEXICONS,
+    TermFilterConfig,
+    TermMatcher,
+    active_score_run,
+    bundled_lexicons,
+    corpus_density_summary,
+    density_table,
+    documents_near_threshold,
+    filter_preview,
+    load_lexicons,
+    parse_lexicon,
+)
+from core.workspace import ROLES, WorkspaceError
+from studio import widgets as w
+
+st.title(":material/spellcheck: Terminology")
+st.caption("Term hits per word (per character in Chinese) from a medical lexicon. Domain documents that hardly "
+           "use the domain's vocabulary, or are too short or too long, are dropped; general corpora are scored "
+           "too, for comparison.")
+path = w.require_workspace()
+w.job_panel()
+
+upload_dir = path / "artifacts" / "lexicons"
+
+
+@st.cache_resource(max_entries=4)
+def matcher_for(specs: tuple[str, ...], stamp: tuple[float, ...]) -> TermMatcher:
+    """The automaton for highlighting; `stamp` (file times) rebuilds it when a lexicon file changes."""
+    return TermMatcher(load_lexicons(list(specs)))
+
+
+def spec_label(spec: str) -> str:
+    return spec if spec in bundled_lexicons() else f"{Path(spec).name} (uploaded)"
+
+
+def spec_stamp(specs: list[str]) -> tuple[float, ...]:
+    files = [bundled_lexicons().get(s, Path(s)) for s in specs]
+    return tuple(f.stat().st_mtime if f.exists() else 0.0 for f in files)
+
+
+# --- lexicons --------------------------------------------------------------------------------------------------
+with w.read_ws() as ws:
+    scoring = active_score_run(ws)
+scored_specs = list(scoring["params"].get("lexicons", [])) if scoring else []
+
+with st.expander("Lexicons", expanded=scoring is None):
+    uploaded_specs = sorted(str(p) for p in upload_dir.glob("*") if p.suffix.lower() in {".txt", ".csv"}) \
+        if upload_dir.is_dir() else []
+    available = list(bundled_lexicons()) + uploaded_specs
+    default = [s for s in (scored_specs or list(DEFAULT_LEXICONS)) if s in available]
+    chosen_specs = st.multiselect("Combine these lexicons", available, default=default, format_func=spec_label,
+                                  key="terms_lexicons",
+                                  help="Several lexicons are merged into one; a term in more than one keeps its "
+                                       "highest weight.")
+    rows = []
+    for spec in available:
+        try:
+            lexicon = load_lexicons([spec])
+            rows.append({"lexicon": spec_label(spec), "terms": len(lexicon),
+                         "compound terms": sum(" " in t or (len(t) >= 3 and not t.isascii())
+                                               for t in lexicon.weights),
+                         "weighted": any(v != 1.0 for v in lexicon.weights.values()),
+                         "examples": ", ".join(list(lexicon.spelling.values())[:6])})
+        except (ValueError, OSError) as exc:
+            rows.append({"lexicon": spec_label(spec), "terms": 0, "examples": f"unreadable: {exc}"})
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if chosen_specs:
+        combined = load_lexicons(chosen_specs)
+        st.caption(f"Combined: **{combined.name}**, {len(combined):,} terms.")
+
+    upload = st.file_uploader("Upload a lexicon: TXT (one term a line, '#' comments) or CSV (term,weight)",
+                              type=["txt", "csv"], key="terms_upload")
+    if upload is not None:
+        stem = re.sub(r"[^\w\-]+", "_", Path(upload.name).stem).strip("_") or "lexicon"
+        suffix = Path(upload.name).suffix.lower()
+        try:
+            parsed = parse_lexicon(upload.getvalue().decode("utf-8-sig"), stem, suffix)
+        except (ValueError, UnicodeDecodeError) as exc:
+            st.error(f"{upload.name}: {exc}", icon=":material/error:")
+        else:
+            target = upload_dir / f"{stem}{suffix}"
+            if not target.exists() or target.read_bytes() != upload.getvalue():
+                upload_dir.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(upload.getvalue())
+                st.success(f"Saved {target.name}: {len(parsed):,} terms. Select it above to combine it.",
+                           icon=":material/check_circle:")
+                st.rerun()
+
+    rescore = chosen_specs and (scoring is None or sorted(chosen_specs) != sorted(scored_specs))
+    if st.button("Score all documents with this combination", disabled=not chosen_specs,
+                 type="primary" if rescore else "secondary", key="terms_score_button"):
+        argv = ["terms"]
+        for spec in chosen_specs:
+            argv += ["--lexicon", spec]
+        try:
+            w.launch_job(argv, f"Terminology scoring ({' + '.join(map(spec_label, chosen_specs))})")
+        except WorkspaceError as exc:
+            st.error(str(exc), icon=":material/error:")
+        st.rerun()
+
+if scoring is None:
+    st.info("No document is scored yet: choose lexicons above and score all documents.",
+            icon=":material/info:")
+    st.stop()
+
+st.caption(f"Scores from run `{scoring['run_id']}` with lexicon **{scoring['params'].get('lexicon')}** "
+           f"({scoring['params'].get('terms', 0):,} terms), {scoring['counts'].get('documents', 0):,} documents.")
+
+# --- filter settings -------------------------------------------------------------------------------------------
+defaults = TermFilterConfig()
+with w.read_ws() as ws:
+    corpora = ws.df("SELECT name, role FROM corpora ORDER BY role, name")
+c1, c2, c3 = st.columns([2, 2, 3])
+min_density = c1.slider("Minimum density (hits per word / character)", 0.0, 0.2, defaults.min_density,
+                        step=0.005, format="%.3f", key="terms_min_density")
+min_words, max_words = c2.slider("Length in words", 0, 5_000, (defaults.min_words, defaults.max_words),
+                                 step=10, key="terms_words")
+min_chars, max_chars = c2.slider("Length in characters (Chinese)", 0, 8_000,
+                                 (defaults.min_chars, defaults.max_chars), step=25, key="terms_chars")
+roles = c3.multiselect("Filter corpora of role", list(ROLES), default=["domain"], key="terms_roles")
+only_corpora = c3.multiselect("...or exactly these corpora", corpora["name"].tolist(), key="terms_corpora")
+cfg = TermFilterConfig(min_density=min_density, min_words=min_words, max_words=max_words, min_chars=min_chars,
+                       max_chars=max_chars, roles=roles or ["domain"], corpora=only_corpora or None)
+
+# --- live counts from stored values ----------------------------------------------------------------------------
+with w.read_ws() as ws:
+    preview = pd.DataFrame(filter_preview(ws, cfg))
+    summary = pd.DataFrame(corpus_density_summary(ws))
+    applied = ws.query("SELECT run_id, params, counts FROM runs WHERE step = 'terms' AND active AND status = 'ok' "
+                       "ORDER BY started_at DESC LIMIT 1")
+total = int(preview["documents"].sum()) if not preview.empty else 0
+kept = int(preview["kept"].sum()) if not preview.empty else 0
+m1, m2, m3, m4 = st.columns(4)
+m1.metric("Documents filtered", f"{total:,}")
+m2.metric("Kept", f"{kept:,}")
+m3.metric("Dropped", f"{total - kept:,}")
+if applied:
+    applied_params, applied_counts = json.loads(applied[0][1]), json.loads(applied[0][2] or "{}")
+    m4.metric("Applied now", f"{applied_counts.get('dropped', 0):,} dropped",
+              f"density >= {applied_params.get('min_density')}", delta_color="off", delta_arrow="off")
+else:
+    m4.metric("Applied now", "nothing", "filter not applied yet", delta_color="off", delta_arrow="off")
+if not preview.empty:
+    preview["dropped"] = preview["documents"] - preview["kept"]
+    st.dataframe(preview[["corpus", "role", "documents", "kept", "dropped", "too_short", "too_long",
+                          "low_term_density"]], hide_index=True)
+
+apply_argv = ["terms", "--min-density", f"{min_density:g}", "--min-words", str(min_words), "--max-words",
+              str(max_words), "--min-chars", str(min_chars), "--max-chars", str(max_chars), "--apply"]
+for spec in scored_specs:
+    apply_argv += ["--lexicon", spec]
+for name in only_corpora:
+    apply_argv += ["--corpus", name]
+if not only_corpora:
+    for role in roles or ["domain"]:
+        apply_argv += ["--role", role]
+if st.button(f"Apply: drop {total - kept:,} documents", type="primary", key="terms_apply_button"):
+    try:
+        w.launch_job(apply_argv, f"Terminology filter (density >= {min_density:g})")
+    except WorkspaceError as exc:
+        st.error(str(exc), icon=":material/error:")
+    st.rerun()
+st.caption("Applying records a drop in `decisions` (rule, value, threshold) for each dropped document and "
+           "replaces the previous terminology filter. Command line: `studio terms WORKSPACE "
+           + " ".join(apply_argv[1:]) + "`")
+
+# --- histogram -------------------------------------------------------------------------------------------------
+st.subheader("Density per corpus")
+scope_names = preview["corpus"].tolist() if not preview.empty else []
+general_names = corpora.loc[corpora["role"] == "general", "name"].tolist()
+shown = st.multiselect("Corpora in the histogram", corpora["name"].tolist(),
+                       default=list(dict.fromkeys(scope_names + general_names)), key="terms_hist_corpora")
+if shown:
+    with w.read_ws() as ws:
+        values = density_table(ws, shown)
+    h1, h2 = st.columns([4, 1])
+    clip = h1.slider("Show densities up to", 0.05, 1.0, 0.3, step=0.05, key="terms_clip")
+    log_y = h2.checkbox("Log scale", value=True, key="terms_log_y",
+                        help="General corpora pile up at density 0; a log scale keeps the domain curves visible.")
+    st.plotly_chart(w.threshold_histogram(values[values["density"] <= clip], "density", min_density,
+                                          color="corpus", x_label="term density", bins=80, log_y=log_y,
+                                          title="Term hits per word (per character for Chinese)"))
+    st.dataframe(summary[summary["corpus"].isin(shown)], hide_index=True,
+                 column_config={"median_density": st.column_config.NumberColumn(format="%.4f"),
+                                "mean_density": st.column_config.NumberColumn(format="%.4f"),
+                                "share_with_hits": st.column_config.NumberColumn(format="percent")})
+
+# --- documents either side of the threshold --------------------------------------------------------------------
+st.subheader("Documents either side of the threshold")
+candidates = scope_names or corpora["name"].tolist()
+corpus = st.selectbox("Corpus", candidates, key="terms_near_corpus")
+if corpus:
+    with w.read_ws() as ws:
+        near = documents_near_threshold(ws, corpus, min_density, n=3, cfg=cfg)
+    matcher = matcher_for(tuple(scored_specs), spec_stamp(scored_specs)) if scored_specs else None
+    left, right = st.columns(2)
+    for column, side, title in ((left, "below", "Just below: dropped"), (right, "above", "Just above: kept")):
+        with column:
+            st.markdown(f"**{title}**")
+            if not near[side]:
+                st.caption("no document within the length bounds on this side")
+            for doc in near[side]:
+                terms = json.loads(doc["terms"] or "{}")
+                st.markdown(f"`{doc['doc_id']}` density **{doc['density']:.4f}** = {doc['hits']} hits / "
+                            f"{doc['units']:,} {doc['unit']}s")
+                if terms:
+                    st.caption(", ".join(f"{t} x{n}" for t, n in terms.items()))
+                spans = [(m.start, m.end) for m in matcher.matches(doc["text"])] if matcher else []
+                w.show_html(w.highlight_spans(doc["text"], spans))
