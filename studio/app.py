@@ -26,7 +26,6 @@ PAGES: list[tuple[str, str, str]] = [
     ("dedup.py", "Deduplication", ":material/content_copy:"),
     ("quality.py", "Quality", ":material/verified:"),
     ("terms.py", "Terminology", ":material/spellcheck:"),
-    ("mix.py", "Mix", ":material/blender:"),
 ]
 
 
