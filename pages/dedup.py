@@ -161,9 +161,10 @@ if method != "exact" and len(pairs):
                            "recomputed. Apply the new value with the button to record it.")
     with w.read_ws() as ws:
         would = what_if(ws, run["run_id"], moved)
-    st.plotly_chart(w.threshold_histogram(pairs, "similarity", [moved], title="Pairs by similarity",
-                                          x_label="Jaccard estimate" if method == "minhash" else "cosine", bins=50),
-                    key="dedup_hist")
+    histogram = w.threshold_histogram(pairs, "similarity", [moved], title="Pairs by similarity",
+                                      x_label="Jaccard estimate" if method == "minhash" else "cosine", bins=50)
+    histogram.update_layout(yaxis_title="pairs")
+    st.plotly_chart(histogram, key="dedup_hist")
     st.markdown(f"At **{moved:.3f}**: **{would:,}** documents would be dropped "
                 f"({would - counts.get('dropped', 0):+,} against the applied {applied:g}); "
                 f"{int((pairs['similarity'] >= moved).sum()):,} of {len(pairs):,} stored pairs are at or above it.")
