@@ -381,3 +381,33 @@ def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict
     return {"run_id": result.run_id, "pool_documents": result.pool_documents, "items": result.items,
             "recalled_documents": result.recalled_documents, "control_documents": result.control_documents,
             "excluded_by_cap": result.excluded_by_cap}
+
+
+def shared_spans(a: str, b: str, min_tokens: int = 4) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Character spans of the word runs (at least `min_tokens` normalised tokens) that `a` and `b` share, in each
+    text: what the page highlights when it shows a document beside the benchmark item it resembles."""
+    import difflib
+
+    from core.decontam import tokenize
+
+    ta, sa = tokenize(a)
+    tb, sb = tokenize(b)
+    matcher = difflib.SequenceMatcher(a=ta, b=tb, autojunk=False)
+    spans_a, spans_b = [], []
+    for i, j, n in matcher.get_matching_blocks():
+        if n >= min_tokens:
+            spans_a.append((sa[i][0], sa[i + n - 1][1]))
+            spans_b.append((sb[j][0], sb[j + n - 1][1]))
+    return spans_a, spans_b
+
+
+def documents_at_cap(ws: Workspace, run_id: str, cap: float, limit: int = 8) -> list[dict[str, Any]]:
+    """The candidates closest to the cap (either side), each with the benchmark item it resembles most."""
+    rows = ws.query(
+        """
+        SELECT c.doc_id, c.corpus, c.best_similarity, d.text, i.corpus, i.item_id, i.subject, i.item_text, i.answer
+        FROM recall_candidates c JOIN documents d USING (doc_id) JOIN benchmark_items i ON i.doc_id = c.best_item
+        WHERE c.run_id = ? ORDER BY abs(c.best_similarity - ?), c.doc_id LIMIT ?
+        """, [run_id, cap, limit])
+    keys = ("doc_id", "corpus", "similarity", "text", "benchmark", "item_id", "subject", "item_text", "answer")
+    return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -26,6 +26,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("dedup.py", "Deduplication", ":material/content_copy:"),
     ("quality.py", "Quality", ":material/verified:"),
     ("terms.py", "Terminology", ":material/spellcheck:"),
+    ("recall.py", "Recall", ":material/target:"),
 ]
 
 
