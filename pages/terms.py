@@ -121,9 +121,15 @@ st.caption(f"Scores from run `{scoring['run_id']}` with lexicon **{scoring['para
            f"({scoring['params'].get('terms', 0):,} terms), {scoring['counts'].get('documents', 0):,} documents.")
 
 # --- filter settings -------------------------------------------------------------------------------------------
-defaults = TermFilterConfig()
 with w.read_ws() as ws:
     corpora = ws.df("SELECT name, role FROM corpora ORDER BY role, name")
+    applied = ws.query("SELECT run_id, params, counts FROM runs WHERE step = 'terms' AND active AND status = 'ok' "
+                       "ORDER BY started_at DESC LIMIT 1")
+# The controls start from the filter as applied now (the demo lowers the minimum length), else the defaults.
+defaults = TermFilterConfig()
+if applied:
+    applied_params = json.loads(applied[0][1])
+    defaults = TermFilterConfig(**{k: applied_params[k] for k in vars(defaults) if k in applied_params})
 c1, c2, c3 = st.columns([2, 2, 3])
 min_density = c1.slider("Minimum density (hits per word / character)", 0.0, 0.2, defaults.min_density,
                         step=0.005, format="%.3f", key="terms_min_density")
@@ -131,8 +137,9 @@ min_words, max_words = c2.slider("Length in words", 0, 5_000, (defaults.min_word
                                  step=10, key="terms_words")
 min_chars, max_chars = c2.slider("Length in characters (Chinese)", 0, 8_000,
                                  (defaults.min_chars, defaults.max_chars), step=25, key="terms_chars")
-roles = c3.multiselect("Filter corpora of role", list(ROLES), default=["domain"], key="terms_roles")
-only_corpora = c3.multiselect("...or exactly these corpora", corpora["name"].tolist(), key="terms_corpora")
+roles = c3.multiselect("Filter corpora of role", list(ROLES), default=defaults.roles, key="terms_roles")
+only_corpora = c3.multiselect("...or exactly these corpora", corpora["name"].tolist(), key="terms_corpora",
+                              default=[c for c in defaults.corpora or [] if c in set(corpora["name"])])
 cfg = TermFilterConfig(min_density=min_density, min_words=min_words, max_words=max_words, min_chars=min_chars,
                        max_chars=max_chars, roles=roles or ["domain"], corpora=only_corpora or None)
 
@@ -140,8 +147,6 @@ cfg = TermFilterConfig(min_density=min_density, min_words=min_words, max_words=m
 with w.read_ws() as ws:
     preview = pd.DataFrame(filter_preview(ws, cfg))
     summary = pd.DataFrame(corpus_density_summary(ws))
-    applied = ws.query("SELECT run_id, params, counts FROM runs WHERE step = 'terms' AND active AND status = 'ok' "
-                       "ORDER BY started_at DESC LIMIT 1")
 total = int(preview["documents"].sum()) if not preview.empty else 0
 kept = int(preview["kept"].sum()) if not preview.empty else 0
 m1, m2, m3, m4 = st.columns(4)
@@ -149,7 +154,7 @@ m1.metric("Documents filtered", f"{total:,}")
 m2.metric("Kept", f"{kept:,}")
 m3.metric("Dropped", f"{total - kept:,}")
 if applied:
-    applied_params, applied_counts = json.loads(applied[0][1]), json.loads(applied[0][2] or "{}")
+    applied_counts = json.loads(applied[0][2] or "{}")
     m4.metric("Applied now", f"{applied_counts.get('dropped', 0):,} dropped",
               f"density >= {applied_params.get('min_density')}", delta_color="off", delta_arrow="off")
 else:
