@@ -1,0 +1,142 @@
+"""Quality benchmark: heuristic scoring throughput on >= 200,000 documents, threshold moves from stored values,
+language-model perplexity on CPU (fp32 against bf16 autocast), then the terminology bench (`bench/terms.py`:
+Aho-Corasick against a regex alternation with a 1,000-term lexicon). Baselines are measured in the same run, so
+the ratios hold on a noisy shared machine.
+
+    flock /tmp/studio-heavy.lock .venv/bin/python bench/quality.py [--docs 200000] [--ppl-docs 48]
+
+Corpus: every `corpus_*.jsonl` of the shared data (16k paragraphs, English and Chinese), replicated in order up to
+`--docs` documents, ingested into a temporary workspace as one domain corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from core.config import data_root  # noqa: E402
+from core.ingest import IngestConfig, ingest  # noqa: E402
+from core.quality import (  # noqa: E402
+    QualityFilterConfig,
+    QualityScoreConfig,
+    apply_filters,
+    filter_preview,
+    score_quality,
+)
+from core.quality_signals import compute_batch, language_group  # noqa: E402
+from core.text import detect_language  # noqa: E402
+from core.workspace import Workspace  # noqa: E402
+
+
+def shared_paragraphs() -> list[str]:
+    texts = []
+    for path in sorted(data_root().glob("*/corpus_*.jsonl")):
+        with open(path, encoding="utf-8") as fh:
+            texts += [json.loads(line)["text"] for line in fh]
+    return [t for t in texts if t.strip()]
+
+
+def bench_heuristics(texts: list[str], n_docs: int, baseline_docs: int, workdir: Path) -> dict[str, float]:
+    corpus_file = workdir / "replicated.jsonl"
+    with open(corpus_file, "w", encoding="utf-8") as fh:
+        for i in range(n_docs):
+            fh.write(json.dumps({"id": str(i), "text": texts[i % len(texts)]}, ensure_ascii=False) + "\n")
+    groups = [language_group(detect_language(t)) for t in texts]
+    zh_share = sum(g == "zh" for g in groups) / len(groups)
+    print(f"heuristics: {n_docs:,} documents ({len(texts):,} distinct shared paragraphs replicated, "
+          f"{zh_share:.0%} Chinese, {statistics.mean(map(len, texts)):,.0f} characters on average); "
+          f"{os.cpu_count()} cores", flush=True)
+
+    # baseline: the same rules in one process, no workspace
+    sample = [texts[i % len(texts)] for i in range(baseline_docs)]
+    sample_groups = [groups[i % len(texts)] for i in range(baseline_docs)]
+    started = time.perf_counter()
+    compute_batch(sample, sample_groups)
+    single = baseline_docs / (time.perf_counter() - started)
+    per_group = {}
+    for group in ("latin", "zh"):
+        part = [t for t, g in zip(sample, sample_groups, strict=True) if g == group][:5_000]
+        started = time.perf_counter()
+        compute_batch(part, [group] * len(part))
+        per_group[group] = len(part) / (time.perf_counter() - started)
+    print(f"  one process, no storage:  {single:>9,.0f} docs/s on {baseline_docs:,} docs "
+          f"(English/Latin {per_group['latin']:,.0f} docs/s, Chinese with jieba {per_group['zh']:,.0f} docs/s)",
+          flush=True)
+
+    with Workspace.open(workdir / "ws") as ws:
+        started = time.perf_counter()
+        ingest(ws, IngestConfig(sources=[str(corpus_file)], corpus="bench", role="domain"))
+        ingest_s = time.perf_counter() - started
+        result = score_quality(ws, QualityScoreConfig())
+        rate = result.docs_per_second
+        rows = ws.query("SELECT count(*) FROM quality_signals")[0][0]
+        print(f"  studio score (workers, stored): {rate:>9,.0f} docs/s ({result.documents_scored:,} docs in "
+              f"{result.signals_seconds:.1f} s, {rows:,} stored values; ingest took {ingest_s:.1f} s)", flush=True)
+        print(f"  ratio studio score / one process: {rate / single:.2f}x", flush=True)
+
+        started = time.perf_counter()
+        preview = filter_preview(ws, QualityFilterConfig())
+        preview_s = time.perf_counter() - started
+        started = time.perf_counter()
+        applied = apply_filters(ws, QualityFilterConfig(thresholds={"word_count:min": 20}))
+        apply_s = time.perf_counter() - started
+        print(f"  threshold move from stored values: preview {preview_s:.2f} s ({preview.dropped:,} would drop), "
+              f"apply with decisions {apply_s:.2f} s ({applied.dropped:,} dropped); "
+              f"recomputing instead would take {result.signals_seconds:.0f} s "
+              f"({result.signals_seconds / apply_s:.0f}x longer)", flush=True)
+    return {"single_docs_per_s": single, "studio_docs_per_s": rate, "apply_s": apply_s}
+
+
+def bench_perplexity(n_docs: int, max_tokens: int) -> dict[str, float]:
+    from core.perplexity import PerplexityConfig, load_lm, score_texts
+
+    with open(data_root() / "medquad" / "corpus_en_medquad_nih_paragraphs.jsonl", encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
+    texts = [t for t in texts if len(t.split()) >= 80][:n_docs]
+    started = time.perf_counter()
+    load_lm()
+    print(f"perplexity: SmolLM2-135M loaded in {time.perf_counter() - started:.1f} s; {len(texts)} MedQuAD "
+          f"paragraphs truncated to {max_tokens} tokens, batch 8, CPU", flush=True)
+    rates = {}
+    for dtype in ("fp32", "bf16"):
+        started = time.perf_counter()
+        out = score_texts(texts, PerplexityConfig(max_tokens=max_tokens, batch_size=8, dtype=dtype, device="cpu"))
+        seconds = time.perf_counter() - started
+        tokens = sum(n for _, n in out)
+        rates[dtype] = tokens / seconds
+        print(f"  {dtype}: {rates[dtype]:>7,.0f} tokens/s, {len(texts) / seconds:5.1f} docs/s "
+              f"(median perplexity {statistics.median(p for p, _ in out if p):.2f})", flush=True)
+    print(f"  ratio bf16 / fp32: {rates['bf16'] / rates['fp32']:.2f}x", flush=True)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=200_000)
+    parser.add_argument("--baseline-docs", type=int, default=20_000)
+    parser.add_argument("--ppl-docs", type=int, default=48)
+    parser.add_argument("--ppl-tokens", type=int, default=128)
+    parser.add_argument("--skip-terms", action="store_true", help="leave out the terminology bench")
+    args = parser.parse_args()
+    texts = shared_paragraphs()
+    with tempfile.TemporaryDirectory(prefix="quality-bench-") as tmp:
+        bench_heuristics(texts, args.docs, args.baseline_docs, Path(tmp))
+    bench_perplexity(args.ppl_docs, args.ppl_tokens)
+    if not args.skip_terms:
+        from bench.terms import run_terms_bench
+
+        run_terms_bench()
+
+
+if __name__ == "__main__":
+    main()
