@@ -327,11 +327,13 @@ def run_params(ws: Workspace, run_id: str) -> dict[str, Any]:
 
 
 def benchmark_stats(ws: Workspace, run_id: str, floor: float | None = None) -> list[dict[str, Any]]:
-    """Per benchmark: items, items with a hit, hits per item, similarity quantiles of the hits, capped documents."""
+    """Per benchmark: items, items with a hit, hits per item, quantiles of each item's best similarity, and the
+    documents excluded by the cap (counted under the benchmark of their closest item)."""
     rows = ws.query(
         """
         SELECT s.corpus, b.kind, count(*) AS items, count(*) FILTER (WHERE s.hits > 0) AS items_hit,
-               round(avg(s.hits), 2) AS hits_per_item, round(median(s.best_similarity), 4) AS median_best,
+               round(avg(s.hits), 2) AS hits_per_item, round(quantile_cont(s.best_similarity::DOUBLE, 0.1), 4),
+               round(median(s.best_similarity::DOUBLE), 4) AS median_best, round(quantile_cont(s.best_similarity::DOUBLE, 0.9), 4),
                coalesce(x.capped_docs, 0) AS capped_documents
         FROM recall_item_stats s LEFT JOIN benchmarks b ON b.corpus = s.corpus
         LEFT JOIN (SELECT i.corpus, count(*) AS capped_docs FROM recall_candidates c
@@ -341,15 +343,15 @@ def benchmark_stats(ws: Workspace, run_id: str, floor: float | None = None) -> l
                    GROUP BY 1) x ON x.corpus = s.corpus
         WHERE s.run_id = ? GROUP BY s.corpus, b.kind, x.capped_docs ORDER BY s.corpus
         """, [run_id, run_id, run_id])
-    keys = ("benchmark", "kind", "items", "items_with_hit", "hits_per_item", "median_best_similarity",
-            "documents_capped")
+    keys = ("benchmark", "kind", "items", "items_with_hit", "hits_per_item", "p10_best_similarity",
+            "median_best_similarity", "p90_best_similarity", "documents_capped")
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
 def subject_stats(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
     rows = ws.query(
         "SELECT corpus, subject, count(*), count(*) FILTER (WHERE hits > 0), round(avg(hits), 2), "
-        "round(median(best_similarity), 4), sum(capped) FROM recall_item_stats WHERE run_id = ? "
+        "round(median(best_similarity::DOUBLE), 4), sum(capped) FROM recall_item_stats WHERE run_id = ? "
         "GROUP BY 1, 2 ORDER BY 1, 2", [run_id])
     keys = ("benchmark", "subject", "items", "items_with_hit", "hits_per_item", "median_best_similarity",
             "capped_neighbours")
