@@ -1,9 +1,9 @@
 """Ingest: corpora from files, folders and hubs into the workspace's `documents`.
 
-Each file is one transaction: its documents go into a staging table, then into `documents` in a single
-statement, together with its errors and its `ingested_files` row. A process killed mid-file therefore leaves
-nothing of that file behind. Document ids are derived from (corpus, file, text, occurrence of that text in the
-file), so re-ingesting a file adds nothing and a changed file adds only its new documents, while natural
+A file's documents go into `documents` batch by batch (bounded memory); the file counts as ingested once its
+errors and its `ingested_files` row are committed. A process killed mid-file leaves nothing of that file
+behind: the next `Workspace.open` removes the documents of files whose run died before finishing them.
+Document ids are derived from (corpus, file, text, occurrence of that text in the file), so re-ingesting a file adds nothing and a changed file adds only its new documents, while natural
 duplicates inside a file stay separate documents for the dedup step to find.
 """
 
@@ -31,7 +31,7 @@ from core.readers import (
     read_source,
     split_suffixes,
 )
-from core.text import clean_text, content_hash, detect_language, raw_hash
+from core.text import clean_text, content_hash, detect_language
 from core.workspace import Workspace, WorkspaceError
 
 
@@ -109,10 +109,12 @@ class IngestResult:
                 "files": [asdict(f) for f in self.files]}
 
 
+INGEST_MEMORY_LIMIT = "192MB"
+
 STAGING_SCHEMA = pa.schema([
     ("text", pa.large_string()), ("kind", pa.string()), ("record", pa.large_string()),
     ("char_count", pa.int32()), ("language", pa.string()), ("content_hash", pa.string()),
-    ("raw_hash", pa.string()), ("source_line", pa.int64()), ("byte_offset", pa.int64()), ("repairs", pa.string()),
+    ("doc_id", pa.string()), ("source_line", pa.int64()), ("byte_offset", pa.int64()), ("repairs", pa.string()),
 ])
 
 
@@ -158,16 +160,19 @@ class _Batch:
 
     def to_arrow(self) -> pa.Table:
         table = pa.table(self.cols, schema=STAGING_SCHEMA)
-        self.__init__()
+        for column in self.cols.values():  # cleared in place: the hot loop holds references to these lists
+            column.clear()
         return table
 
 
 def _process(records: Iterator[SourceRecord], cfg: IngestConfig, summary: FileSummary,
-             errors: list[tuple], batch: _Batch, flush: Callable[[], None]) -> None:
+             errors: list[tuple], batch: _Batch, flush: Callable[[], None], id_prefix: str) -> None:
     cols = batch.cols
     text_col, kind_col, record_col = cols["text"], cols["kind"], cols["record"]
-    chars_col, lang_col, chash_col, rhash_col = cols["char_count"], cols["language"], cols["content_hash"], \
-        cols["raw_hash"]
+    chars_col, lang_col, chash_col, id_col = cols["char_count"], cols["language"], cols["content_hash"], \
+        cols["doc_id"]
+    # Occurrence numbers keep identical texts of one file apart, and stable across re-ingests.
+    occurrences: Counter[bytes] = Counter()
     line_col, offset_col, repairs_col = cols["source_line"], cols["byte_offset"], cols["repairs"]
     reasons: Counter[str] = Counter()
     for rec in records:
@@ -198,7 +203,9 @@ def _process(records: Iterator[SourceRecord], cfg: IngestConfig, summary: FileSu
         chars_col.append(len(text))
         lang_col.append(detect_language(text))
         chash_col.append(content_hash(text))
-        rhash_col.append(raw_hash(text))
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+        occurrences[digest] += 1
+        id_col.append(hashlib.md5(f"{id_prefix}{digest.hex()}\x1f{occurrences[digest]}".encode()).hexdigest()[:20])
         line_col.append(rec.line)
         offset_col.append(rec.byte_offset)
         repairs_col.append(",".join(repairs) or None)
@@ -227,46 +234,49 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
     opts = cfg.read_options()
     errors: list[tuple] = []
     con = ws.con
-    with ws.transaction():
-        con.register("staging_batch", STAGING_SCHEMA.empty_table())
-        con.execute("CREATE OR REPLACE TEMP TABLE staging AS SELECT * FROM staging_batch")
-        batch = _Batch()
+    batch = _Batch()
 
-        def flush() -> None:
-            con.register("staging_batch", batch.to_arrow())
-            con.execute("INSERT INTO staging SELECT * FROM staging_batch")
-            if progress:
-                progress(-1.0, f"{display}: {summary.documents_seen:,} records read")
+    def flush() -> None:
+        # Each batch is committed straight into `documents`: DuckDB keeps an open transaction's rows in
+        # memory, so one transaction per file would grow with the file. A file counts as ingested only once
+        # its `ingested_files` row exists; the partial documents of a file whose ingest died are removed
+        # (here on errors, by `Workspace.open` after a kill).
+        con.register("staging_batch", batch.to_arrow())
+        summary.documents_added += con.execute(
+            """
+            INSERT OR IGNORE INTO documents (doc_id, corpus, text, kind, record, char_count, language,
+                content_hash, source_file, source_line, byte_offset, repairs, run_id)
+            SELECT doc_id, ?, text, kind, record, char_count, language, content_hash, ?, source_line,
+                   byte_offset, repairs, ?
+            FROM staging_batch
+            """,
+            [cfg.corpus, display, run_id],
+        ).fetchall()[0][0]
+        con.unregister("staging_batch")
+        if progress:
+            progress(-1.0, f"{display}: {summary.documents_seen:,} records read")
 
+    try:
         try:
             records = read_hub(source, opts, info) if is_hub else read_source(path, opts, info)
-            _process(records, cfg, summary, errors, batch, flush)
+            _process(records, cfg, summary, errors, batch, flush, f"{cfg.corpus}\x1f{file_key}\x1f")
         except SourceError as exc:
             errors.append((None, str(exc), None, None))
             summary.status, summary.message = "failed", str(exc)
             summary.errors += 1
-            summary.error_reasons = {str(exc).split(":")[0]: 1}
-        if len(batch):
+            summary.error_reasons = {"source unreadable": 1}
+        if len(batch) and summary.status != "failed":
             flush()
-        summary.encoding, summary.fmt = info.encoding, info.fmt
-        if summary.status != "failed":
-            # Occurrence numbers keep identical texts in one file apart, and stable across re-ingests.
-            summary.documents_added = con.execute(
-                """
-                INSERT OR IGNORE INTO documents (doc_id, corpus, text, kind, record, char_count, language,
-                    content_hash, source_file, source_line, byte_offset, repairs, run_id)
-                SELECT substr(md5(concat_ws(chr(31), ?, ?, raw_hash,
-                           row_number() OVER (PARTITION BY raw_hash ORDER BY source_line, byte_offset))), 1, 20),
-                       ?, text, kind, record, char_count, language, content_hash, ?, source_line, byte_offset,
-                       repairs, ?
-                FROM staging
-                """,
-                [cfg.corpus, file_key, cfg.corpus, display, run_id],
-            ).fetchone()[0]
-            staged = con.execute("SELECT count(*) FROM staging").fetchone()[0]
-            summary.already_present = staged - summary.documents_added
-        con.execute("DROP TABLE staging")
-        con.unregister("staging_batch")
+    except BaseException:
+        remove_partial_file(ws, run_id, display)
+        raise
+    summary.encoding, summary.fmt = info.encoding, info.fmt
+    with ws.transaction():
+        if summary.status == "failed":  # a source that broke off mid-way adds nothing
+            remove_partial_file(ws, run_id, display)
+            summary.documents_added = 0
+        else:
+            summary.already_present = summary.documents_seen - summary.errors - summary.documents_added
         con.execute("DELETE FROM ingest_errors WHERE corpus = ? AND file = ?", [cfg.corpus, display])
         if errors:
             con.register("err_table", pa.table({
@@ -281,27 +291,42 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
                 [display, cfg.corpus, run_id],
             )
             con.unregister("err_table")
-        if summary.status != "failed" and not is_hub:
+        if summary.status != "failed":
             con.execute(
                 "INSERT INTO ingested_files (corpus, file, sha256, size_bytes, options, run_id, documents_added, "
-                "errors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [cfg.corpus, file_key, sha, path.stat().st_size, json.dumps(asdict(cfg), default=str), run_id,
-                 summary.documents_added, summary.errors],
+                "errors, source_file) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [cfg.corpus, file_key, sha, None if is_hub else path.stat().st_size,
+                 json.dumps(asdict(cfg), default=str), run_id, summary.documents_added, summary.errors, display],
             )
     return summary
 
 
+def remove_partial_file(ws: Workspace, run_id: str, source_file: str) -> None:
+    """Remove what an unfinished ingest of `source_file` by `run_id` wrote."""
+    ws.con.execute("DELETE FROM documents WHERE run_id = ? AND source_file = ?", [run_id, source_file])
+
+
 def ingest(ws: Workspace, cfg: IngestConfig, progress: Progress | None = None) -> IngestResult:
-    """Ingest every source of `cfg` into corpus `cfg.corpus`; one transaction per file."""
+    """Ingest every source of `cfg` into corpus `cfg.corpus`; a file counts once it is wholly in."""
     if not cfg.sources:
         raise WorkspaceError("nothing to ingest: give at least one file, folder or hf:// source")
     files = expand_sources(cfg.sources, cfg.pattern)
-    known = set(FORMAT_BY_SUFFIX)
     fmt_label = cfg.fmt if cfg.fmt != "auto" else ",".join(sorted({split_suffixes(Path(f))[0] or "?" for f in files
                                                                    if not f.startswith("hf://")})) or "hf"
     ws.ensure_corpus(cfg.corpus, cfg.role, source="; ".join(cfg.sources)[:1000], fmt=fmt_label)
-    roots = {s: Path(s).expanduser() for s in cfg.sources if Path(s).expanduser().is_dir()}
+    # Ingest only appends batches: a small buffer pool is enough and keeps peak memory flat on huge files.
+    previous_limit = ws.scalar("SELECT current_setting('memory_limit')")
+    ws.con.execute(f"SET memory_limit = '{INGEST_MEMORY_LIMIT}'")
+    try:
+        return _ingest_files(ws, cfg, files, progress)
+    finally:
+        ws.con.execute(f"SET memory_limit = '{previous_limit}'")
+
+
+def _ingest_files(ws: Workspace, cfg: IngestConfig, files: list[str], progress: Progress | None) -> IngestResult:
+    known = set(FORMAT_BY_SUFFIX)
     summaries: list[FileSummary] = []
+    roots = {s: Path(s).expanduser() for s in cfg.sources if Path(s).expanduser().is_dir()}
     with ws.run("ingest", {**asdict(cfg), "files": len(files)}, supersede=False) as run:
         for index, source in enumerate(files):
             root = next((r for r in roots.values() if Path(source).is_relative_to(r)), None)

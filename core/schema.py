@@ -102,6 +102,11 @@ CORE_MIGRATIONS: list[str] = [
             SELECT *, row_number() OVER (PARTITION BY doc_id ORDER BY decided_at) AS rank FROM active_drops
         ) x ON x.doc_id = doc.doc_id AND x.rank = 1;
     """,
+    # 3: ingest commits batch by batch; a file is complete once its ingested_files row (with the path its
+    # documents carry in source_file) exists, so a killed ingest's partial files can be found and removed.
+    """
+    ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS source_file VARCHAR;
+    """,
 ]
 
 # Benchmarks, eval-driven recall and decontamination (core/benchmarks.py, core/recall.py, core/decontam.py).

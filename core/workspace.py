@@ -96,6 +96,10 @@ class Workspace:
                     "when it finishes"
                 ) from exc
             raise WorkspaceError(f"cannot open workspace {path}: {exc}") from exc
+        # Bounded memory: DuckDB spills to the workspace's temp folder instead of growing with the corpus.
+        con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
+        if not read_only:
+            con.execute(f"SET temp_directory = '{path / 'artifacts' / 'tmp'}'")
         ws = cls(path, con, read_only)
         if not read_only:
             ws._migrate()
@@ -133,7 +137,17 @@ class Workspace:
 
     def _close_interrupted_runs(self) -> None:
         # Holding the write lock means no other process is writing: a 'running' run of another process was
-        # killed. Its uncommitted work was rolled back by DuckDB; say so in its row.
+        # killed. Its uncommitted work was rolled back by DuckDB; ingest commits batch by batch, so the
+        # documents of files it had not finished are removed here. Say so in the run's row.
+        self.con.execute(
+            """
+            DELETE FROM documents d
+            WHERE d.run_id IN (SELECT run_id FROM runs WHERE status = 'running' AND coalesce(pid, -1) <> ?)
+              AND NOT EXISTS (SELECT 1 FROM ingested_files f WHERE f.run_id = d.run_id
+                              AND f.source_file = d.source_file)
+            """,
+            [os.getpid()],
+        )
         self.con.execute(
             "UPDATE runs SET status = 'failed', ended_at = coalesce(ended_at, current_timestamp), "
             "error = 'interrupted: the process ended before the step finished' "
@@ -160,8 +174,8 @@ class Workspace:
         return self.con.execute(sql, params or []).fetchall()
 
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
-        row = self.con.execute(sql, params or []).fetchone()
-        return row[0] if row else None
+        rows = self.con.execute(sql, params or []).fetchall()  # fetch all: DuckDB wants results finished
+        return rows[0][0] if rows else None
 
     def df(self, sql: str, params: list[Any] | None = None):  # -> pandas.DataFrame
         return self.con.execute(sql, params or []).df()

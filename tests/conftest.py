@@ -1,0 +1,136 @@
+"""Shared fixtures: the real data folder, workspaces built from it, the app served locally, a headless browser.
+
+The data folder is `STUDIO_DATA` (default `../shared/data`); tests never copy it into the repository.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from core.config import REPO_ROOT, data_root  # noqa: E402
+from core.demo import build_demo  # noqa: E402
+from core.workspace import Workspace  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = data_root()
+    if not (root / "MANIFEST.md").exists():
+        pytest.fail(f"the shared data folder is missing at {root}: set STUDIO_DATA to its location")
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_ws_path(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with every demo corpus ingested (no curation steps). Read it; copy it to write."""
+    path = tmp_path_factory.mktemp("demo") / "ws"
+    with Workspace.open(path) as ws:
+        build_demo(ws, data_dir, steps=False)
+    return path
+
+
+@pytest.fixture
+def ws_copy(demo_ws_path: Path, tmp_path: Path) -> Path:
+    """A private, writable copy of the ingested demo workspace."""
+    target = tmp_path / "ws"
+    shutil.copytree(demo_ws_path, target)
+    return target
+
+
+@pytest.fixture
+def empty_ws(tmp_path: Path) -> Iterator[Workspace]:
+    with Workspace.open(tmp_path / "empty") as ws:
+        yield ws
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_server(data_dir: Path) -> Iterator[Callable[[Path], str]]:
+    """Start `studio app` on a workspace; returns its base URL. Servers stop when the test ends."""
+    procs: list[subprocess.Popen] = []
+
+    def start(workspace: Path) -> str:
+        port = _free_port()
+        env = dict(os.environ, STUDIO_WORKSPACE=str(workspace), STUDIO_DATA=str(data_dir))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "studio.cli", "app", str(workspace), "--port", str(port), "--host", "127.0.0.1"],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(proc)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return f"http://127.0.0.1:{port}"
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"studio app exited with {proc.returncode}") from None
+                time.sleep(0.3)
+        raise RuntimeError("studio app did not start within 60 s")
+
+    yield start
+    for proc in procs:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def _browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"browser tests need Debian chromium at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def browser_page(_browser: object) -> Iterator[Callable[[str], object]]:
+    """`open(url)` -> a Playwright page on a Streamlit URL, loaded and idle."""
+    contexts = []
+
+    def open_page(url: str):
+        context = _browser.new_context(viewport={"width": 1500, "height": 1100})
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(url)
+        wait_for_app(page)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def wait_for_app(page, timeout_ms: int = 60_000) -> None:
+    """Wait until Streamlit is connected and the script has finished running."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout_ms)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout_ms)
+    page.wait_for_timeout(300)
+
+
+def open_studio_page(page, base_url: str, title: str) -> None:
+    """Navigate with the sidebar link named `title` and wait for its script to finish."""
+    page.get_by_role("link", name=title).first.click()
+    page.wait_for_timeout(500)
+    wait_for_app(page)
