@@ -80,8 +80,11 @@ if query:
     st.dataframe(results, hide_index=True, height=260)
 
 st.subheader("Document")
-default_id = results["doc_id"].iloc[0] if not results.empty else ""
-doc_id = st.text_input("Document id", value=default_id, key="corpus_doc_id")
+if query and st.session_state.get("_corpus_last_query") != query:
+    # A new search opens its first match in the viewer.
+    st.session_state["_corpus_last_query"] = query
+    st.session_state["corpus_doc_id"] = results["doc_id"].iloc[0] if not results.empty else ""
+doc_id = st.text_input("Document id", key="corpus_doc_id", help="From the search above, or any doc_id")
 if doc_id:
     with w.read_ws() as ws:
         doc = ws.df("SELECT d.*, c.role FROM documents d JOIN corpora c ON c.name = d.corpus WHERE doc_id = ?",

@@ -18,9 +18,9 @@ st.title(":material/upload_file: Ingest")
 path = w.require_workspace()
 w.job_panel()
 
-st.caption("Files are read in streaming batches; each file is one transaction, so an interrupted ingest leaves "
-           "nothing half-written, and ingesting the same file again adds nothing. Skipped records are listed "
-           "below with file, line and reason.")
+st.caption("Files are read in streaming batches and a file counts only once it is wholly in, so an interrupted "
+           "ingest leaves nothing half-written; ingesting the same file again adds nothing. Skipped records are "
+           "listed below with file, line and reason.")
 
 source_tab, upload_tab = st.tabs([":material/folder: From a path on the server", ":material/upload: Upload"])
 sources: list[str] = []
@@ -82,7 +82,7 @@ else:
         st.dataframe(pd.DataFrame(preview.rows).astype(str), hide_index=True, height=240)
     col1, col2, col3 = st.columns(3)
     field_options = ["(automatic)"] + (preview.fields if preview else [])
-    text_field = col1.selectbox("Text field", field_options,
+    text_field = col1.selectbox("Text field", field_options, key="ingest_text_field",
                                 help="A field name or dotted path; automatic takes text/content or the layout's "
                                      "fields")
     template = col2.text_input("…or a template", placeholder="{title}\n{answer}",
@@ -91,10 +91,10 @@ else:
     col1, col2 = st.columns(2)
     default_name = re.sub(r"[^\w]+", "_", Path(sources[0]).stem.split(".")[0]).strip("_").lower() or "corpus"
     corpus = col1.text_input("Corpus name", value=default_name)
-    role = col2.selectbox("Role", ROLES, help="domain: the target domain's text; general: replay text that keeps "
+    role = col2.selectbox("Role", ROLES, key="ingest_role", help="domain: the target domain's text; general: replay text that keeps "
                                               "general ability; instruction: SFT data; benchmark: held-out "
                                               "evaluation items")
-    if st.button("Ingest", type="primary", icon=":material/play_arrow:", disabled=not corpus.strip()):
+    if st.button("Ingest", type="primary", key="ingest_run", icon=":material/play_arrow:", disabled=not corpus.strip()):
         argv = ["ingest", *sources, "--corpus", corpus.strip(), "--role", role, "--format", fmt, "--layout", layout,
                 "--txt-unit", txt_unit]
         if encoding:
