@@ -10,8 +10,10 @@ report can give scores on the clean subset).
 
 Two searches are run, both with FAISS inner product on L2-normalised vectors (= cosine):
 - items -> pool, top-(2k): the recall itself. Pools up to `exact_limit` documents (default 100,000) use an exact
-  flat index; larger pools an IVF index (nlist = 4·sqrt(n), nprobe 32), whose recall against the exact search is
-  measured in `bench/recall.py`.
+  flat index; larger pools an IVF index (nlist = 4·sqrt(n), nprobe 32). Measured by `bench/recall.py` on 2 cores
+  at 100,000 documents x 5,000 items, top-50: exact FAISS 0.2 s build + 2.0 s search (NumPy matmul baseline
+  3.5 s); IVF 4.8 s build + 0.5 s search at recall@50 0.974. At this size exact is cheaper overall and loses
+  nothing; the IVF search time grows with sqrt(n) instead of n, so it pays off above it.
 - pool -> items, top-1 (exact; benchmarks are small): each candidate's best similarity, which drives the cap
   exclusion and the page's histogram with its movable floor and cap.
 Every item's search results are stored (`recall_hits`), so the page recounts what other floors and caps would do
