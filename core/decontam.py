@@ -37,6 +37,8 @@ _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN_RE = re.compile(f"[{_CJK_CHARS}]|[^\\W{_CJK_CHARS}]+")
 _CJK_TOKEN_RE = re.compile(f"^[{_CJK_CHARS}]$")
 DECONTAM_MODES = ("drop", "cut")
+_FILTER_BITS = 24
+_SCAN_BATCH = 4096
 
 
 @dataclass
@@ -126,7 +128,11 @@ class ContaminationIndex:
             self.item_tokens.append(np.asarray(ids, dtype=np.int64))
         rng = np.random.default_rng(seed)
         self._token_hash = rng.integers(1, 2**63, size=max(len(self.vocab), 1), dtype=np.uint64) | np.uint64(1)
-        self._powers = rng.integers(1, 2**63, size=cfg.n, dtype=np.uint64) | np.uint64(1)
+        # Window hash = sum_j v[i+j] * B**j (mod 2**64), B odd so that B**i is invertible: a text's prefix sums
+        # then give every window of every length in two gathers and a multiply.
+        self._base = int(rng.integers(1, 2**63)) | 1
+        self._inv_base = pow(self._base, -1, 2**64)
+        self._powers = self._power_table(self._base, cfg.n)
         # window length -> (sorted unique hashes, hash -> [(item index, token offset)])
         self.tables: dict[int, tuple[np.ndarray, dict[int, list[tuple[int, int]]]]] = {}
         by_length: dict[int, tuple[list[np.ndarray], list[tuple[int, int]]]] = defaultdict(lambda: ([], []))
@@ -149,8 +155,53 @@ class ContaminationIndex:
                 lookup[h].append(owner)
             self.tables[length] = (np.unique(all_hashes), dict(lookup))
         self.ngrams = sum(len(t[0]) for t in self.tables.values())
+        # A 16-million-slot prefilter on the hashes' top bits: nearly every window is rejected by one lookup.
+        self._filter = np.zeros(1 << _FILTER_BITS, dtype=bool)
+        for hashes, _ in self.tables.values():
+            self._filter[hashes >> np.uint64(64 - _FILTER_BITS)] = True
 
     # --- hashing -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _power_table(base: int, size: int) -> np.ndarray:
+        """base**0 .. base**(size-1) mod 2**64."""
+        powers = np.full(max(size, 1), base, dtype=np.uint64)
+        powers[0] = 1
+        return np.cumprod(powers, dtype=np.uint64)
+
+    def _all_window_hashes(self, arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(prefix sums, inverse powers) from which the hash of window (i, L) is
+        (prefix[i + L] - prefix[i]) * inverse[i]."""
+        values = self._token_hash[np.where(arr < 0, 0, arr)]
+        prefix = np.zeros(len(arr) + 1, dtype=np.uint64)
+        np.cumsum(values * self._power_table(self._base, len(arr)), dtype=np.uint64, out=prefix[1:])
+        return prefix, self._power_table(self._inv_base, len(arr))
+
+    def _matching_starts(self, arr: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per window length: (start positions, hashes) of the windows of `arr` whose hash is an item hash."""
+        out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if not len(arr) or not self.tables:
+            return out
+        bad = np.concatenate([[0], np.cumsum(arr < 0)])
+        prefix, inverse = self._all_window_hashes(arr)
+        shift = np.uint64(64 - _FILTER_BITS)
+        for length, (hashes, _lookup) in self.tables.items():
+            if len(arr) < length:
+                continue
+            starts = np.flatnonzero(bad[length:] - bad[:-length] == 0)
+            if not len(starts):
+                continue
+            window = (prefix[starts + length] - prefix[starts]) * inverse[starts]
+            keep = self._filter[window >> shift]
+            starts, window = starts[keep], window[keep]
+            if not len(starts):
+                continue
+            pos = np.searchsorted(hashes, window)
+            pos[pos == len(hashes)] = 0
+            exact = hashes[pos] == window
+            if exact.any():
+                out[length] = (starts[exact], window[exact])
+        return out
+
     def _window_hashes(self, ids: np.ndarray, length: int, starts: np.ndarray | None = None) -> np.ndarray:
         """Polynomial hashes (mod 2**64) of the windows of `length` tokens starting at `starts`."""
         if starts is None:
@@ -170,23 +221,9 @@ class ContaminationIndex:
             ids.extend([get(t, -1) for t in toks])
             ids.append(-1)  # a separator: no window spans two texts
             bounds.append(len(ids))
-        if not ids or not self.tables:
-            return set()
-        arr = np.asarray(ids, dtype=np.int64)
-        bad = np.concatenate([[0], np.cumsum(arr < 0)])
         hits: set[int] = set()
-        for length, (hashes, _lookup) in self.tables.items():
-            if len(arr) < length:
-                continue
-            starts = np.flatnonzero(bad[length:] - bad[:-length] == 0)
-            if not len(starts):
-                continue
-            window = self._window_hashes(np.where(arr < 0, 0, arr), length, starts)
-            pos = np.searchsorted(hashes, window)
-            pos[pos == len(hashes)] = 0
-            found = starts[hashes[pos] == window]
-            if len(found):
-                hits.update(np.searchsorted(np.asarray(bounds), found, side="right") - 1)
+        for found, _ in self._matching_starts(np.asarray(ids, dtype=np.int64)).values():
+            hits.update(np.searchsorted(np.asarray(bounds), found, side="right") - 1)
         return {int(i) for i in hits}
 
     # --- public API --------------------------------------------------------------------------------------
@@ -198,8 +235,12 @@ class ContaminationIndex:
 
     def find_many(self, texts: list[str]) -> list[list[Overlap]]:
         """`find` for many texts at once (one vectorised pass; much faster than calling `find` in a loop)."""
-        found = self._candidate_texts([_fast_tokens(t) for t in texts])
-        return [self._verify(t) if i in found else [] for i, t in enumerate(texts)]
+        out: list[list[Overlap]] = []
+        for start in range(0, len(texts), _SCAN_BATCH):  # bounded memory: a batch's tokens at a time
+            part = texts[start:start + _SCAN_BATCH]
+            found = self._candidate_texts([_fast_tokens(t) for t in part])
+            out.extend(self._verify(t) if i in found else [] for i, t in enumerate(part))
+        return out
 
     def cut(self, text: str) -> tuple[str | None, list[Overlap]]:
         """`text` with overlaps handled per the configured mode, or None when it must be dropped."""
@@ -224,19 +265,10 @@ class ContaminationIndex:
     def _verify(self, text: str) -> list[Overlap]:
         tokens, spans = tokenize(text)
         ids = np.asarray([self.vocab.get(t, -1) for t in tokens], dtype=np.int64)
-        bad = np.concatenate([[0], np.cumsum(ids < 0)])
         matches: dict[int, list[tuple[int, int]]] = defaultdict(list)  # item index -> [(first, last) token]
-        for length, (hashes, lookup) in self.tables.items():
-            if len(ids) < length:
-                continue
-            starts = np.flatnonzero(bad[length:] - bad[:-length] == 0)
-            if not len(starts):
-                continue
-            window = self._window_hashes(np.where(ids < 0, 0, ids), length, starts)
-            pos = np.searchsorted(hashes, window)
-            pos[pos == len(hashes)] = 0
-            for start, h in zip(starts[hashes[pos] == window].tolist(), window[hashes[pos] == window].tolist(),
-                                strict=True):
+        for length, (starts, window) in self._matching_starts(ids).items():
+            lookup = self.tables[length][1]
+            for start, h in zip(starts.tolist(), window.tolist(), strict=True):
                 for item_index, offset in lookup.get(h, ()):
                     item_ids = self.item_tokens[item_index]
                     if np.array_equal(item_ids[offset:offset + length], ids[start:start + length]):
