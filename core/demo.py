@@ -33,6 +33,7 @@ STEP_RUNNERS: dict[str, str] = {
     "terms": "core.terms:demo_step",
     "recall": "core.recall:demo_step",
     "decontam": "core.decontam:demo_step",
+    "mix": "core.mix:demo_step",
 }
 
 

@@ -27,6 +27,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("quality.py", "Quality", ":material/verified:"),
     ("terms.py", "Terminology", ":material/spellcheck:"),
     ("recall.py", "Recall", ":material/target:"),
+    ("mix.py", "Mix", ":material/blender:"),
 ]
 
 

@@ -398,3 +398,76 @@ def test_cli_exports_with_json_and_plans(counted_ws_path: Path, tmp_path: Path, 
     (foreign / "notes.txt").write_text("mine")
     assert cli_main(["mix", str(counted_ws_path), "--recipe", str(recipe_path), "--out", str(foreign)]) == 2
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+# --- the page --------------------------------------------------------------------------------------------------
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "mix.py")
+
+
+def page_test(workspace: Path):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["workspace"] = str(workspace)
+    return at
+
+
+def test_page_accounting_follows_the_sliders_and_saves_recipes(counted_ws_path: Path) -> None:
+    at = page_test(counted_ws_path)
+    at.run()
+    assert not at.exception
+    assert [(s.label, s.value) for s in at.slider] == [("domain", 80.0), ("instruction", 10.0), ("general", 10.0)]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Requested"] == "1,000,000 tokens" and metrics["Components short"] == "0"
+    assert not at.warning
+    # Ask for far more replay than the demo has: the page says the component is short and the budget shrinks.
+    at.number_input(key="mix_total_0").set_value(6_000_000)
+    at.slider(key="mix_share_general_0").set_value(60.0)
+    at.run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Components short"] == "1"
+    assert any("'general' is short" in w.value for w in at.warning)
+    assert any("budget shrinks" in w.value for w in at.warning)
+    at.text_input(key="mix_name_0").set_value("page-recipe")
+    at.button[1].click()  # Save recipe
+    at.run()
+    saved = counted_ws_path / "artifacts" / "recipes" / "page-recipe.toml"
+    recipe = load_recipe(saved)
+    assert recipe.total_tokens == 6_000_000
+    assert recipe.component("general").share == pytest.approx(0.6)
+    # Reload it from the list of saved recipes: the widgets start from the file.
+    at = page_test(counted_ws_path)
+    at.run()
+    at.selectbox(key="mix_start").set_value("saved: page-recipe")
+    at.button[0].click()  # Load
+    at.run()
+    assert not at.exception
+    assert at.slider(key="mix_share_general_1").value == 60.0
+    assert at.number_input(key="mix_total_1").value == 6_000_000
+
+
+@pytest.mark.browser
+def test_page_exports_in_a_real_browser(counted_ws_path: Path, tmp_path: Path, app_server, browser_page) -> None:
+    from conftest import open_studio_page, wait_for_app
+
+    path = tmp_path / "ws"
+    shutil.copytree(counted_ws_path, path)
+    page = browser_page(app_server(path))
+    open_studio_page(page, "", "Mix")
+    page.get_by_text("Requested versus available tokens").wait_for(timeout=60_000)
+    page.get_by_text("Validation carve-out").scroll_into_view_if_needed()
+    page.screenshot(path="/tmp/mix-page-plan.png")
+    page.get_by_role("button", name="Export mix").click()
+    page.get_by_text("finished").first.wait_for(timeout=240_000)
+    wait_for_app(page)
+    files = page.get_by_text("Files", exact=True)
+    files.wait_for(timeout=60_000)
+    files.scroll_into_view_if_needed()
+    page.screenshot(path="/tmp/mix-page-exported.png")
+    export = path / "artifacts" / "exports" / "mix"
+    manifest = json.loads((export / "manifest.json").read_text())
+    assert manifest["decontamination"]["enabled"]
+    assert page.get_by_role("button", name="Download").count() >= 5
+    with Workspace.open(path, read_only=True) as ws:
+        assert latest_mix(ws)["export_dir"] == str(export)

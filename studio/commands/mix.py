@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
-from core.mix import PRESETS, build_mix, load_recipe, plan_mix, preset_recipe, save_recipe
-from core.workspace import Workspace
+from core.mix import (
+    EXPORT_MEMORY_LIMIT,
+    PRESETS,
+    build_mix,
+    load_recipe,
+    plan_mix,
+    preset_recipe,
+    save_recipe,
+)
+from core.workspace import Workspace, WorkspaceError
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 
@@ -25,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--write-preset", metavar="NAME", choices=list(PRESETS),
                    help=f"write a preset recipe to --recipe FILE and stop ({'; '.join(PRESETS)})")
     p.add_argument("--tokens", type=int, default=1_000_000, help="token budget for --write-preset")
+    p.add_argument("--memory-limit", default=EXPORT_MEMORY_LIMIT,
+                   help="DuckDB's memory during the export; it spills to disk beyond it (default %(default)s)")
     p.set_defaults(handler=mix_command)
 
 
@@ -40,6 +52,20 @@ def _plan_lines(plan) -> list[str]:
     return lines
 
 
+def open_for_writing(path: Path, report: Reporter, wait_s: float = 60.0) -> Workspace:
+    """Open the workspace for writing, waiting while another process reads it: the app's pages hold short
+    read-only connections (a shared lock), and a job launched from a page starts while that page redraws."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return Workspace.open(path, create=False)
+        except WorkspaceError as exc:
+            if "in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            report(-1.0, "waiting for the workspace (in use by another process)")
+            time.sleep(0.5)
+
+
 def mix_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     if not args.recipe:
         raise ValueError("--recipe FILE is required")
@@ -53,8 +79,8 @@ def mix_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
         with Workspace.open(args.workspace, create=False, read_only=True) as ws:
             plan = plan_mix(ws, recipe)
         return CommandResult({"plan": plan.to_dict()}, _plan_lines(plan))
-    with Workspace.open(args.workspace, create=False) as ws:
-        result = build_mix(ws, recipe, args.out, report)
+    with open_for_writing(args.workspace, report) as ws:
+        result = build_mix(ws, recipe, args.out, report, memory_limit=args.memory_limit)
     d = result.decontamination
     lines = _plan_lines(result.plan) + [
         "",
