@@ -12,8 +12,11 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-from collections import Counter
+import multiprocessing
+import os
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,6 +113,9 @@ class IngestResult:
 
 
 INGEST_MEMORY_LIMIT = "192MB"
+ANALYSIS_CHUNK = 2_000
+INGEST_WORKERS = max(1, min(4, os.cpu_count() or 1))
+PARALLEL_FROM_BYTES = 32 << 20  # smaller files are done before a worker pool would have started
 
 STAGING_SCHEMA = pa.schema([
     ("text", pa.large_string()), ("kind", pa.string()), ("record", pa.large_string()),
@@ -165,58 +171,108 @@ class _Batch:
         return table
 
 
+Analysis = tuple[str | None, bool, int, str, str, bytes]  # (cleaned text if changed, mojibake, controls, ...)
+
+
+def analyse_texts(texts: list[str | None]) -> list[Analysis | None]:
+    """The per-document work of ingest (cleaning, language, normalised and raw hashes) for a chunk of texts.
+
+    Runs in worker processes on large files; returns the cleaned text only where cleaning changed it, to keep
+    what crosses the process boundary small."""
+    out: list[Analysis | None] = []
+    for raw in texts:
+        if raw is None:
+            out.append(None)
+            continue
+        cleaned = clean_text(raw)
+        text = cleaned.text
+        out.append((text if text != raw else None, cleaned.mojibake_fixed, cleaned.control_chars_removed,
+                    detect_language(text), content_hash(text),
+                    hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()))
+    return out
+
+
+def _chunks(records: Iterator[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
+    chunk: list[SourceRecord] = []
+    for rec in records:
+        chunk.append(rec)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _process(records: Iterator[SourceRecord], cfg: IngestConfig, summary: FileSummary,
-             errors: list[tuple], batch: _Batch, flush: Callable[[], None], id_prefix: str) -> None:
+             errors: list[tuple], batch: _Batch, flush: Callable[[], None], id_prefix: str,
+             pool: Executor | None = None) -> None:
     cols = batch.cols
     text_col, kind_col, record_col = cols["text"], cols["kind"], cols["record"]
     chars_col, lang_col, chash_col, id_col = cols["char_count"], cols["language"], cols["content_hash"], \
         cols["doc_id"]
+    line_col, offset_col, repairs_col = cols["source_line"], cols["byte_offset"], cols["repairs"]
     # Occurrence numbers keep identical texts of one file apart, and stable across re-ingests.
     occurrences: Counter[bytes] = Counter()
-    line_col, offset_col, repairs_col = cols["source_line"], cols["byte_offset"], cols["repairs"]
     reasons: Counter[str] = Counter()
-    for rec in records:
-        summary.documents_seen += 1
-        if rec.error is None:
-            cleaned = clean_text(rec.text or "")
-            text = cleaned.text
-            if len(text) < cfg.min_chars:
-                rec.error = "empty document" if not text else f"shorter than {cfg.min_chars} characters"
-                rec.detail = repr((rec.text or "")[:200])
-            elif len(text) > cfg.max_chars:
-                rec.error = f"oversized document (> {cfg.max_chars:,} characters)"
-                rec.detail = f"{len(text):,} characters: {text[:120]!r}…"
-        if rec.error is not None:
-            reasons[rec.error.split(" (")[0]] += 1
-            errors.append((rec.line, rec.error, rec.byte_offset, rec.detail))
+
+    def absorb(chunk: list[SourceRecord], analyses: list[Analysis | None]) -> None:
+        for rec, analysis in zip(chunk, analyses, strict=True):
+            summary.documents_seen += 1
+            if analysis is not None:
+                changed, mojibake, controls, language, chash, digest = analysis
+                text = rec.text if changed is None else changed
+                if len(text) < cfg.min_chars:
+                    rec.error = "empty document" if not text else f"shorter than {cfg.min_chars} characters"
+                    rec.detail = repr((rec.text or "")[:200])
+                elif len(text) > cfg.max_chars:
+                    rec.error = f"oversized document (> {cfg.max_chars:,} characters)"
+                    rec.detail = f"{len(text):,} characters: {text[:120]!r}…"
+            if rec.error is not None:
+                reasons[rec.error.split(" (")[0]] += 1
+                errors.append((rec.line, rec.error, rec.byte_offset, rec.detail))
+                continue
+            repairs = []
+            if mojibake:
+                summary.mojibake_fixed += 1
+                repairs.append("mojibake")
+            if controls:
+                summary.control_chars_removed += controls
+                repairs.append("control_chars")
+            text_col.append(text)
+            kind_col.append(rec.kind)
+            record_col.append(orjson.dumps(rec.record).decode() if rec.record is not None else None)
+            chars_col.append(len(text))
+            lang_col.append(language)
+            chash_col.append(chash)
+            occurrences[digest] += 1
+            id_col.append(hashlib.md5(f"{id_prefix}{digest.hex()}\x1f{occurrences[digest]}".encode())
+                          .hexdigest()[:20])
+            line_col.append(rec.line)
+            offset_col.append(rec.byte_offset)
+            repairs_col.append(",".join(repairs) or None)
+            if len(text_col) >= cfg.batch_size:
+                flush()
+
+    # With a pool, a few chunks are analysed ahead while this process parses and writes (bounded in flight).
+    pending: deque[tuple[list[SourceRecord], Future]] = deque()
+    for chunk in _chunks(records, ANALYSIS_CHUNK):
+        texts = [rec.text or "" if rec.error is None else None for rec in chunk]
+        if pool is None:
+            absorb(chunk, analyse_texts(texts))
             continue
-        repairs = []
-        if cleaned.mojibake_fixed:
-            summary.mojibake_fixed += 1
-            repairs.append("mojibake")
-        if cleaned.control_chars_removed:
-            summary.control_chars_removed += cleaned.control_chars_removed
-            repairs.append("control_chars")
-        text_col.append(text)
-        kind_col.append(rec.kind)
-        record_col.append(orjson.dumps(rec.record).decode() if rec.record is not None else None)
-        chars_col.append(len(text))
-        lang_col.append(detect_language(text))
-        chash_col.append(content_hash(text))
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-        occurrences[digest] += 1
-        id_col.append(hashlib.md5(f"{id_prefix}{digest.hex()}\x1f{occurrences[digest]}".encode()).hexdigest()[:20])
-        line_col.append(rec.line)
-        offset_col.append(rec.byte_offset)
-        repairs_col.append(",".join(repairs) or None)
-        if len(text_col) >= cfg.batch_size:
-            flush()
+        pending.append((chunk, pool.submit(analyse_texts, texts)))
+        if len(pending) > 2 * INGEST_WORKERS:
+            done_chunk, future = pending.popleft()
+            absorb(done_chunk, future.result())
+    while pending:
+        done_chunk, future = pending.popleft()
+        absorb(done_chunk, future.result())
     summary.errors = sum(reasons.values())
     summary.error_reasons = dict(reasons)
 
 
 def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root: Path | None,
-                progress: Progress | None) -> FileSummary:
+                progress: Progress | None, pool: Executor | None = None) -> FileSummary:
     is_hub = source.startswith("hf://")
     path = Path(source)
     file_key = source if is_hub else (str(path.relative_to(root)) if root else path.name)
@@ -259,7 +315,8 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
     try:
         try:
             records = read_hub(source, opts, info) if is_hub else read_source(path, opts, info)
-            _process(records, cfg, summary, errors, batch, flush, f"{cfg.corpus}\x1f{file_key}\x1f")
+            _process(records, cfg, summary, errors, batch, flush, f"{cfg.corpus}\x1f{file_key}\x1f",
+                     pool if is_hub or path.stat().st_size >= PARALLEL_FROM_BYTES else None)
         except SourceError as exc:
             errors.append((None, str(exc), None, None))
             summary.status, summary.message = "failed", str(exc)
@@ -327,6 +384,21 @@ def _ingest_files(ws: Workspace, cfg: IngestConfig, files: list[str], progress: 
     known = set(FORMAT_BY_SUFFIX)
     summaries: list[FileSummary] = []
     roots = {s: Path(s).expanduser() for s in cfg.sources if Path(s).expanduser().is_dir()}
+    large = [f for f in files if f.startswith("hf://") or Path(f).stat().st_size >= PARALLEL_FROM_BYTES]
+    # Worker processes for the per-document analysis of large sources ('spawn': DuckDB's threads must not
+    # be forked).
+    pool = ProcessPoolExecutor(INGEST_WORKERS, mp_context=multiprocessing.get_context("spawn")) \
+        if large and INGEST_WORKERS > 1 else None
+    try:
+        return _ingest_with(ws, cfg, files, summaries, roots, known, progress, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _ingest_with(ws: Workspace, cfg: IngestConfig, files: list[str], summaries: list[FileSummary],
+                 roots: dict[str, Path], known: set[str], progress: Progress | None,
+                 pool: Executor | None) -> IngestResult:
     with ws.run("ingest", {**asdict(cfg), "files": len(files)}, supersede=False) as run:
         for index, source in enumerate(files):
             root = next((r for r in roots.values() if Path(source).is_relative_to(r)), None)
@@ -344,7 +416,7 @@ def _ingest_files(ws: Workspace, cfg: IngestConfig, files: list[str], progress: 
                                "VALUES (?, 'unsupported file type', ?, ?, ?)",
                                [source, summary.message, cfg.corpus, run.run_id])
             else:
-                summary = _ingest_one(ws, source, cfg, run.run_id, root, progress)
+                summary = _ingest_one(ws, source, cfg, run.run_id, root, progress, pool)
             summaries.append(summary)
             run.counts = IngestResult(run.run_id, cfg.corpus, summaries).counts()
         if progress:
