@@ -157,7 +157,8 @@ if applied:
     st.caption(f"Applied now: presets {', '.join(applied.get('rules', []))}; moved thresholds "
                f"{json.dumps(applied.get('thresholds', {}))}; keep share {applied.get('keep_share')}.")
 
-apply_argv = ["score", "--rules", ",".join(presets), "--keep-share", f"{keep_share:g}", "--apply"]
+apply_argv = ["score", "--rules", ",".join(presets), "--keep-share", f"{keep_share:g}", "--stored-only",
+              "--apply"]
 for role in roles or list(DEFAULT_ROLES):
     apply_argv += ["--role", role]
 for k, v in overrides.items():

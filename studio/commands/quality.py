@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 from core.models import BUNDLED_LM
 from core.quality import (
@@ -13,12 +15,14 @@ from core.quality import (
     QualityFilterConfig,
     QualityScoreConfig,
     apply_filters,
+    composite_summary,
+    corpus_summary,
     filter_preview,
     parse_thresholds,
     parse_weights,
     score_quality,
 )
-from core.workspace import ROLES, Workspace
+from core.workspace import ROLES, Workspace, WorkspaceError
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 
@@ -61,8 +65,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="composite weights, e.g. relevance=0.3,fluency=0.2,informativeness=0.3,safety=0.2")
     p.add_argument("--workers", type=int, default=0, help="processes for the heuristics (0: one per core)")
     p.add_argument("--recompute", action="store_true", help="compute the signals again even where stored")
+    p.add_argument("--stored-only", action="store_true",
+                   help="compute nothing: preview or apply the rules on the values already stored (what the page's "
+                        "apply button runs, so it drops exactly the documents it counted)")
     p.add_argument("--list-rules", action="store_true", help="print every rule with its default thresholds")
     p.set_defaults(handler=score_command)
+
+
+def open_when_free(path: Path, wait_s: float = 20.0) -> Workspace:
+    """Open for writing, waiting a little while another process (the app page that launched this job, reading
+    its counts) still holds the file."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return Workspace.open(path, create=False)
+        except WorkspaceError as exc:
+            if "in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _list_rules() -> CommandResult:
@@ -88,21 +108,28 @@ def score_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
                               perplexity=args.perplexity, lm=args.lm, max_tokens=args.max_tokens,
                               lm_batch_size=args.lm_batch_size, dtype=args.dtype,
                               sample_per_corpus=args.sample_per_corpus, weights=weights)
-    with Workspace.open(args.workspace, create=False) as ws:
-        scored = score_quality(ws, scfg, report)
+    with open_when_free(args.workspace) as ws:
+        if args.stored_only:
+            scored = None
+            corpora = corpus_summary(ws, roles, args.corpora)
+            notes = composite_summary(ws)["notes"]
+        else:
+            scored = score_quality(ws, scfg, report)
+            corpora, notes = scored.corpora, scored.composite["notes"]
         filtered = apply_filters(ws, fcfg, report) if args.apply else filter_preview(ws, fcfg)
-    data = {"score": scored.to_dict(), "filter": filtered.to_dict(), "applied": args.apply}
-    lines = [f"scored {scored.documents_scored:,} documents ({scored.docs_per_second:,.0f}/s; run {scored.run_id})"]
-    if args.perplexity:
+    data = {"score": scored.to_dict() if scored else None, "filter": filtered.to_dict(), "applied": args.apply}
+    lines = [f"scored {scored.documents_scored:,} documents ({scored.docs_per_second:,.0f}/s; run {scored.run_id})"
+             if scored else "stored values only: nothing computed"]
+    if scored and args.perplexity:
         lines.append(f"perplexity: {scored.perplexity_scored:,} documents, {scored.perplexity_tokens:,} tokens in "
                      f"{scored.perplexity_seconds:.1f} s ({scored.perplexity_dtype or '-'})")
-    lines += [f"composite: {n}" for n in scored.composite["notes"]]
+    lines += [f"composite: {n}" for n in notes]
     verb = "dropped" if args.apply else "would drop"
     lines.append(f"{verb} {filtered.dropped:,} of {filtered.documents:,} documents "
                  f"({filtered.randomly_kept:,} more kept by the {fcfg.keep_share:.0%} random share)"
                  + (f"; run {filtered.run_id}" if filtered.run_id else "; --apply to write the decisions"))
     lines.append(f"{'corpus':32} {'documents':>10} {verb:>11} {'random keep':>12} {'med. ppl':>9} {'composite':>9}")
-    summary = {c["corpus"]: c for c in scored.corpora}
+    summary = {c["corpus"]: c for c in corpora}
     for c in filtered.corpora:
         s = summary.get(c["corpus"], {})
         ppl = f"{s['median_perplexity']:.1f}" if s.get("median_perplexity") else "-"
