@@ -311,12 +311,16 @@ def _select_documents(ws: Workspace, cfg: DedupConfig) -> pa.Table:
     limit = f"LIMIT {int(cfg.limit)}" if cfg.limit else ""
     return ws.con.sql(
         f"""
-        SELECT d.doc_id, d.corpus, c.role, {_scope_expr(cfg.scope)} AS grp, d.rowid AS ord, d.char_count,
-               d.language, d.content_hash
-        FROM documents d JOIN corpora c ON c.name = d.corpus
-        WHERE {' AND '.join(where)}
-          AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> ?)
-        ORDER BY d.rowid {limit}
+        SELECT * FROM (
+            SELECT d.doc_id, d.corpus, c.role, {_scope_expr(cfg.scope)} AS grp,
+                   -- ingest order: the ingest run, then the file and line (rowid order is not insertion order
+                   -- once DuckDB inserts in parallel)
+                   row_number() OVER (ORDER BY r.started_at NULLS LAST, d.source_file, d.source_line, d.rowid) AS ord,
+                   d.char_count, d.language, d.content_hash
+            FROM documents d JOIN corpora c ON c.name = d.corpus LEFT JOIN runs r ON r.run_id = d.run_id
+            WHERE {' AND '.join(where)}
+              AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> ?))
+        ORDER BY ord {limit}
         """, params=params).to_arrow_table()
 
 
