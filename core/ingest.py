@@ -291,12 +291,15 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
     errors: list[tuple] = []
     con = ws.con
     batch = _Batch()
+    size = 0 if is_hub else path.stat().st_size
+    last_offset: list[int | None] = [None]
 
     def flush() -> None:
         # Each batch is committed straight into `documents`: DuckDB keeps an open transaction's rows in
         # memory, so one transaction per file would grow with the file. A file counts as ingested only once
         # its `ingested_files` row exists; the partial documents of a file whose ingest died are removed
         # (here on errors, by `Workspace.open` after a kill).
+        last_offset[0] = next((o for o in reversed(batch.cols["byte_offset"]) if o is not None), None)
         con.register("staging_batch", batch.to_arrow())
         summary.documents_added += con.execute(
             """
@@ -310,7 +313,9 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
         ).fetchall()[0][0]
         con.unregister("staging_batch")
         if progress:
-            progress(-1.0, f"{display}: {summary.documents_seen:,} records read")
+            # Within a file, the share of its bytes read so far (line formats know their byte offsets).
+            fraction = min(offset / size, 1.0) if size and (offset := last_offset[0]) else -1.0
+            progress(fraction, f"{display}: {summary.documents_seen:,} records read")
 
     try:
         try:
@@ -416,7 +421,11 @@ def _ingest_with(ws: Workspace, cfg: IngestConfig, files: list[str], summaries: 
                                "VALUES (?, 'unsupported file type', ?, ?, ?)",
                                [source, summary.message, cfg.corpus, run.run_id])
             else:
-                summary = _ingest_one(ws, source, cfg, run.run_id, root, progress, pool)
+                def file_progress(fraction: float, message: str, index: int = index) -> None:
+                    if progress:
+                        progress((index + max(fraction, 0.0)) / len(files), message)
+
+                summary = _ingest_one(ws, source, cfg, run.run_id, root, file_progress, pool)
             summaries.append(summary)
             run.counts = IngestResult(run.run_id, cfg.corpus, summaries).counts()
         if progress:
