@@ -36,11 +36,21 @@ w.require_workspace()
 w.job_panel()
 
 OVERRIDES = "quality_overrides"
-st.session_state.setdefault(OVERRIDES, {})
 
 with w.read_ws() as ws:
     scored = ws.query("SELECT count(*) FROM quality_scored")[0][0]
     corpora = ws.df("SELECT name, role FROM corpora ORDER BY role, name")
+    applied = active_filter_params(ws)
+
+if OVERRIDES not in st.session_state:
+    # start from the thresholds applied now, one entry per language group
+    seeded: dict[str, float] = {}
+    for name, value in ((applied or {}).get("thresholds") or {}).items():
+        base, _, only = name.partition("@")
+        for group in ([only] if only else ["latin", "zh"]):
+            seeded[f"{base}@{group}"] = float(value)
+    st.session_state[OVERRIDES] = seeded
+applied_presets = [p for p in (applied or {}).get("rules", []) if p in PRESETS]
 
 # --- scoring -----------------------------------------------------------------------------------------------------
 with st.expander("Compute signals and perplexity", expanded=not scored):
@@ -71,7 +81,7 @@ if not scored:
 
 # --- rules and the threshold being moved ---------------------------------------------------------------------------
 c1, c2 = st.columns([3, 2])
-presets = c1.multiselect("Rule presets applied", list(PRESETS), default=list(DEFAULT_PRESETS),
+presets = c1.multiselect("Rule presets applied", list(PRESETS), default=applied_presets or list(DEFAULT_PRESETS),
                          key="quality_presets")
 roles = c2.multiselect("Filter corpora of role", list(ROLES), default=list(DEFAULT_ROLES), key="quality_roles")
 chosen_rules = [r for r in RULES if r.preset in presets]
@@ -142,7 +152,6 @@ cfg = QualityFilterConfig(rules=presets, thresholds=overrides, roles=roles or li
                           keep_share=keep_share)
 with w.read_ws() as ws:
     preview = filter_preview(ws, cfg)
-    applied = active_filter_params(ws)
 st.subheader("All chosen rules together")
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Documents", f"{preview.documents:,}")
