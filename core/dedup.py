@@ -297,7 +297,8 @@ def _scope_expr(scope: str) -> str:
 
 def _select_documents(ws: Workspace, cfg: DedupConfig) -> pa.Table:
     """The documents this run looks at: of the chosen roles/corpora, not dropped by another active step
-    (a re-run of this method supersedes its own earlier drops), in ingest order."""
+    (a re-run of this method supersedes its own earlier drops; see below for the other dedup methods), in
+    ingest order."""
     where = ["c.role IN (SELECT unnest(?::VARCHAR[]))"]
     params: list[Any] = [list(cfg.roles)]
     if cfg.corpora:
@@ -307,7 +308,9 @@ def _select_documents(ws: Workspace, cfg: DedupConfig) -> pa.Table:
             raise WorkspaceError(f"unknown corpora: {', '.join(unknown)}")
         where.append("d.corpus IN (SELECT unnest(?::VARCHAR[]))")
         params.append(list(cfg.corpora))
-    params.append(step_name(cfg.method))
+    # The methods run in flow order exact -> minhash -> semantic: each looks past its own drops and those of
+    # the methods after it, so re-running any of them gives the same result.
+    params.append([step_name(m) for m in METHODS[METHODS.index(cfg.method):]])
     limit = f"LIMIT {int(cfg.limit)}" if cfg.limit else ""
     return ws.con.sql(
         f"""
@@ -319,7 +322,8 @@ def _select_documents(ws: Workspace, cfg: DedupConfig) -> pa.Table:
                    d.char_count, d.language, d.content_hash
             FROM documents d JOIN corpora c ON c.name = d.corpus LEFT JOIN runs r ON r.run_id = d.run_id
             WHERE {' AND '.join(where)}
-              AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> ?))
+              AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id
+                              AND x.step NOT IN (SELECT unnest(?::VARCHAR[]))))
         ORDER BY ord {limit}
         """, params=params).to_arrow_table()
 

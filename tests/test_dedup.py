@@ -315,3 +315,16 @@ def test_hashed_shingles_are_the_string_shingles(data_dir: Path) -> None:
     assert tokens_for("CT检查阴性, see Fig 2", "en") == ["ct检查阴性", "see", "fig", "2"]
     short = signatures(["short one", "short two", "短文", "短文字"])
     assert (jaccard_estimate(short[:, None, :], short[None, :, :]) == np.eye(4)).all()
+
+
+def test_methods_rerun_in_any_order_give_the_same_result(ws_copy: Path) -> None:
+    corpora = ["medquad_nih", "medical_dialogue_zh", "medical_consultations_zh_raw"]
+    with Workspace.open(ws_copy) as ws:
+        exact = deduplicate(ws, DedupConfig(method="exact", corpora=corpora))
+        near = deduplicate(ws, DedupConfig(method="minhash", corpora=corpora))
+        assert near.documents == exact.documents - exact.dropped  # minhash looks past exact's drops only
+        again = deduplicate(ws, DedupConfig(method="exact", corpora=corpora))
+        assert (again.documents, again.dropped) == (exact.documents, exact.dropped)
+        assert deduplicate(ws, DedupConfig(method="minhash", corpora=corpora)).dropped == near.dropped
+        total = ws.scalar("SELECT count(DISTINCT doc_id) FROM active_drops WHERE step LIKE 'dedup_%'")
+        assert total == exact.dropped + near.dropped
