@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,7 +76,12 @@ class Workspace:
 
     # --- opening -------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True, read_only: bool = False) -> Workspace:
+    def open(cls, path: str | Path, *, create: bool = True, read_only: bool = False,
+             wait_s: float | None = None) -> Workspace:
+        """Open (or create) a workspace. A writer waits up to `wait_s` (default 30 s) while another process
+        holds the file: the app's pages take short read-only connections, and a job launched from a page
+        starts while that page redraws. Readers default to not waiting, so a page shows a busy workspace at
+        once."""
         path = Path(path).expanduser().resolve()
         db = path / DB_NAME
         if not db.exists():
@@ -87,15 +93,15 @@ class Workspace:
                 raise WorkspaceError(f"{path} exists and is not a folder")
             path.mkdir(parents=True, exist_ok=True)
         (path / "artifacts").mkdir(exist_ok=True)
-        try:
-            con = duckdb.connect(str(db), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise WorkspaceError(
-                    f"workspace {path} is in use by another process (a running step or the app); try again "
-                    "when it finishes"
-                ) from exc
-            raise WorkspaceError(f"cannot open workspace {path}: {exc}") from exc
+        deadline = time.monotonic() + (wait_s if wait_s is not None else (0.0 if read_only else 30.0))
+        while True:
+            try:
+                con = duckdb.connect(str(db), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise WorkspaceError(cls._open_error(path, exc)) from exc
+                time.sleep(0.25)
         # Bounded memory: DuckDB spills to the workspace's temp folder instead of growing with the corpus.
         con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
         if not read_only:
@@ -105,6 +111,13 @@ class Workspace:
             ws._migrate()
             ws._close_interrupted_runs()
         return ws
+
+    @staticmethod
+    def _open_error(path: Path, exc: Exception) -> str:
+        if "lock" in str(exc).lower():
+            return (f"workspace {path} is in use by another process (a running step or the app); try again "
+                    "when it finishes")
+        return f"cannot open workspace {path}: {exc}"
 
     def close(self) -> None:
         self.con.close()

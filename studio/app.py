@@ -61,7 +61,7 @@ def workspace_sidebar() -> None:
                 if not path.is_absolute():
                     path = workspaces_root() / path
                 try:
-                    Workspace.open(path).close()
+                    Workspace.open(path, wait_s=2.0).close()
                 except WorkspaceError as exc:
                     st.error(str(exc))
                 else:

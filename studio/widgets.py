@@ -64,7 +64,7 @@ def read_ws() -> Iterator[Workspace]:
 def write_ws() -> Iterator[Workspace]:
     path = require_workspace()
     try:
-        ws = Workspace.open(path, create=False)
+        ws = Workspace.open(path, create=False, wait_s=2.0)
     except WorkspaceError as exc:
         _show_busy(path, exc)
     with ws:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 from core.mix import (
     EXPORT_MEMORY_LIMIT,
@@ -15,7 +13,7 @@ from core.mix import (
     preset_recipe,
     save_recipe,
 )
-from core.workspace import Workspace, WorkspaceError
+from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 
@@ -52,20 +50,6 @@ def _plan_lines(plan) -> list[str]:
     return lines
 
 
-def open_for_writing(path: Path, report: Reporter, wait_s: float = 60.0) -> Workspace:
-    """Open the workspace for writing, waiting while another process reads it: the app's pages hold short
-    read-only connections (a shared lock), and a job launched from a page starts while that page redraws."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return Workspace.open(path, create=False)
-        except WorkspaceError as exc:
-            if "in use" not in str(exc) or time.monotonic() > deadline:
-                raise
-            report(-1.0, "waiting for the workspace (in use by another process)")
-            time.sleep(0.5)
-
-
 def mix_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     if not args.recipe:
         raise ValueError("--recipe FILE is required")
@@ -79,7 +63,7 @@ def mix_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
         with Workspace.open(args.workspace, create=False, read_only=True) as ws:
             plan = plan_mix(ws, recipe)
         return CommandResult({"plan": plan.to_dict()}, _plan_lines(plan))
-    with open_for_writing(args.workspace, report) as ws:
+    with Workspace.open(args.workspace, create=False, wait_s=60.0) as ws:
         result = build_mix(ws, recipe, args.out, report, memory_limit=args.memory_limit)
     d = result.decontamination
     lines = _plan_lines(result.plan) + [
