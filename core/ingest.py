@@ -12,17 +12,16 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import multiprocessing
-import os
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import orjson
 import pyarrow as pa
 
+from core.parallel import default_workers, process_pool
 from core.progress import Progress
 from core.readers import (
     FORMAT_BY_SUFFIX,
@@ -114,7 +113,6 @@ class IngestResult:
 
 INGEST_MEMORY_LIMIT = "192MB"
 ANALYSIS_CHUNK = 2_000
-INGEST_WORKERS = max(1, min(4, os.cpu_count() or 1))
 PARALLEL_FROM_BYTES = 32 << 20  # smaller files are done before a worker pool would have started
 
 STAGING_SCHEMA = pa.schema([
@@ -261,7 +259,7 @@ def _process(records: Iterator[SourceRecord], cfg: IngestConfig, summary: FileSu
             absorb(chunk, analyse_texts(texts))
             continue
         pending.append((chunk, pool.submit(analyse_texts, texts)))
-        if len(pending) > 2 * INGEST_WORKERS:
+        if len(pending) > 4:  # a few chunks in flight: workers stay busy, memory stays bounded
             done_chunk, future = pending.popleft()
             absorb(done_chunk, future.result())
     while pending:
@@ -390,15 +388,11 @@ def _ingest_files(ws: Workspace, cfg: IngestConfig, files: list[str], progress: 
     summaries: list[FileSummary] = []
     roots = {s: Path(s).expanduser() for s in cfg.sources if Path(s).expanduser().is_dir()}
     large = [f for f in files if f.startswith("hf://") or Path(f).stat().st_size >= PARALLEL_FROM_BYTES]
-    # Worker processes for the per-document analysis of large sources ('spawn': DuckDB's threads must not
-    # be forked).
-    pool = ProcessPoolExecutor(INGEST_WORKERS, mp_context=multiprocessing.get_context("spawn")) \
-        if large and INGEST_WORKERS > 1 else None
-    try:
+    workers = default_workers()
+    if not large or workers == 1:
+        return _ingest_with(ws, cfg, files, summaries, roots, known, progress, None)
+    with process_pool(workers) as pool:  # the per-document analysis of large sources
         return _ingest_with(ws, cfg, files, summaries, roots, known, progress, pool)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
 
 
 def _ingest_with(ws: Workspace, cfg: IngestConfig, files: list[str], summaries: list[FileSummary],

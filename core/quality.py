@@ -29,14 +29,9 @@ document lacks are left out and the remaining weights renormalised, per document
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import math
-import multiprocessing
-import os
-import sys
-import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -44,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.models import BUNDLED_LM
+from core.parallel import default_workers, process_pool
 from core.perplexity import PerplexityConfig, resolve_dtype, score_texts
 from core.progress import Progress, no_progress
 from core.quality_signals import SIGNAL_NAMES, SIGNALS_VERSION, compute_batch, language_group
@@ -302,23 +298,6 @@ def _store_batch(ws: Workspace, run_id: str, doc_ids: list[str], groups: list[st
             ws.con.unregister(name)
 
 
-@contextlib.contextmanager
-def _bare_main() -> Iterator[None]:
-    """Spawned workers re-run the parent's `__main__` file; inside Streamlit or AppTest that is a page script,
-    which must not run again in a worker. The workers only need `core.quality_signals`."""
-    main = sys.modules.get("__main__")
-    sys.modules["__main__"] = types.ModuleType("__main__")
-    try:
-        yield
-    finally:
-        if main is not None:
-            sys.modules["__main__"] = main
-
-
-def _workers(requested: int) -> int:
-    return requested if requested > 0 else max(1, min(os.cpu_count() or 1, 4))
-
-
 def compute_signals_for(ws: Workspace, run_id: str, cfg: QualityScoreConfig,
                         progress: Progress = no_progress) -> int:
     """Compute and store the heuristic signals of every document in scope that lacks current ones."""
@@ -330,7 +309,7 @@ def compute_signals_for(ws: Workspace, run_id: str, cfg: QualityScoreConfig,
     total = _count(ws, f"SELECT count(*) FROM ({todo_sql})", todo_params)
     if not total:
         return 0
-    workers = _workers(cfg.workers)
+    workers = default_workers(cfg.workers)
     cursor = ws.con.cursor()
     reader = cursor.sql(todo_sql, params=todo_params).to_arrow_reader(cfg.batch_size)
     done = 0
@@ -348,8 +327,7 @@ def compute_signals_for(ws: Workspace, run_id: str, cfg: QualityScoreConfig,
                 progress(done / total, f"signals {done:,}/{total:,} documents")
             return done
         # Processes, not threads: the rules are pure Python. Spawned, so no DuckDB or torch thread is forked.
-        ctx = multiprocessing.get_context("spawn")
-        with _bare_main(), concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with process_pool(workers) as pool:
             pending: dict[concurrent.futures.Future, tuple[list[str], list[str]]] = {}
             for ids, texts, groups in batches():
                 # split each batch over the workers so they stay busy while results are written

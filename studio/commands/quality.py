@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
-from pathlib import Path
 
 from core.models import BUNDLED_LM
 from core.quality import (
@@ -22,7 +20,7 @@ from core.quality import (
     parse_weights,
     score_quality,
 )
-from core.workspace import ROLES, Workspace, WorkspaceError
+from core.workspace import ROLES, Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 
@@ -72,19 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=score_command)
 
 
-def open_when_free(path: Path, wait_s: float = 20.0) -> Workspace:
-    """Open for writing, waiting a little while another process (the app page that launched this job, reading
-    its counts) still holds the file."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return Workspace.open(path, create=False)
-        except WorkspaceError as exc:
-            if "in use" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
 def _list_rules() -> CommandResult:
     rules = [{"rule": r.name, "preset": r.preset, "keep_if": r.keep_if, "latin": r.latin, "zh": r.zh,
               "note": r.note} for r in RULES]
@@ -108,7 +93,7 @@ def score_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
                               perplexity=args.perplexity, lm=args.lm, max_tokens=args.max_tokens,
                               lm_batch_size=args.lm_batch_size, dtype=args.dtype,
                               sample_per_corpus=args.sample_per_corpus, weights=weights)
-    with open_when_free(args.workspace) as ws:
+    with Workspace.open(args.workspace, create=False) as ws:
         if args.stored_only:
             scored = None
             corpora = corpus_summary(ws, roles, args.corpora)
