@@ -25,7 +25,7 @@ from core.dedup import (
 )
 from core.models import BUNDLED_EMBEDDER
 from core.text import NormalisationConfig
-from core.workspace import ROLES, WorkspaceError
+from core.workspace import ROLES
 from studio import widgets as w
 
 METHOD_LABELS = {"exact": "Exact (normalised text)", "minhash": "Near-duplicates (MinHash)",
@@ -120,11 +120,7 @@ with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
                    "On 2 cores expect about 100 new paragraphs a second.")
         argv += ["--threshold", f"{threshold:g}", "--model", model, "--max-tokens", str(int(max_tokens))]
     if st.button(f"Run {method} dedup", type="primary", icon=":material/play_arrow:", key="dedup_run"):
-        try:
-            w.launch_job(argv, f"{METHOD_LABELS[method]} dedup")
-        except WorkspaceError as exc:
-            st.error(str(exc), icon=":material/error:")
-        st.rerun()
+        w.start_job(argv, f"{METHOD_LABELS[method]} dedup")
 
 if run is None:
     st.info(f"No {METHOD_LABELS[method].lower()} run yet: set the parameters above and run it.",
@@ -183,11 +179,7 @@ if method != "exact" and len(pairs):
         else:
             again += ["--model", params.get("embed_model", BUNDLED_EMBEDDER),
                       "--max-tokens", str(params.get("max_tokens", 128))]
-        try:
-            w.launch_job(again, f"{METHOD_LABELS[method]} dedup at {moved:g}")
-        except WorkspaceError as exc:
-            st.error(str(exc), icon=":material/error:")
-        st.rerun()
+        w.start_job(again, f"{METHOD_LABELS[method]} dedup at {moved:g}")
 
     # --- pairs either side of the line --------------------------------------------------------------------------
     st.subheader("Pairs at the threshold")

@@ -11,7 +11,7 @@ import streamlit as st
 from core.config import allowed_roots, resolve_within_roots, upload_limit_mb
 from core.ingest import expand_sources
 from core.readers import FORMATS, LAYOUTS, SourceError, preview_source
-from core.workspace import ROLES, WorkspaceError
+from core.workspace import ROLES
 from studio import widgets as w
 
 st.title(":material/upload_file: Ingest")
@@ -105,12 +105,7 @@ else:
             argv += ["--text-field", text_field]
         if any(Path(s).is_dir() for s in sources):
             argv += ["--pattern", pattern]
-        try:
-            w.launch_job(argv, f"Ingest into {corpus.strip()}")
-        except WorkspaceError as exc:
-            st.error(str(exc))
-        else:
-            st.rerun()
+        w.start_job(argv, f"Ingest into {corpus.strip()}")
 
 st.divider()
 st.subheader("Corpora")

@@ -272,12 +272,7 @@ job = w.current_job(path)
 if c3.button("Export mix", type="primary", icon=":material/output:", width="stretch",
              disabled=bool(job and job.running)):
     save_recipe(current, recipe_file)
-    try:
-        w.launch_job(["mix", "--recipe", str(recipe_file)], f"Export mix {current.name}")
-    except WorkspaceError as exc:
-        st.error(str(exc))
-    else:
-        st.rerun()
+    w.start_job(["mix", "--recipe", str(recipe_file)], f"Export mix {current.name}")
 st.caption(f"Exports go to `{path / 'artifacts' / 'exports' / current.name}`; the same recipe and seed give a "
            "byte-identical export.")
 

@@ -25,7 +25,7 @@ from core.quality import (
     signal_values,
 )
 from core.quality_signals import SIGNAL_BY_NAME
-from core.workspace import ROLES, WorkspaceError
+from core.workspace import ROLES
 from studio import widgets as w
 
 st.title(":material/verified: Quality")
@@ -69,11 +69,7 @@ with st.expander("Compute signals and perplexity", expanded=not scored):
             argv += ["--perplexity", "--max-tokens", str(max_tokens)]
             if sample:
                 argv += ["--sample-per-corpus", str(sample)]
-        try:
-            w.launch_job(argv, "Quality scoring" + (" with perplexity" if with_ppl else ""))
-        except WorkspaceError as exc:
-            st.error(str(exc), icon=":material/error:")
-        st.rerun()
+        w.start_job(argv, "Quality scoring" + (" with perplexity" if with_ppl else ""))
 
 if not scored:
     st.info("No document has quality signals yet: score the documents above.", icon=":material/info:")
@@ -173,11 +169,7 @@ for role in roles or list(DEFAULT_ROLES):
 for k, v in overrides.items():
     apply_argv += ["--threshold", f"{k}={v:g}"]
 if st.button(f"Apply: drop {preview.dropped:,} documents", type="primary", key="quality_apply_button"):
-    try:
-        w.launch_job(apply_argv, f"Quality filter ({', '.join(presets)})")
-    except WorkspaceError as exc:
-        st.error(str(exc), icon=":material/error:")
-    st.rerun()
+    w.start_job(apply_argv, f"Quality filter ({', '.join(presets)})")
 st.caption("Applying records a drop in `decisions` (rule, value, threshold) for each dropped document and "
            "replaces the previous quality filter. Command line: `studio score WORKSPACE "
            + " ".join(apply_argv[1:]) + "`")

@@ -21,7 +21,6 @@ from core.recall import (
     subject_stats,
     what_if,
 )
-from core.workspace import WorkspaceError
 from studio import widgets as w
 
 st.title(":material/target: Benchmarks and recall")
@@ -95,11 +94,7 @@ with st.form("recall_form"):
                 argv += ["--max-items", str(max_items)]
             if pool_sample:
                 argv += ["--pool-sample", str(pool_sample)]
-            try:
-                w.launch_job(argv, "Recall")
-                st.rerun()
-            except WorkspaceError as exc:
-                st.error(str(exc))
+            w.start_job(argv, "Recall")
 
 # --- the latest recall -----------------------------------------------------------------------------------------
 st.subheader("Recall")
@@ -178,12 +173,8 @@ with st.form("decontam_form"):
     d_mode = c4.selectbox("Mode", ["drop", "cut"], help="cut: remove each overlap with 200 characters each side at "
                                                         "export; drop a document cut into more than 10 pieces")
     if st.form_submit_button("Run the contamination check", icon=":material/policy:"):
-        try:
-            w.launch_job(["decontam", "--benchmarks", ",".join(d_bench), "--corpora", ",".join(d_corpora),
+        w.start_job(["decontam", "--benchmarks", ",".join(d_bench), "--corpora", ",".join(d_corpora),
                           "--n", str(d_n), "--mode", d_mode], "Contamination check")
-            st.rerun()
-        except WorkspaceError as exc:
-            st.error(str(exc))
 
 if not decontam_run:
     st.info("No contamination check yet.", icon=":material/info:")

@@ -24,7 +24,7 @@ from core.terms import (
     load_lexicons,
     parse_lexicon,
 )
-from core.workspace import ROLES, WorkspaceError
+from core.workspace import ROLES
 from studio import widgets as w
 
 st.title(":material/spellcheck: Terminology")
@@ -106,11 +106,7 @@ with st.expander("Lexicons", expanded=scoring is None):
         argv = ["terms"]
         for spec in chosen_specs:
             argv += ["--lexicon", spec]
-        try:
-            w.launch_job(argv, f"Terminology scoring ({' + '.join(map(spec_label, chosen_specs))})")
-        except WorkspaceError as exc:
-            st.error(str(exc), icon=":material/error:")
-        st.rerun()
+        w.start_job(argv, f"Terminology scoring ({' + '.join(map(spec_label, chosen_specs))})")
 
 if scoring is None:
     st.info("No document is scored yet: choose lexicons above and score all documents.",
@@ -174,11 +170,7 @@ if not only_corpora:
     for role in roles or ["domain"]:
         apply_argv += ["--role", role]
 if st.button(f"Apply: drop {total - kept:,} documents", type="primary", key="terms_apply_button"):
-    try:
-        w.launch_job(apply_argv, f"Terminology filter (density >= {min_density:g})")
-    except WorkspaceError as exc:
-        st.error(str(exc), icon=":material/error:")
-    st.rerun()
+    w.start_job(apply_argv, f"Terminology filter (density >= {min_density:g})")
 st.caption("Applying records a drop in `decisions` (rule, value, threshold) for each dropped document and "
            "replaces the previous terminology filter. Command line: `studio terms WORKSPACE "
            + " ".join(apply_argv[1:]) + "`")

@@ -185,6 +185,16 @@ def launch_job(argv: Sequence[str], label: str) -> Job:
     return job
 
 
+def start_job(argv: Sequence[str], label: str) -> None:
+    """Launch a job from a button and redraw the page with its progress; say why when it cannot start."""
+    try:
+        launch_job(argv, label)
+    except WorkspaceError as exc:
+        st.error(str(exc), icon=":material/error:")
+    else:
+        st.rerun()
+
+
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "'\"'\"'") + "'"
 

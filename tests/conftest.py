@@ -129,6 +129,20 @@ def wait_for_app(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_timeout(300)
 
 
+def run_page(page: str | Path, workspace: Path):
+    """Run a page script with AppTest on `workspace` (a path under pages/ or a page file name)."""
+    from streamlit.testing.v1 import AppTest
+
+    file = Path(page) if Path(page).is_absolute() else REPO_ROOT / "pages" / Path(page).name
+    at = AppTest.from_file(str(file), default_timeout=60)
+    at.session_state["workspace"] = str(workspace)
+    return at.run()
+
+
+def metric_value(at, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
 def open_studio_page(page, base_url: str, title: str) -> None:
     """Navigate with the sidebar link named `title` and wait for its script to finish."""
     page.get_by_role("link", name=title).first.click()

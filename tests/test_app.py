@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import open_studio_page, wait_for_app
+from conftest import open_studio_page, run_page, wait_for_app
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
@@ -17,9 +17,7 @@ PAGES = REPO_ROOT / "pages"
 
 
 def page_test(page: str, workspace: Path) -> AppTest:
-    at = AppTest.from_file(str(PAGES / page), default_timeout=60)
-    at.session_state["workspace"] = str(workspace)
-    return at.run()
+    return run_page(page, workspace)
 
 
 def test_overview_counts_everything(demo_ws_path: Path) -> None:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_page
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
@@ -30,9 +31,7 @@ def deduped_ws(demo_ws_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def page(workspace: Path) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.session_state["workspace"] = str(workspace)
-    return at.run()
+    return run_page(PAGE, workspace)
 
 
 def wait_for(job: widgets.Job, seconds: float = 180) -> None:

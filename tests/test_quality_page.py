@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import metric_value, run_page
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
@@ -28,13 +29,11 @@ def scored_ws(demo_ws_path: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def page(workspace: Path) -> AppTest:
-    at = AppTest.from_file(PAGE, default_timeout=60)
-    at.session_state["workspace"] = str(workspace)
-    return at.run()
+    return run_page(PAGE, workspace)
 
 
 def metric(at: AppTest, label: str) -> str:
-    return next(m.value for m in at.metric if m.label == label)
+    return metric_value(at, label)
 
 
 def test_page_without_signals_asks_to_score(ws_copy: Path) -> None:
