@@ -31,7 +31,6 @@ How the mix is drawn, all in DuckDB SQL so a million documents never become Pyth
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import re
@@ -49,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tomli_w
 
+from core.ingest import file_sha256
 from core.progress import Progress, no_progress
 from core.readers import sharegpt_turns
 from core.workspace import Workspace, WorkspaceError, code_version
@@ -657,14 +657,6 @@ class MixResult:
                 "files": {k: asdict(v) for k, v in self.files.items()}, "manifest": self.manifest}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _stream(ws: Workspace, sql: str, params: list[Any], batch_rows: int = BATCH_ROWS) -> Iterator[pa.RecordBatch]:
     """Arrow record batches of a query, on a cursor of their own (so the main connection stays free)."""
     cursor = ws.con.cursor()
@@ -1061,16 +1053,16 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
     rows["members.parquet"] = members_rows
 
     files = {key: ExportedFile(path=str(final / path.name), rows=rows[key], bytes=path.stat().st_size,
-                               sha256=_sha256(path)) for key, path in written.items()}
+                               sha256=file_sha256(path)) for key, path in written.items()}
     info = dataset_info(recipe.name, files, recipe.instruction_format)
     info_path = folder / "dataset_info.json"
     info_path.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     files["dataset_info.json"] = ExportedFile(str(final / info_path.name), len(info), info_path.stat().st_size,
-                                              _sha256(info_path))
+                                              file_sha256(info_path))
     recipe_path = folder / "recipe.toml"
     recipe_path.write_text(recipe_toml(recipe), encoding="utf-8")
     files["recipe.toml"] = ExportedFile(str(final / recipe_path.name), 1, recipe_path.stat().st_size,
-                                        _sha256(recipe_path))
+                                        file_sha256(recipe_path))
 
     # Per-component figures as exported (after decontamination drops).
     comp_rows = ws.query(
@@ -1154,7 +1146,7 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
     manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str) + "\n",
                              encoding="utf-8")
     files["manifest.json"] = ExportedFile(str(final / "manifest.json"), 1, manifest_path.stat().st_size,
-                                          _sha256(manifest_path))
+                                          file_sha256(manifest_path))
     return MixResult(run_id=mix_id, name=recipe.name, out_dir=str(final), plan=plan,
                      train_documents=train_documents, train_tokens=train_tokens, components=components,
                      validation=validation, decontamination=decontam_summary, window=window, files=files,

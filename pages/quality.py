@@ -168,11 +168,8 @@ for role in roles or list(DEFAULT_ROLES):
     apply_argv += ["--role", role]
 for k, v in overrides.items():
     apply_argv += ["--threshold", f"{k}={v:g}"]
-if st.button(f"Apply: drop {preview.dropped:,} documents", type="primary", key="quality_apply_button"):
-    w.start_job(apply_argv, f"Quality filter ({', '.join(presets)})")
-st.caption("Applying records a drop in `decisions` (rule, value, threshold) for each dropped document and "
-           "replaces the previous quality filter. Command line: `studio score WORKSPACE "
-           + " ".join(apply_argv[1:]) + "`")
+w.apply_filter_button(preview.dropped, apply_argv, f"Quality filter ({', '.join(presets)})", "quality filter",
+                      key="quality_apply_button")
 
 # --- documents either side of the threshold --------------------------------------------------------------------------
 st.subheader("Documents either side of the threshold")

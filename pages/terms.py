@@ -169,11 +169,8 @@ for name in only_corpora:
 if not only_corpora:
     for role in roles or ["domain"]:
         apply_argv += ["--role", role]
-if st.button(f"Apply: drop {total - kept:,} documents", type="primary", key="terms_apply_button"):
-    w.start_job(apply_argv, f"Terminology filter (density >= {min_density:g})")
-st.caption("Applying records a drop in `decisions` (rule, value, threshold) for each dropped document and "
-           "replaces the previous terminology filter. Command line: `studio terms WORKSPACE "
-           + " ".join(apply_argv[1:]) + "`")
+w.apply_filter_button(total - kept, apply_argv, f"Terminology filter (density >= {min_density:g})",
+                      "terminology filter", key="terms_apply_button")
 
 # --- histogram -------------------------------------------------------------------------------------------------
 st.subheader("Density per corpus")

@@ -195,6 +195,14 @@ def start_job(argv: Sequence[str], label: str) -> None:
         st.rerun()
 
 
+def apply_filter_button(dropped: int, argv: Sequence[str], label: str, step: str, *, key: str) -> None:
+    """The button that applies a filter as a job, and the command line that does the same."""
+    if st.button(f"Apply: drop {dropped:,} documents", type="primary", key=key):
+        start_job(argv, label)
+    st.caption(f"Applying records a drop in `decisions` (rule, value, threshold) for each dropped document and "
+               f"replaces the previous {step}. Command line: `studio {argv[0]} WORKSPACE {' '.join(argv[1:])}`")
+
+
 def _quote(s: str) -> str:
     return "'" + s.replace("'", "'\"'\"'") + "'"
 
