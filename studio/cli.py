@@ -84,6 +84,11 @@ class Reporter:
 Handler = Callable[[argparse.Namespace, Reporter], CommandResult]
 
 
+def comma_list(value: str | None) -> list[str]:
+    """`a, b,,c` -> ['a', 'b', 'c']: the form of every comma-separated option."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
 def add_workspace_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments every subcommand takes: the workspace and the output mode."""
     parser.add_argument("workspace", type=Path, help="workspace folder (holds studio.duckdb and artifacts/)")

@@ -5,6 +5,7 @@ The data folder is `STUDIO_DATA` (default `../shared/data`); tests never copy it
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -127,6 +128,16 @@ def wait_for_app(page, timeout_ms: int = 60_000) -> None:
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout_ms)
     page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout_ms)
     page.wait_for_timeout(300)
+
+
+def shared_text(data_dir: Path, relative: str, record_id: str) -> str:
+    """The text of the record with id `record_id` in a JSONL file of the shared data."""
+    with open(data_dir / relative, encoding="utf-8") as fh:
+        for line in fh:
+            record = json.loads(line)
+            if record["id"] == record_id:
+                return record["text"]
+    raise AssertionError(f"{record_id} not in {relative}")
 
 
 def run_page(page: str | Path, workspace: Path):

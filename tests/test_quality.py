@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import shared_text
 
 from core.config import REPO_ROOT
 from core.ingest import IngestConfig, ingest
@@ -29,16 +30,6 @@ from core.quality import (
 from core.quality_signals import signals_dict
 from core.terms import TermScoreConfig, score_terms
 from core.workspace import Workspace
-
-
-def shared_text(data_dir: Path, file: str, doc_id: str) -> str:
-    with open(data_dir / file, encoding="utf-8") as fh:
-        for line in fh:
-            record = json.loads(line)
-            if record["id"] == doc_id:
-                return record["text"]
-    raise AssertionError(f"{doc_id} not in {file}")
-
 
 C4 = "llamafactory/corpus_en_c4_web_paragraphs.jsonl"
 FEVER = "medicalgpt/corpus_zh_medical_textbook_fever.jsonl"

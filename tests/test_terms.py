@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import shared_text
 
 from core.config import REPO_ROOT
 from core.terms import (
@@ -48,14 +49,6 @@ def scored_ws(demo_ws_path: Path, tmp_path_factory: pytest.TempPathFactory) -> P
         score_terms(ws, TermScoreConfig(lexicons=["medical_en", "medical_zh"]))
     return path
 
-
-def shared_record(data_dir: Path, relative: str, record_id: str) -> str:
-    with open(data_dir / relative, encoding="utf-8") as fh:
-        for line in fh:
-            record = json.loads(line)
-            if record["id"] == record_id:
-                return record["text"]
-    raise AssertionError(f"{record_id} not in {relative}")
 
 
 # --- lexicons ------------------------------------------------------------------------------------------------
@@ -109,7 +102,7 @@ def test_chinese_matching_is_substring_and_longest_first(matcher: TermMatcher) -
 
 # --- hand-checked documents of the shared data ----------------------------------------------------------------
 def test_hand_checked_english_document(matcher: TermMatcher, data_dir: Path, scored_ws: Path) -> None:
-    text = shared_record(data_dir, "medquad/corpus_en_medquad_nih_paragraphs.jsonl",
+    text = shared_text(data_dir, "medquad/corpus_en_medquad_nih_paragraphs.jsonl",
                          "medquad/1_CancerGov_QA/0000001_1/0000001_1-2/0")
     # Read by hand: 'symptoms' x3, 'fever'/'Fever' x2, 'diseases', 'night sweats', 'Shortness of breath',
     # 'Weight loss', 'Pain' x2 ('Painless' is not a hit), 'lumps', 'infections', 'acute lymphoblastic leukemia'.
@@ -129,7 +122,7 @@ def test_hand_checked_english_document(matcher: TermMatcher, data_dir: Path, sco
 
 def test_hand_checked_chinese_document_density_per_character(matcher: TermMatcher, data_dir: Path,
                                                              scored_ws: Path) -> None:
-    text = shared_record(data_dir, "medicalgpt/corpus_zh_medical_textbook_fever.jsonl", "medicalgpt/fever/1")
+    text = shared_text(data_dir, "medicalgpt/corpus_zh_medical_textbook_fever.jsonl", "medicalgpt/fever/1")
     # Read by hand: 传染病 x2, 感染性疾病 x2 (not also 感染), 感染 x2 (医学昆虫感染人体, 感染所致), and once each
     # 病原微生物 朊粒 病毒 衣原体 立克次体 支原体 细菌 真菌 螺旋体 寄生虫 原虫 病原体. 传染性 and 疾病 are not terms.
     expected = {"传染病": 2, "感染性疾病": 2, "感染": 2, "病原微生物": 1, "朊粒": 1, "病毒": 1, "衣原体": 1,

@@ -8,7 +8,7 @@ from core.dedup import DEFAULT_ROLES, POLICIES, SCOPES, DedupConfig, deduplicate
 from core.models import BUNDLED_EMBEDDER
 from core.text import NormalisationConfig
 from core.workspace import ROLES, Workspace
-from studio.cli import CommandResult, Reporter, add_workspace_arguments
+from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,14 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=dedup_command)
 
 
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
 def config_from_args(args: argparse.Namespace) -> DedupConfig:
     return DedupConfig(
         method=args.method, threshold=args.threshold, floor=args.floor, scope=args.scope, policy=args.policy,
-        roles=_split(args.roles), corpora=_split(args.corpora), limit=args.limit,
+        roles=tuple(comma_list(args.roles)), corpora=tuple(comma_list(args.corpora)), limit=args.limit,
         normalisation=NormalisationConfig(unicode_nfkc=not args.no_nfkc, casefold=not args.keep_case,
                                           fold_whitespace=not args.keep_whitespace,
                                           strip_punctuation=not args.keep_punctuation),

@@ -21,11 +21,7 @@ from core.quality import (
     score_quality,
 )
 from core.workspace import ROLES, Workspace
-from studio.cli import CommandResult, Reporter, add_workspace_arguments
-
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(and, with --perplexity, language-model perplexity), then show what the chosen rules "
                     "would drop; --apply writes the drops to decisions. Thresholds move without recomputing.")
     add_workspace_arguments(p)
-    p.add_argument("--rules", type=_csv, default=list(DEFAULT_PRESETS),
+    p.add_argument("--rules", type=comma_list, default=list(DEFAULT_PRESETS),
                    help=f"comma-separated presets or rule names (presets: {', '.join(PRESETS)}; default: "
                         f"{','.join(DEFAULT_PRESETS)}); see --list-rules")
     p.add_argument("--threshold", action="append", default=[], metavar="RULE=VALUE",

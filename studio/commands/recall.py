@@ -11,11 +11,11 @@ from core.decontam import DECONTAM_MODES, DecontamConfig, check_texts, contamina
 from core.readers import ReadOptions, SourceInfo, read_source
 from core.recall import ITEM_TEXTS, RecallConfig, run_recall
 from core.workspace import Workspace, WorkspaceError
-from studio.cli import CommandResult, Reporter, add_workspace_arguments
+from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
 
 
 def _names(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    return comma_list(value) if value else None  # no option: all
 
 
 def register(sub: argparse._SubParsersAction) -> None:
