@@ -9,6 +9,7 @@ duplicates inside a file stay separate documents for the dedup step to find.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -24,7 +25,6 @@ import pyarrow as pa
 from core.parallel import default_workers, process_pool
 from core.progress import Progress
 from core.readers import (
-    FORMAT_BY_SUFFIX,
     ReadOptions,
     SourceError,
     SourceInfo,
@@ -384,28 +384,20 @@ def ingest(ws: Workspace, cfg: IngestConfig, progress: Progress | None = None) -
 
 
 def _ingest_files(ws: Workspace, cfg: IngestConfig, files: list[str], progress: Progress | None) -> IngestResult:
-    known = set(FORMAT_BY_SUFFIX)
     summaries: list[FileSummary] = []
-    roots = {s: Path(s).expanduser() for s in cfg.sources if Path(s).expanduser().is_dir()}
-    large = [f for f in files if f.startswith("hf://") or Path(f).stat().st_size >= PARALLEL_FROM_BYTES]
+    roots = [Path(s).expanduser() for s in cfg.sources if Path(s).expanduser().is_dir()]
     workers = default_workers()
-    if not large or workers == 1:
-        return _ingest_with(ws, cfg, files, summaries, roots, known, progress, None)
-    with process_pool(workers) as pool:  # the per-document analysis of large sources
-        return _ingest_with(ws, cfg, files, summaries, roots, known, progress, pool)
-
-
-def _ingest_with(ws: Workspace, cfg: IngestConfig, files: list[str], summaries: list[FileSummary],
-                 roots: dict[str, Path], known: set[str], progress: Progress | None,
-                 pool: Executor | None) -> IngestResult:
-    with ws.run("ingest", {**asdict(cfg), "files": len(files)}, supersede=False) as run:
+    parallel = workers > 1 and any(f.startswith("hf://") or Path(f).stat().st_size >= PARALLEL_FROM_BYTES
+                                   for f in files)
+    # Worker processes do the per-document analysis of large sources.
+    with process_pool(workers) if parallel else contextlib.nullcontext() as pool, \
+            ws.run("ingest", {**asdict(cfg), "files": len(files)}, supersede=False) as run:
         for index, source in enumerate(files):
-            root = next((r for r in roots.values() if Path(source).is_relative_to(r)), None)
+            root = next((r for r in roots if Path(source).is_relative_to(r)), None)
             if progress:
                 progress(index / max(len(files), 1), f"{Path(source).name} ({index + 1}/{len(files)})")
             fmt, _ = split_suffixes(Path(source))
-            if not source.startswith("hf://") and cfg.fmt == "auto" and root is not None and fmt == "" \
-                    and Path(source).suffix.lower() not in known:
+            if not source.startswith("hf://") and cfg.fmt == "auto" and root is not None and fmt == "":
                 # A file in a folder whose type we do not read: say so instead of skipping it silently.
                 summary = FileSummary(file=source, status="failed", errors=1,
                                       error_reasons={"unsupported file type": 1},
