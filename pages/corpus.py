@@ -39,7 +39,7 @@ with left:
                            title="Documents per corpus and language", hover_data=["role", "current", "tokens"]))
 with right:
     st.dataframe(counts, hide_index=True, height=360,
-                 column_config={c: st.column_config.NumberColumn(format="%d")
+                 column_config={c: st.column_config.NumberColumn(format="localized")
                                 for c in ("documents", "current", "chars", "tokens", "untokenised")})
 
 st.subheader("Lengths")

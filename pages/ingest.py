@@ -121,8 +121,8 @@ if corpora.empty:
     st.info("No corpus yet.")
 else:
     st.dataframe(corpora, hide_index=True, column_config={
-        "documents": st.column_config.NumberColumn(format="%d"), "chars": st.column_config.NumberColumn(format="%d"),
-        "tokens": st.column_config.NumberColumn(format="%d")})
+        "documents": st.column_config.NumberColumn(format="localized"), "chars": st.column_config.NumberColumn(format="localized"),
+        "tokens": st.column_config.NumberColumn(format="localized")})
 with st.expander(f"Ingested files ({len(files)})"):
     st.dataframe(files, hide_index=True)
 

@@ -47,8 +47,8 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
     env = dict(os.environ, STUDIO_WORKSPACE=str(workspace.resolve()))
     if args.max_upload_mb:
         env["STUDIO_UPLOAD_MB"] = str(args.max_upload_mb)
-    env.setdefault("STUDIO_ROOTS", os.pathsep.join(
-        str(p) for p in (data_root(), workspaces_root(), workspace.resolve().parent)))
+    roots = dict.fromkeys(str(p) for p in (data_root(), workspaces_root(), workspace.resolve().parent))
+    env.setdefault("STUDIO_ROOTS", os.pathsep.join(roots))
     cmd = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.headless", "true",
            "--server.port", str(args.port), "--server.address", args.host, "--browser.gatherUsageStats", "false",
            "--server.maxUploadSize", env.get("STUDIO_UPLOAD_MB", "200")]
