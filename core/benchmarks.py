@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from core.ingest import IngestConfig, expand_sources, ingest
 from core.progress import Progress, no_progress
+from core.readers import gold_index
 from core.workspace import Workspace, WorkspaceError
 
 BENCHMARK_KINDS = ("domain", "general")
@@ -85,13 +86,11 @@ def item_parts(record: dict[str, Any] | None, text: str) -> tuple[str, list[str]
         return text, [], None, ""
     question = str(record.get("question") or text)
     choices = [str(c) for c in record.get("choices") or []]
-    index = record.get("answer_index")
-    index = int(index) if isinstance(index, int | float) or (isinstance(index, str) and index.isdigit()) else None
-    if choices and index is not None and 0 <= index < len(choices):
-        answer = choices[index]
-    else:
-        answer = str(record.get("answer") or "")
-        index = index if choices and index is not None and 0 <= index < len(choices) else None
+    try:  # records stored before items were checked at ingest may hold 2.5 or true: no gold answer, not a guess
+        index = gold_index(record.get("answer_index"), len(choices))
+    except ValueError:
+        index = None
+    answer = choices[index] if index is not None else str(record.get("answer") or "")
     return question, choices, index, answer
 
 

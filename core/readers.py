@@ -162,6 +162,50 @@ def render_turns(turns: list[dict[str, str]]) -> str:
     return "\n\n".join(t["value"].strip() for t in turns if t["value"].strip())
 
 
+def gold_index(value: Any, n_choices: int) -> int | None:
+    """The 0-based gold answer of a multiple-choice item, or None where it has none (missing or null).
+
+    Only an integer (or an integral number, or a string of digits, as CSV and some exports write it) within
+    the choices counts: 2.5, true or 7 of 4 choices raise ValueError rather than being coerced to an answer."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):  # a bool is an int to Python, never an answer index
+        raise ValueError(f"answer_index {value!r} is not an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"answer_index {value!r} is not an integer")
+        value = int(value)
+    elif isinstance(value, str):
+        if not value.strip().isdigit():
+            raise ValueError(f"answer_index {value!r} is not an integer")
+        value = int(value.strip())
+    elif not isinstance(value, int):
+        raise ValueError(f"answer_index {value!r} is not an integer")
+    if not 0 <= value < n_choices:
+        raise ValueError(f"answer_index {value} is outside the {n_choices} choices")
+    return value
+
+
+def mcq_problem(rec: dict[str, Any]) -> str | None:
+    """Why a multiple-choice record cannot be a benchmark item (None when it can)."""
+    question, choices = rec.get("question"), rec.get("choices")
+    if not isinstance(question, str):
+        return "benchmark item lacks a question" if question is None else "benchmark question is not a string"
+    if not question.strip():
+        return "benchmark item has an empty question"
+    if not isinstance(choices, list):
+        return "benchmark item has no choices list" if choices is None else "benchmark choices are not a list"
+    if not choices:
+        return "benchmark item has no choices"
+    if any(c is None or isinstance(c, dict | list) or not str(c).strip() for c in choices):
+        return "benchmark item has an empty or non-text choice"
+    try:
+        gold_index(rec.get("answer_index"), len(choices))
+    except ValueError:
+        return "benchmark item has an invalid answer_index"
+    return None
+
+
 def render_mcq(rec: dict[str, Any]) -> str:
     letters = string.ascii_uppercase
     options = "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(rec["choices"]))
@@ -173,7 +217,7 @@ def _guess_layout(rec: dict[str, Any]) -> str:
         return "alpaca"
     if isinstance(rec.get("conversations"), list) or isinstance(rec.get("messages"), list):
         return "sharegpt"
-    if "question" in rec and isinstance(rec.get("choices"), list):
+    if "question" in rec and "choices" in rec:  # a null or empty choices list is a bad item, not a text record
         return "mcq"
     return "text"
 
@@ -214,17 +258,21 @@ def record_to_document(rec: Any, opts: ReadOptions, line: int | None, offset: in
             if "system" in rec:
                 out.record["system"] = rec["system"]
         elif layout == "mcq":
-            choices = rec.get("choices")
-            if not isinstance(choices, list) or not isinstance(rec.get("question"), str):
-                out.error, out.detail = "benchmark item lacks question/choices", _snippet(repr(rec))
+            if problem := mcq_problem(rec):
+                out.error, out.detail = problem, _snippet(repr(rec))
             else:
+                choices = rec["choices"]
                 kept = {"question": rec["question"], "choices": [str(c) for c in choices],
-                        "answer_index": rec.get("answer_index"), "subject": rec.get("subject"),
-                        "item_id": rec.get("id")}
+                        "answer_index": gold_index(rec.get("answer_index"), len(choices)),
+                        "subject": rec.get("subject"), "item_id": rec.get("id")}
                 out.kind, out.record, out.text = "mcq", kept, render_mcq(kept)
         elif layout == "qa":  # free-text evaluation items: a question and its reference answer
-            if not isinstance(rec.get("question"), str) or not isinstance(rec.get("answer"), str | int | float):
+            question, answer = rec.get("question"), rec.get("answer")
+            if not isinstance(question, str) or isinstance(answer, bool) \
+                    or not isinstance(answer, str | int | float):
                 out.error, out.detail = "evaluation item lacks question/answer", _snippet(repr(rec))
+            elif not question.strip():
+                out.error, out.detail = "evaluation item has an empty question", _snippet(repr(rec))
             else:
                 kept = {"question": rec["question"], "answer": str(rec["answer"]), "subject": rec.get("subject"),
                         "item_id": rec.get("id")}
@@ -374,7 +422,8 @@ def _mmlu_row(rec: dict[str, Any]) -> dict[str, Any]:
     answer = answer.strip()
     columns = _choice_columns(rec)
     letters = "ABCDE"[: len(columns)]
-    index = letters.index(answer) if len(answer) == 1 and answer in letters else (int(answer) if answer.isdigit() else None)
+    # A letter becomes its index; anything else is passed on for `gold_index` to accept or reject.
+    index = letters.index(answer) if len(answer) == 1 and answer in letters else answer
     return {"question": question, "choices": [rec[c] for c in columns], "answer_index": index,
             "subject": rec.get("subject")}
 

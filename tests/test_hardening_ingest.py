@@ -1,0 +1,68 @@
+"""Hostile input to ingest (issue 10): bad benchmark items, stray bytes in JSON, unterminated CSV quotes,
+truncated or corrupt compressed files, and oversized single-line records, each answered with a recorded reason
+and nothing lost or invented."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import orjson
+
+from core.benchmarks import BenchmarkImportConfig, import_benchmark
+from core.workspace import Workspace
+
+MMLU_MED = "mmlu/mcq_mmlu_medical_test.jsonl"
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _errors(ws: Workspace, corpus: str) -> dict[int | None, str]:
+    return dict(ws.query("SELECT line, reason FROM ingest_errors WHERE corpus = ? ORDER BY line", [corpus]))
+
+
+# --- benchmark items (11) ------------------------------------------------------------------------------------
+def test_benchmark_items_with_bad_answers_choices_or_questions_are_rejected(empty_ws: Workspace, data_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    real = [orjson.loads(x) for x in _lines(data_dir / MMLU_MED)[:40]]
+    planted = {  # line number (1-based, after insertion) -> the bad item and the reason expected for it
+        5: ({**real[0], "answer_index": 2.5}, "benchmark item has an invalid answer_index"),
+        10: ({**real[1], "answer_index": True}, "benchmark item has an invalid answer_index"),
+        15: ({**real[2], "answer_index": 9}, "benchmark item has an invalid answer_index"),
+        20: ({**real[3], "choices": []}, "benchmark item has no choices"),
+        25: ({**real[4], "question": "   "}, "benchmark item has an empty question"),
+        30: ({**real[5], "choices": None}, "benchmark item has no choices list"),
+    }
+    records = list(real)
+    for line in sorted(planted):
+        records.insert(line - 1, planted[line][0])
+    # An integral float and a digit string are the same answer as the integer (CSV and pandas exports).
+    records.append({**real[6], "answer_index": float(real[6]["answer_index"])})
+    records.append({**real[7], "answer_index": str(real[7]["answer_index"])})
+    path = tmp_path / "bench.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    result = import_benchmark(empty_ws, BenchmarkImportConfig([str(path)], "bench", "domain"))
+    assert _errors(empty_ws, "bench") == {line: reason for line, (_, reason) in planted.items()}
+    assert result.benchmark.items == len(real) + 2
+    gold = empty_ws.query("SELECT question, answer_index, answer FROM benchmark_items ORDER BY item_text")
+    by_question: dict[str, list[tuple[int, str]]] = {}
+    for question, index, answer in gold:
+        by_question.setdefault(question, []).append((index, answer))
+    for item in real:  # every kept item carries its own gold answer, none an invented one
+        for index, answer in by_question[item["question"]]:
+            assert index == item["answer_index"] and answer == item["choices"][item["answer_index"]]
+
+
+def test_free_text_item_with_empty_question_is_rejected(empty_ws: Workspace, tmp_path: Path) -> None:
+    path = tmp_path / "qa.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "What lowers fever?", "answer": "Paracetamol"},
+        {"question": "", "answer": "Rest"},
+        {"question": "Is aspirin an NSAID?", "answer": True},
+    ]) + "\n", encoding="utf-8")
+    result = import_benchmark(empty_ws, BenchmarkImportConfig([str(path)], "qa", "domain", fmt="qa"))
+    assert result.benchmark.items == 1
+    assert _errors(empty_ws, "qa") == {2: "evaluation item has an empty question",
+                                       3: "evaluation item lacks question/answer"}
