@@ -89,9 +89,8 @@ def open_binary(path: Path, compression: str) -> IO[bytes]:
     return open(path, "rb", buffering=1 << 20)
 
 
-def detect_encoding(sample: bytes) -> str:
-    """UTF-8 (with or without BOM), UTF-16 (BOM or by its zero bytes), or what charset-normalizer finds
-    (GB18030 for the GBK family, since it is their superset)."""
+def unicode_encoding(sample: bytes) -> str | None:
+    """UTF-8 with BOM or UTF-16 (by its BOM or its zero bytes) where the sample shows one, else None."""
     if sample.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -100,6 +99,20 @@ def detect_encoding(sample: bytes) -> str:
         return "utf-16-le"
     if len(sample) >= 4 and sample[0::2].count(0) > len(sample) // 4:
         return "utf-16-be"
+    return None
+
+
+def json_encoding(sample: bytes) -> str:
+    """JSON text is Unicode, UTF-8 unless a BOM or zero bytes say UTF-16 (RFC 8259 §8.1; RFC 7159 allowed
+    UTF-16): invalid bytes are an error of their line, never a reason to guess a legacy code page."""
+    return unicode_encoding(sample) or "utf-8"
+
+
+def detect_encoding(sample: bytes) -> str:
+    """UTF-8 (with or without BOM), UTF-16 (BOM or by its zero bytes), or what charset-normalizer finds
+    (GB18030 for the GBK family, since it is their superset)."""
+    if found := unicode_encoding(sample):
+        return found
     try:
         codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
         return "utf-8"
@@ -305,7 +318,7 @@ def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[Sou
             raise SourceError("compressed Parquet files are not supported (Parquet compresses internally)")
         yield from _read_parquet(path, opts)
         return
-    encoding = opts.encoding or detect_encoding(_sample(path, compression))
+    encoding = opts.encoding or source_encoding(fmt, _sample(path, compression))
     info.encoding = encoding
     if fmt == "jsonl":
         yield from _read_jsonl(path, compression, encoding, opts)
@@ -315,6 +328,24 @@ def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[Sou
         yield from _read_csv(path, compression, encoding, opts, "\t" if fmt == "tsv" else ",")
     else:
         yield from _read_text(path, compression, encoding, opts)
+
+
+def source_encoding(fmt: str, sample: bytes) -> str:
+    """The encoding to read a file of format `fmt` with when none is given: JSON's is fixed by its RFC, other
+    text formats are detected (legacy encodings such as GB18030 CSV included)."""
+    return json_encoding(sample) if fmt in {"json", "jsonl"} else detect_encoding(sample)
+
+
+def invalid_utf8_detail(raw: bytes) -> str:
+    """Where a line's UTF-8 breaks, for the error record (orjson's message names no position)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = raw[exc.start:exc.end].hex(" ")
+        shown = raw[max(exc.start - 40, 0):exc.start].decode("utf-8", "replace")
+        return (f"byte(s) {bad} at byte {exc.start} of the line, after {shown!r}: JSON is UTF-8 (RFC 8259); "
+                "if the whole file is in another encoding, give it as the encoding option")
+    return ""
 
 
 def _lines_with_offsets(path: Path, compression: str, encoding: str) -> Iterator[tuple[int, int, bytes | str]]:
@@ -344,9 +375,11 @@ def _read_jsonl(path: Path, compression: str, encoding: str, opts: ReadOptions) 
         try:
             rec = loads(line)
         except orjson.JSONDecodeError as exc:
+            if isinstance(line, bytes) and "UTF-8" in str(exc):
+                yield SourceRecord(number, offset, error="invalid UTF-8", detail=invalid_utf8_detail(line))
+                continue
             raw = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-            reason = "invalid UTF-8" if "UTF-8" in str(exc) else "malformed JSON"
-            yield SourceRecord(number, offset, error=reason, detail=_snippet(f"{exc}: {raw.strip()}"))
+            yield SourceRecord(number, offset, error="malformed JSON", detail=_snippet(f"{exc}: {raw.strip()}"))
             continue
         yield record_to_document(rec, opts, number, offset)
 
@@ -361,6 +394,12 @@ def _read_json_array(path: Path, compression: str, encoding: str, opts: ReadOpti
         # A JSON array that does not parse may still be JSON Lines with a .json name.
         if data.lstrip()[:1] == b"{":
             yield from _read_jsonl(path, compression, encoding, opts)
+            return
+        if isinstance(exc, UnicodeDecodeError):
+            yield SourceRecord(None, exc.start, error="invalid UTF-8" if encoding.startswith("utf-8")
+                               else f"invalid {encoding}",
+                               detail=_snippet(f"{exc}; JSON is UTF-8 (RFC 8259): if the file is in another "
+                                               "encoding, give it as the encoding option"))
             return
         yield SourceRecord(None, None, error="malformed JSON", detail=_snippet(str(exc)))
         return
@@ -517,7 +556,7 @@ def preview_source(path: Path, opts: ReadOptions | None = None, limit: int = 10)
     fmt = opts.fmt if opts.fmt != "auto" else fmt
     if not fmt:
         raise SourceError(f"unsupported file type: {path.name}")
-    encoding = "" if fmt == "parquet" else (opts.encoding or detect_encoding(_sample(path, compression)))
+    encoding = "" if fmt == "parquet" else (opts.encoding or source_encoding(fmt, _sample(path, compression)))
     rows: list[dict[str, Any]] = []
     if fmt == "parquet":
         import pyarrow.parquet as pq

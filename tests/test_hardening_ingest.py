@@ -10,9 +10,12 @@ from pathlib import Path
 import orjson
 
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
+from core.ingest import IngestConfig, ingest
 from core.workspace import Workspace
 
 MMLU_MED = "mmlu/mcq_mmlu_medical_test.jsonl"
+MEDQUAD = "medquad/corpus_en_medquad_nih_paragraphs.jsonl"
+GB18030_CSV = "chinese_medical_dialogue/raw/sample_IM_5000-6000_gb18030.csv"
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -66,3 +69,45 @@ def test_free_text_item_with_empty_question_is_rejected(empty_ws: Workspace, tmp
     assert result.benchmark.items == 1
     assert _errors(empty_ws, "qa") == {2: "evaluation item has an empty question",
                                        3: "evaluation item lacks question/answer"}
+
+
+# --- stray bytes in JSON (9) -----------------------------------------------------------------------------------
+def test_stray_high_bytes_in_jsonl_are_recorded_not_decoded_as_a_legacy_code_page(empty_ws: Workspace,
+                                                                                   data_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    lines = _lines(data_dir / MEDQUAD)[:300]
+    assert all(line.isascii() for line in lines[:100])
+    # Stray bytes in otherwise ASCII lines (the 2nd, 12th and 22nd line saying " the ").
+    chosen = [i for i, line in enumerate(lines[:100]) if b" the " in line][1::10][:3]
+    broken = dict(zip(chosen, [b"\xff\xfe\xc3(", b"\x9d", b"\xe9"], strict=True))
+    out = list(lines)
+    for index, junk in broken.items():
+        out[index] = out[index].replace(b" the ", b" the " + junk + b" ", 1)
+    path = tmp_path / "stray.jsonl"
+    path.write_bytes(b"".join(out))
+    result = ingest(empty_ws, IngestConfig([str(path)], "stray", "domain"))
+    assert result.files[0].encoding == "utf-8"
+    errors = empty_ws.query("SELECT line, reason, byte_offset, detail FROM ingest_errors ORDER BY line")
+    assert [(line, reason) for line, reason, _, _ in errors] == [(i + 1, "invalid UTF-8") for i in sorted(broken)]
+    for (line, _, offset, detail), junk in zip(errors, [broken[i] for i in sorted(broken)], strict=True):
+        assert offset == sum(len(x) for x in out[:line - 1])
+        assert junk[:1].hex() in detail and "RFC 8259" in detail
+    # Every other line is stored exactly as its UTF-8 text: no mojibake from a guessed code page.
+    assert result.documents_added == len(lines) - len(broken)
+    stored = dict(empty_ws.query("SELECT source_line, text FROM documents"))
+    for number, line in enumerate(out, start=1):
+        if number - 1 not in broken:
+            assert stored[number] == orjson.loads(line)["text"].strip()
+
+
+def test_legacy_encoded_csv_still_reads_and_json_array_with_bad_bytes_is_recorded(empty_ws: Workspace,
+                                                                                  data_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    res = ingest(empty_ws, IngestConfig([str(data_dir / GB18030_CSV)], "cmdd", "domain", template="{title}\n{answer}"))
+    assert res.files[0].encoding == "gb18030" and res.errors == 0 and res.documents_added == 7644
+    records = json.loads((data_dir / "llamafactory/sft_en_general_alpaca_en_demo.json").read_text())[:20]
+    path = tmp_path / "alpaca.json"
+    path.write_bytes(json.dumps(records).encode().replace(b"the", "th\xe9".encode("latin-1"), 1))
+    res = ingest(empty_ws, IngestConfig([str(path)], "alpaca", "instruction"))
+    assert res.documents_added == 0
+    assert empty_ws.query("SELECT reason FROM ingest_errors WHERE corpus = 'alpaca'") == [("invalid UTF-8",)]
