@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import string
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -411,13 +412,43 @@ def _read_json_array(path: Path, compression: str, encoding: str, opts: ReadOpti
         yield record_to_document(rec, opts, index, None)
 
 
+class _CsvLines:
+    """The lines fed to `csv.reader`, numbered, keeping the lines of the row being parsed: a row that an
+    unterminated quote ran on into the next lines is re-read from its second line."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self.source = lines
+        self.replayed: deque[str] = deque()
+        self.row: list[str] = []
+        self.consumed = 0  # lines handed out so far
+
+    def __iter__(self) -> _CsvLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.replayed.popleft() if self.replayed else next(self.source)
+        self.row.append(line)
+        self.consumed += 1
+        return line
+
+    def start_row(self) -> int:
+        """Forget the previous row's lines; the 1-based number of the line the next row starts on."""
+        self.row = []
+        return self.consumed + 1
+
+    def replay(self, lines: list[str]) -> None:
+        self.replayed.extendleft(reversed(lines))
+        self.consumed -= len(lines)
+
+
 def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
               delimiter: str) -> Iterator[SourceRecord]:
     csv.field_size_limit(1 << 30)
+    delimiter = opts.csv_delimiter or delimiter
     with open_binary(path, compression) as fh:
         text = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="")
-        reader = csv.reader(text, delimiter=opts.csv_delimiter or delimiter)
-        header = next(reader, None)
+        feed = _CsvLines(iter(text))
+        header = next(csv.reader(feed, delimiter=delimiter), None)
         if header is None:
             return
         header = [h.strip().lstrip("\ufeff") for h in header]
@@ -426,10 +457,27 @@ def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
             yield SourceRecord(1, None, error="missing text field",
                                detail=f"choose a text field or template; columns: {header[:20]}")
             return
-        previous_line = reader.line_num
-        for row in reader:
-            start = previous_line + 1
-            previous_line = reader.line_num
+        # Strict parsing notices a quote that is never closed (the data ends inside it, or it "closes" at the
+        # next row's opening quote): without it the following rows would silently become one field.
+        reader = csv.reader(feed, delimiter=delimiter, strict=True)
+        while True:
+            start = feed.start_row()
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                lines = feed.row
+                reader = csv.reader(feed, delimiter=delimiter, strict=True)
+                if len(lines) > 1 or "end of data" in str(exc):
+                    yield SourceRecord(start, None, error="unterminated quote", detail=_snippet(
+                        f"a quote opened on line {start} is not closed before line {start + len(lines) - 1} "
+                        f"({exc}); that line is skipped and reading goes on from line {start + 1}: "
+                        f"{lines[0].rstrip()}"))
+                    feed.replay(lines[1:])
+                    continue
+                # Sloppy quoting within one line ('"abc" def') is read as before, leniently.
+                row = next(csv.reader(lines, delimiter=delimiter), [])
             if not row or not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):

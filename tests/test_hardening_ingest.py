@@ -111,3 +111,27 @@ def test_legacy_encoded_csv_still_reads_and_json_array_with_bad_bytes_is_recorde
     res = ingest(empty_ws, IngestConfig([str(path)], "alpaca", "instruction"))
     assert res.documents_added == 0
     assert empty_ws.query("SELECT reason FROM ingest_errors WHERE corpus = 'alpaca'") == [("invalid UTF-8",)]
+
+
+# --- unterminated CSV quote (10) -------------------------------------------------------------------------------
+def test_csv_unterminated_quote_is_recorded_and_the_following_rows_survive(empty_ws: Workspace, data_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    texts = [orjson.loads(x)["text"] for x in _lines(data_dir / MEDQUAD)[:400]]
+    texts = [t for t in texts if "," in t and '"' not in t and "\n" not in t][:60]  # one line each, quoted
+    texts[5] = texts[5] + "\nwith a second line, inside its quotes"  # a legitimate multi-line field
+    rows = [f'r{i},"{t}"\n' for i, t in enumerate(texts)]
+    broken = {20: rows[20].rstrip('"\n') + "\n", 41: rows[41].rstrip('"\n') + "\n"}  # closing quote lost
+    rows = [broken.get(i, row) for i, row in enumerate(rows)]
+    path = tmp_path / "quotes.csv"
+    path.write_text("id,text\n" + "".join(rows), encoding="utf-8")
+    result = ingest(empty_ws, IngestConfig([str(path)], "quotes", "domain"))
+    # Physical line numbers: the header is line 1 and row 5 spans two lines.
+    line_of = {i: i + 2 + (i > 5) for i in range(len(texts))}
+    errors = empty_ws.query("SELECT line, reason, detail FROM ingest_errors ORDER BY line")
+    assert [(line, reason) for line, reason, _ in errors] == [(line_of[i], "unterminated quote") for i in broken]
+    assert all("not closed" in detail for _, _, detail in errors)
+    assert result.documents_added == len(texts) - len(broken)
+    stored = dict(empty_ws.query("SELECT source_line, text FROM documents"))
+    for i, text in enumerate(texts):
+        if i not in broken:
+            assert stored[line_of[i]] == text.strip()
