@@ -25,6 +25,7 @@ import pyarrow as pa
 from core.parallel import default_workers, process_pool
 from core.progress import Progress
 from core.readers import (
+    CorruptSourceError,
     ReadOptions,
     SourceError,
     SourceInfo,
@@ -320,6 +321,11 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
             records = read_hub(source, opts, info) if is_hub else read_source(path, opts, info)
             _process(records, cfg, summary, errors, batch, flush, f"{cfg.corpus}\x1f{file_key}\x1f",
                      pool if is_hub or path.stat().st_size >= PARALLEL_FROM_BYTES else None)
+        except CorruptSourceError as exc:  # a damaged compressed file: recorded, and the next files go on
+            errors.append((None, exc.reason, exc.byte_offset, str(exc)))
+            summary.status, summary.message = "failed", str(exc)
+            summary.errors = len(errors)
+            summary.error_reasons = dict(Counter(e[1].split(" (")[0] for e in errors))
         except SourceError as exc:
             errors.append((None, str(exc), None, None))
             summary.status, summary.message = "failed", str(exc)

@@ -10,6 +10,7 @@ which have no line structure, are the one exception and are read whole).
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import gzip
 import io
@@ -35,6 +36,15 @@ SNIPPET_CHARS = 200
 
 class SourceError(ValueError):
     """A source that cannot be read at all (missing, unsupported, unreachable)."""
+
+
+class CorruptSourceError(SourceError):
+    """A compressed file whose data breaks off (truncated) or does not decompress (corrupt)."""
+
+    def __init__(self, message: str, reason: str, byte_offset: int) -> None:
+        super().__init__(message)
+        self.reason = reason  # e.g. 'truncated gzip file'
+        self.byte_offset = byte_offset  # decompressed bytes read before the break
 
 
 @dataclass
@@ -80,14 +90,89 @@ def split_suffixes(path: Path) -> tuple[str, str]:
     return fmt, compression
 
 
-def open_binary(path: Path, compression: str) -> IO[bytes]:
-    if compression == "gzip":
-        return gzip.open(path, "rb")
-    if compression == "zstd":
+class _ZstdRaw(io.RawIOBase):
+    """Zstandard frames decompressed a small input chunk at a time (output stays bounded even for highly
+    compressible data), noticing a file that ends inside a frame: zstandard's own stream reader returns a
+    silent end of data there, and stops after the first frame of a multi-frame file."""
+
+    INPUT_CHUNK = 1 << 13  # a zstd block expands at most ~32k:1, so one chunk's output stays in the MB range
+
+    def __init__(self, raw: IO[bytes]) -> None:
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb", buffering=1 << 20)
+        self.raw, self.zstd = raw, zstandard.ZstdDecompressor()
+        self.frame = self.zstd.decompressobj()
+        self.frame_started = False
+        self.pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            chunk = self.raw.read(self.INPUT_CHUNK)
+            if not chunk:
+                if self.frame_started:
+                    raise EOFError("the file ends inside a zstd frame")
+                return 0
+            out = []
+            while chunk:
+                self.frame_started = True
+                out.append(self.frame.decompress(chunk))
+                chunk = b""
+                if self.frame.eof:  # a frame ended: the rest of the input starts the next one
+                    chunk = self.frame.unused_data
+                    self.frame, self.frame_started = self.zstd.decompressobj(), False
+            self.pending = memoryview(b"".join(out))
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _CheckedRaw(io.RawIOBase):
+    """A decompressing stream whose failures (a truncated or corrupt file) become a `CorruptSourceError`
+    naming how far the data was good, instead of an EOFError or zlib error that names nothing."""
+
+    def __init__(self, inner: IO[bytes], raw: IO[bytes], compression: str, path: Path) -> None:
+        self.inner, self.raw, self.compression, self.path = inner, raw, compression, path
+        self.delivered = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self.inner.read(len(buffer))
+        except Exception as exc:  # EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError
+            truncated = isinstance(exc, EOFError)
+            reason = f"{'truncated' if truncated else 'corrupt'} {self.compression} file"
+            where = f"after {self.delivered:,} good decompressed bytes"
+            with contextlib.suppress(OSError, ValueError):
+                where += f" (compressed byte ~{self.raw.tell():,} of {self.path.stat().st_size:,})"
+            raise CorruptSourceError(f"{self.path.name}: {reason} {where}: {exc}", reason,
+                                     self.delivered) from exc
+        n = len(data)
+        buffer[:n] = data
+        self.delivered += n
+        return n
+
+    def close(self) -> None:
+        self.inner.close()
+        self.raw.close()
+        super().close()
+
+
+def open_binary(path: Path, compression: str) -> IO[bytes]:
+    if not compression:
+        return open(path, "rb", buffering=1 << 20)
+    raw = open(path, "rb")  # noqa: SIM115 (closed by the returned stream)
+    inner: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if compression == "gzip" else _ZstdRaw(raw)
+    return io.BufferedReader(_CheckedRaw(inner, raw, compression, path), buffer_size=1 << 20)
 
 
 def unicode_encoding(sample: bytes) -> str | None:

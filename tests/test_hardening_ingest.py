@@ -4,10 +4,12 @@ and nothing lost or invented."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import orjson
+import zstandard
 
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
 from core.ingest import IngestConfig, ingest
@@ -135,3 +137,52 @@ def test_csv_unterminated_quote_is_recorded_and_the_following_rows_survive(empty
     for i, text in enumerate(texts):
         if i not in broken:
             assert stored[line_of[i]] == text.strip()
+
+
+# --- damaged compressed files (4) ------------------------------------------------------------------------------
+def test_truncated_or_corrupt_compressed_files_are_recorded_and_the_ingest_goes_on(empty_ws: Workspace,
+                                                                                  data_dir: Path,
+                                                                                  tmp_path: Path) -> None:
+    data = (data_dir / MEDQUAD).read_bytes()
+    lines = data.count(b"\n")
+    gz, zst = gzip.compress(data), zstandard.ZstdCompressor(write_checksum=True).compress(data)
+    bad_zst = bytearray(zst)
+    bad_zst[len(zst) // 2:len(zst) // 2 + 64] = bytes(64)  # zeroed block: the frame checksum fails
+    multi_frame = zstandard.ZstdCompressor().compress(data[:len(data) // 2]) + \
+        zstandard.ZstdCompressor().compress(data[len(data) // 2:])
+    bad_gz = bytearray(gz)
+    bad_gz[len(gz) // 2:len(gz) // 2 + 64] = bytes(64)
+    files = {  # in ingest order (sorted names): damaged files between good ones
+        "a_good.jsonl.gz": gz,
+        "b_truncated.jsonl.gz": gz[: len(gz) // 2],
+        "c_corrupt.jsonl.gz": bytes(bad_gz),
+        "d_truncated.jsonl.zst": zst[: len(zst) // 2],
+        "e_corrupt.jsonl.zst": bytes(bad_zst),
+        "f_not_zstd.jsonl.zst": data[:5000],
+        "g_multi_frame.jsonl.zst": multi_frame,
+        "h_good.jsonl": data,
+    }
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    result = ingest(empty_ws, IngestConfig([str(folder)], "mixed", "domain"))
+    status = {Path(f.file).name: f.status for f in result.files}
+    assert status == {"a_good.jsonl.gz": "ingested", "b_truncated.jsonl.gz": "failed",
+                      "c_corrupt.jsonl.gz": "failed", "d_truncated.jsonl.zst": "failed",
+                      "e_corrupt.jsonl.zst": "failed", "f_not_zstd.jsonl.zst": "failed",
+                      "g_multi_frame.jsonl.zst": "ingested", "h_good.jsonl": "ingested"}
+    errors = {Path(f).name: (reason, offset, detail) for f, reason, offset, detail in empty_ws.query(
+        "SELECT file, reason, byte_offset, detail FROM ingest_errors")}
+    assert {name: reason for name, (reason, _, _) in errors.items()} == {
+        "b_truncated.jsonl.gz": "truncated gzip file", "c_corrupt.jsonl.gz": "corrupt gzip file",
+        "d_truncated.jsonl.zst": "truncated zstd file", "e_corrupt.jsonl.zst": "corrupt zstd file",
+        "f_not_zstd.jsonl.zst": "corrupt zstd file"}
+    for name, (_, offset, detail) in errors.items():
+        assert name in detail and "good decompressed bytes" in detail
+        assert 0 <= offset < len(data)
+    assert errors["b_truncated.jsonl.gz"][1] > len(data) // 4  # the good part before the break is counted
+    # A damaged file adds nothing (no half file); each good file and the two-frame file add every line.
+    per_file = dict(empty_ws.query("SELECT source_file, count(*) FROM documents GROUP BY 1"))
+    assert sorted(Path(f).name for f in per_file) == ["a_good.jsonl.gz", "g_multi_frame.jsonl.zst", "h_good.jsonl"]
+    assert set(per_file.values()) == {lines}
