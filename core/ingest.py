@@ -56,7 +56,16 @@ class IngestConfig:
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(fmt=self.fmt, layout=self.layout, text_field=self.text_field, template=self.template,
-                           txt_unit=self.txt_unit, encoding=self.encoding)
+                           txt_unit=self.txt_unit, encoding=self.encoding,
+                           max_record_bytes=record_byte_limit(self.max_chars))
+
+
+def record_byte_limit(max_chars: int) -> int:
+    """The most bytes one line (a JSONL record, a CSV row, a TXT paragraph) may take before it is rejected as
+    oversized while it streams by, unread: room for `max_chars` characters even as JSON escapes (`\\uXXXX`, 6
+    bytes, 12 for a character outside the BMP) plus the record's other fields. Texts that pass go on to the
+    exact character check after cleaning."""
+    return 8 * max_chars + (1 << 20)
 
 
 @dataclass
@@ -255,6 +264,11 @@ def _process(records: Iterator[SourceRecord], cfg: IngestConfig, summary: FileSu
     # With a pool, a few chunks are analysed ahead while this process parses and writes (bounded in flight).
     pending: deque[tuple[list[SourceRecord], Future]] = deque()
     for chunk in _chunks(records, ANALYSIS_CHUNK):
+        for rec in chunk:  # far too long already: rejected before cleaning and hashing (they can shrink ~3x)
+            if rec.error is None and rec.text is not None and len(rec.text) > 4 * cfg.max_chars:
+                rec.error = f"oversized document (> {cfg.max_chars:,} characters)"
+                rec.detail = f"{len(rec.text):,} characters before cleaning: {rec.text[:120]!r}…"
+                rec.text = None
         texts = [rec.text or "" if rec.error is None else None for rec in chunk]
         if pool is None:
             absorb(chunk, analyse_texts(texts))

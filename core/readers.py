@@ -56,6 +56,9 @@ class ReadOptions:
     txt_unit: str = "paragraph"  # 'paragraph' or 'file', for TXT and Markdown
     encoding: str | None = None  # None detects
     csv_delimiter: str | None = None
+    # A line (or TXT paragraph, or whole-file text) longer than this many bytes is rejected as it streams by,
+    # without being held whole; None: no limit.
+    max_record_bytes: int | None = None
 
 
 @dataclass
@@ -434,12 +437,51 @@ def invalid_utf8_detail(raw: bytes) -> str:
     return ""
 
 
-def _lines_with_offsets(path: Path, compression: str, encoding: str) -> Iterator[tuple[int, int, bytes | str]]:
-    """(line number, byte offset, line) for each line; bytes for UTF-8 (parsed without decoding twice)."""
+@dataclass
+class LongLine:
+    """A line longer than the reader's limit, skipped as it streamed by: never held whole."""
+
+    size: int  # bytes (of the decompressed file)
+    head: str  # its first characters, for the error record
+
+
+def _bounded_lines(fh: IO[Any], limit: int | None, size_of: Any = len) -> Iterator[Any]:
+    """The lines of a binary or text stream, each one whole when at most `limit` long, else a `LongLine`
+    (read past in 1 MB pieces, so memory stays bounded by `limit` whatever the line's length)."""
+    if limit is None:
+        yield from fh
+        return
+    ends = ("\n", "\r") if isinstance(fh, io.TextIOBase) else (b"\n",)
+    while line := fh.readline(limit + 1):
+        if len(line) <= limit or line.endswith(ends):
+            yield line
+            continue
+        size, head = size_of(line), line[:SNIPPET_CHARS]
+        while more := fh.readline(1 << 20):
+            size += size_of(more)
+            if more.endswith(ends):
+                break
+        yield LongLine(size, head if isinstance(head, str) else head.decode("utf-8", "replace"))
+
+
+def _oversized(line: LongLine, limit: int | None) -> tuple[str, str]:
+    """(reason, detail) of an error record for a line over the limit."""
+    return (f"oversized document (line of {line.size:,} bytes > {limit or 0:,})",
+            f"skipped unread beyond its first characters: {line.head!r}…")
+
+
+def _lines_with_offsets(path: Path, compression: str, encoding: str,
+                        limit: int | None = None) -> Iterator[tuple[int, int, bytes | str | LongLine]]:
+    """(line number, byte offset, line) for each line; bytes for UTF-8 (parsed without decoding twice); a
+    `LongLine` for a line over `limit` bytes."""
     with open_binary(path, compression) as fh:
         if encoding in {"utf-8", "utf-8-sig"}:
             offset = 0
-            for number, raw in enumerate(fh, start=1):
+            for number, raw in enumerate(_bounded_lines(fh, limit), start=1):
+                if isinstance(raw, LongLine):
+                    yield number, offset, raw
+                    offset += raw.size
+                    continue
                 line = raw[3:] if number == 1 and encoding == "utf-8-sig" and raw.startswith(codecs.BOM_UTF8) \
                     else raw
                 yield number, offset, line
@@ -448,14 +490,25 @@ def _lines_with_offsets(path: Path, compression: str, encoding: str) -> Iterator
         text = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="")
         offset = 0
         width = codecs.lookup(encoding).name
-        for number, line in enumerate(text, start=1):
+        width = width if width != "utf-16" else "utf-16-le"
+
+        def size_of(piece: str) -> int:
+            return len(piece.encode(width, errors="replace"))
+
+        # The limit is in bytes; a character takes at least one byte (two in UTF-16), so counting characters
+        # against it never rejects a line within it.
+        for number, line in enumerate(_bounded_lines(text, limit, size_of), start=1):
             yield number, offset, line
-            offset += len(line.encode(width if width != "utf-16" else "utf-16-le", errors="replace"))
+            offset += line.size if isinstance(line, LongLine) else size_of(line)
 
 
 def _read_jsonl(path: Path, compression: str, encoding: str, opts: ReadOptions) -> Iterator[SourceRecord]:
     loads = orjson.loads
-    for number, offset, line in _lines_with_offsets(path, compression, encoding):
+    for number, offset, line in _lines_with_offsets(path, compression, encoding, opts.max_record_bytes):
+        if isinstance(line, LongLine):
+            reason, detail = _oversized(line, opts.max_record_bytes)
+            yield SourceRecord(number, offset, error=reason, detail=detail)
+            continue
         if not line.strip():
             continue
         try:
@@ -499,40 +552,47 @@ def _read_json_array(path: Path, compression: str, encoding: str, opts: ReadOpti
 
 class _CsvLines:
     """The lines fed to `csv.reader`, numbered, keeping the lines of the row being parsed: a row that an
-    unterminated quote ran on into the next lines is re-read from its second line."""
+    unterminated quote ran on into the next lines is re-read from its second line. Lines over the size limit
+    are not fed at all; they wait in `long_lines` to be reported."""
 
-    def __init__(self, lines: Iterator[str]) -> None:
+    def __init__(self, lines: Iterator[str | LongLine]) -> None:
         self.source = lines
-        self.replayed: deque[str] = deque()
-        self.row: list[str] = []
-        self.consumed = 0  # lines handed out so far
+        self.replayed: deque[tuple[int, str]] = deque()
+        self.row: list[tuple[int, str]] = []  # (line number, line) of the row being parsed
+        self.long_lines: list[tuple[int, LongLine]] = []
+        self.read = 0  # lines taken from the source so far
 
     def __iter__(self) -> _CsvLines:
         return self
 
     def __next__(self) -> str:
-        line = self.replayed.popleft() if self.replayed else next(self.source)
-        self.row.append(line)
-        self.consumed += 1
+        while not self.replayed:
+            line = next(self.source)
+            self.read += 1
+            if isinstance(line, LongLine):
+                self.long_lines.append((self.read, line))
+                continue
+            self.replayed.append((self.read, line))
+        number, line = self.replayed.popleft()
+        self.row.append((number, line))
         return line
 
-    def start_row(self) -> int:
-        """Forget the previous row's lines; the 1-based number of the line the next row starts on."""
+    def start_row(self) -> None:
         self.row = []
-        return self.consumed + 1
 
-    def replay(self, lines: list[str]) -> None:
+    def replay(self, lines: list[tuple[int, str]]) -> None:
         self.replayed.extendleft(reversed(lines))
-        self.consumed -= len(lines)
 
 
 def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
               delimiter: str) -> Iterator[SourceRecord]:
-    csv.field_size_limit(1 << 30)
+    limit = opts.max_record_bytes
+    # Characters, counted against a limit in bytes: never stricter than the limit (a character is >= 1 byte).
+    csv.field_size_limit(limit if limit is not None else 1 << 30)
     delimiter = opts.csv_delimiter or delimiter
     with open_binary(path, compression) as fh:
         text = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="")
-        feed = _CsvLines(iter(text))
+        feed = _CsvLines(_bounded_lines(text, limit))
         header = next(csv.reader(feed, delimiter=delimiter), None)
         if header is None:
             return
@@ -546,23 +606,33 @@ def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
         # next row's opening quote): without it the following rows would silently become one field.
         reader = csv.reader(feed, delimiter=delimiter, strict=True)
         while True:
-            start = feed.start_row()
+            feed.start_row()
             try:
                 row = next(reader)
+                error = None
             except StopIteration:
-                break
+                row, error = None, None
             except csv.Error as exc:
-                lines = feed.row
+                row, error = [], exc
+            for number, long_line in feed.long_lines:
+                reason, detail = _oversized(long_line, limit)
+                yield SourceRecord(number, None, error=reason, detail=detail)
+            feed.long_lines = []
+            if row is None:
+                break
+            lines = feed.row
+            start = lines[0][0] if lines else feed.read
+            if error is not None:
                 reader = csv.reader(feed, delimiter=delimiter, strict=True)
-                if len(lines) > 1 or "end of data" in str(exc):
+                if len(lines) > 1 or "end of data" in str(error) or "field limit" in str(error):
+                    end = lines[-1][0] if lines else start
                     yield SourceRecord(start, None, error="unterminated quote", detail=_snippet(
-                        f"a quote opened on line {start} is not closed before line {start + len(lines) - 1} "
-                        f"({exc}); that line is skipped and reading goes on from line {start + 1}: "
-                        f"{lines[0].rstrip()}"))
+                        f"a quote opened on line {start} is not closed by line {end} ({error}); that line is "
+                        f"skipped and reading goes on from the next: {lines[0][1].rstrip() if lines else ''}"))
                     feed.replay(lines[1:])
                     continue
                 # Sloppy quoting within one line ('"abc" def') is read as before, leniently.
-                row = next(csv.reader(lines, delimiter=delimiter), [])
+                row = next(csv.reader([line for _, line in lines], delimiter=delimiter), [])
             if not row or not any(cell.strip() for cell in row):
                 continue
             if len(row) != len(header):
@@ -601,23 +671,46 @@ def _mmlu_row(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_text(path: Path, compression: str, encoding: str, opts: ReadOptions) -> Iterator[SourceRecord]:
+    limit = opts.max_record_bytes
     if opts.txt_unit == "file":
         with open_binary(path, compression) as fh:
-            data = fh.read()
+            data = fh.read() if limit is None else fh.read(limit + 1)
+            if limit is not None and len(data) > limit:
+                size = len(data) + sum(len(piece) for piece in iter(lambda: fh.read(1 << 20), b""))
+                head = data[:SNIPPET_CHARS].decode(encoding, errors="replace")
+                yield SourceRecord(1, 0, error=f"oversized document (file of {size:,} bytes > {limit:,})",
+                                   detail=f"skipped unread beyond its first characters: {head!r}…")
+                return
         yield SourceRecord(1, 0, text=data.decode(encoding, errors="replace").lstrip("\ufeff"))
         return
-    start_line, start_offset, buffer = None, None, []
-    for number, offset, line in _lines_with_offsets(path, compression, encoding):
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
+    # A paragraph is buffered until it ends; past `limit` only its size is counted, and it is rejected.
+    start_line: int | None = None
+    start_offset, buffer, size, head = None, [], 0, ""
+
+    def paragraph() -> SourceRecord:
+        if limit is not None and size > limit:
+            return SourceRecord(start_line, start_offset, error=f"oversized document (paragraph of {size:,} "
+                                f"bytes > {limit:,})", detail=f"skipped beyond its first characters: {head!r}…")
+        return SourceRecord(start_line, start_offset, text="\n".join(buffer))
+
+    for number, offset, line in _lines_with_offsets(path, compression, encoding, limit):
+        if isinstance(line, LongLine):
+            text, length = line.head, line.size
+        else:
+            text, length = (line.decode("utf-8", "replace") if isinstance(line, bytes) else line), len(line)
         if text.strip():
             if start_line is None:
-                start_line, start_offset = number, offset
-            buffer.append(text.rstrip("\r\n"))
-        elif buffer:
-            yield SourceRecord(start_line, start_offset, text="\n".join(buffer))
-            start_line, buffer = None, []
-    if buffer:
-        yield SourceRecord(start_line, start_offset, text="\n".join(buffer))
+                start_line, start_offset, head = number, offset, text[:SNIPPET_CHARS]
+            size += length
+            if limit is not None and size > limit:
+                buffer = []
+            else:
+                buffer.append(text.rstrip("\r\n"))
+        elif start_line is not None:
+            yield paragraph()
+            start_line, buffer, size = None, [], 0
+    if start_line is not None:
+        yield paragraph()
 
 
 def _read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:

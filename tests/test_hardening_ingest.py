@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -186,3 +187,44 @@ def test_truncated_or_corrupt_compressed_files_are_recorded_and_the_ingest_goes_
     per_file = dict(empty_ws.query("SELECT source_file, count(*) FROM documents GROUP BY 1"))
     assert sorted(Path(f).name for f in per_file) == ["a_good.jsonl.gz", "g_multi_frame.jsonl.zst", "h_good.jsonl"]
     assert set(per_file.values()) == {lines}
+
+
+# --- oversized single-line records (8) -------------------------------------------------------------------------
+def test_oversized_lines_are_rejected_while_streaming_in_bounded_memory(empty_ws: Workspace, data_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    lines = _lines(data_dir / MEDQUAD)[:50]
+    huge_text = "fever " * 4_000_000  # a 24 MB line
+    huge = orjson.dumps({"id": "huge", "text": huge_text}) + b"\n"
+    body = b"".join(lines[:20]) + huge + b"".join(lines[20:])
+    (tmp_path / "long.jsonl").write_bytes(body)
+    (tmp_path / "long.jsonl.gz").write_bytes(gzip.compress(body, compresslevel=1))
+    paragraphs = "\n\n".join(orjson.loads(x)["text"].replace("\n", " ") for x in lines[:10])
+    long_paragraph = "\n".join(["chills and fever " * 500] * 2_000)  # 17 MB in 2,000 lines, no blank line
+    (tmp_path / "long.txt").write_text(paragraphs + "\n\n" + long_paragraph + "\n\n" + paragraphs + "\n",
+                                       encoding="utf-8")
+    csv_rows = "".join(f"r{i},{orjson.loads(x)['text'].replace(chr(10), ' ').replace(',', ';')}\n"
+                       for i, x in enumerate(lines[:10]))
+    (tmp_path / "long.csv").write_text("id,text\n" + csv_rows + "big," + huge_text + "\n" + csv_rows,
+                                       encoding="utf-8")
+    max_chars = 10_000  # lines past ~1.1 MB are rejected unread
+    (tmp_path / "warm.jsonl").write_bytes(b"".join(lines[:5]))  # loads the cleaning and language models first
+    ingest(empty_ws, IngestConfig([str(tmp_path / "warm.jsonl")], "warm", "domain"))
+    for name, expected_docs, bad_line in (("long.jsonl", 50, 21), ("long.jsonl.gz", 50, 21),
+                                          ("long.txt", 20, None), ("long.csv", 20, 12)):
+        tracemalloc.start()
+        result = ingest(empty_ws, IngestConfig([str(tmp_path / name)], name, "domain", max_chars=max_chars))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 12 << 20, f"{name}: {peak / 2**20:.0f} MB traced for a {len(huge) >> 20} MB line"
+        assert result.documents_added == expected_docs, name
+        errors = empty_ws.query("SELECT line, reason, byte_offset FROM ingest_errors WHERE corpus = ?", [name])
+        assert len(errors) == 1 and errors[0][1].startswith("oversized document"), (name, errors)
+        if bad_line is not None:
+            assert errors[0][0] == bad_line
+        if name.startswith("long.jsonl"):
+            assert errors[0][2] == sum(len(x) for x in lines[:20])  # offset of the line in the file
+    # The lines after the long one are read at their own line numbers and offsets.
+    line, offset, text = empty_ws.query("SELECT source_line, byte_offset, text FROM documents "
+                                        "WHERE corpus = 'long.jsonl' AND source_line = 22")[0]
+    assert offset == sum(len(x) for x in lines[:20]) + len(huge)
+    assert text == orjson.loads(lines[20])["text"].strip()
