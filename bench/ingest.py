@@ -8,6 +8,11 @@ The exact token-count pass (`core.tokens.count_tokens`) is measured separately o
 pass, off the ingest's critical path.
 
     python bench/ingest.py [--docs 500000] [--token-sample 20000]
+
+With `--long-line-mb N`, instead: the peak RSS (VmHWM) of ingesting 2,000 ordinary lines around one JSONL record
+of N MB on a single line (rejected as oversized while it streams by), against the same file without it.
+
+    nice python bench/ingest.py --long-line-mb 2048
 """
 
 from __future__ import annotations
@@ -46,8 +51,37 @@ def build_corpus(target: Path, docs: int) -> tuple[int, int]:
     return written, target.stat().st_size
 
 
+def build_long_line_file(target: Path, line_mb: int) -> int:
+    """2,000 corpus lines with one `line_mb` MB single-line record in the middle (0: without it); its size."""
+    lines = (data_root() / "medquad/corpus_en_medquad_nih_paragraphs.jsonl").read_bytes().splitlines(True)[:2000]
+    piece = b"fever and chills " * (1 << 16)  # ~1.1 MB of text, written piece by piece
+    with open(target, "wb") as fh:
+        fh.writelines(lines[:1000])
+        if line_mb:
+            fh.write(b'{"id": "huge", "text": "')
+            for _ in range(max(1, (line_mb << 20) // len(piece))):
+                fh.write(piece)
+            fh.write(b'"}\n')
+        fh.writelines(lines[1000:])
+    return target.stat().st_size
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak resident memory (VmHWM)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
+
+
 def child(kind: str, corpus: Path, workdir: Path, sample: int) -> dict:
     start = time.perf_counter()
+    if kind == "long_line":
+        from core.ingest import IngestConfig, ingest
+        from core.workspace import Workspace
+
+        with Workspace.open(workdir / f"ws_{corpus.stem}") as ws:
+            result = ingest(ws, IngestConfig([str(corpus)], "bench", "general"))
+            return {"kind": kind, "rows": result.documents_added, "errors": result.counts(),
+                    "seconds": time.perf_counter() - start, "peak_rss_mb": vm_hwm_mb()}
     if kind == "studio":
         from core.ingest import IngestConfig, ingest
         from core.workspace import Workspace
@@ -102,12 +136,23 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--corpus", type=Path)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--long-line-mb", type=int, default=0)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(child(args.child, args.corpus, args.workdir, args.token_sample)))
         return
     workdir = Path(tempfile.mkdtemp(prefix="studio-bench-ingest-"))
     try:
+        if args.long_line_mb:
+            for line_mb in (0, args.long_line_mb):
+                path = workdir / f"long_{line_mb}.jsonl"
+                size = build_long_line_file(path, line_mb)
+                r = run_child("long_line", path, workdir, 0)
+                path.unlink()
+                print(f"{size / 2**20:9,.0f} MB file, single line of {line_mb:,} MB: {r['rows']:,} documents, "
+                      f"{r['errors'].get('error:oversized document', 0)} oversized, {r['seconds']:.1f} s, "
+                      f"peak RSS (VmHWM) {r['peak_rss_mb']:,.0f} MB")
+            return
         corpus = workdir / "corpus.jsonl"
         docs, size = build_corpus(corpus, args.docs)
         mb = size / 1e6
