@@ -163,22 +163,36 @@ def candidate_probability(similarity: np.ndarray | float, bands: int, rows: int)
     return 1.0 - (1.0 - s ** rows) ** bands
 
 
+# Candidates are verified with the signature estimate before anything is linked, so a false positive costs one
+# verification while a false negative is a duplicate kept: the LSH is chosen for recall.
+RECALL_MARGIN = 0.05  # pairs this far above the threshold ...
+RECALL_TARGET = 0.995  # ... share a band at least this often
+FALSE_POSITIVE_WEIGHT = 0.1  # against 0.9 for false negatives, in the S-curve areas
+
+
 @cache
-def optimal_bands_rows(threshold: float, num_perm: int, fp_weight: float = 0.5) -> tuple[int, int]:
-    """Bands × rows (b·r <= num_perm) minimising the weighted area of false positives below the threshold and
-    false negatives above it under the S-curve (the rule datasketch and Data-Juicer use)."""
+def optimal_bands_rows(threshold: float, num_perm: int,
+                       fp_weight: float = FALSE_POSITIVE_WEIGHT) -> tuple[int, int]:
+    """Bands × rows for a Jaccard threshold, chosen for recall: the number of bands divides num_perm (rensa's
+    LSH requires it), pairs at threshold + RECALL_MARGIN become candidates with probability >= RECALL_TARGET,
+    and among those shapes the one with the least weighted area of false positives below the threshold and
+    false negatives above it under the S-curve (false negatives weighted well above false positives)."""
     grid = np.linspace(0.0, 1.0, 1001)
     below, above = grid <= threshold, grid >= threshold
-    best: tuple[float, int, int] = (float("inf"), 1, 1)
-    for b in range(1, num_perm + 1):
+    check = threshold + min(RECALL_MARGIN, (1.0 - threshold) / 2)
+    best: tuple[bool, float, int, int] | None = None
+    for b in (d for d in range(1, num_perm + 1) if num_perm % d == 0):
         for r in range(1, num_perm // b + 1):
             p = candidate_probability(grid, b, r)
             fp = np.trapezoid(p[below], grid[below])
             fn = np.trapezoid(1.0 - p[above], grid[above])
-            err = fp_weight * fp + (1 - fp_weight) * fn
-            if err < best[0]:
-                best = (err, b, r)
-    return best[1], best[2]
+            # Shapes meeting the recall target first; then the least weighted error.
+            key = (float(candidate_probability(check, b, r)) < RECALL_TARGET,
+                   fp_weight * fp + (1 - fp_weight) * fn, b, r)
+            if best is None or key < best:
+                best = key
+    assert best is not None
+    return best[2], best[3]
 
 
 # --- shingles and signatures --------------------------------------------------------------------------------
