@@ -32,6 +32,7 @@ FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "tsv", "txt", "md")
 LAYOUTS = ("auto", "text", "alpaca", "sharegpt", "mcq", "qa")
 DEFAULT_TEXT_FIELDS = ("text", "content")
 SNIPPET_CHARS = 200
+PREVIEW_LINE_BYTES = 16 << 20  # a preview shows longer lines by their size only
 
 
 class SourceError(ValueError):
@@ -790,10 +791,12 @@ def preview_source(path: Path, opts: ReadOptions | None = None, limit: int = 10)
         batch = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
         rows = batch.to_pylist() if batch is not None else []
     elif fmt == "jsonl":
-        for _, _, line in _lines_with_offsets(path, compression, encoding):
+        for _, _, line in _lines_with_offsets(path, compression, encoding, opts.max_record_bytes or PREVIEW_LINE_BYTES):
             if len(rows) >= limit:
                 break
-            if line.strip():
+            if isinstance(line, LongLine):
+                rows.append({"(oversized line)": f"{line.size:,} bytes: {line.head}…"})
+            elif line.strip():
                 try:
                     rec = orjson.loads(line)
                 except orjson.JSONDecodeError:

@@ -14,6 +14,7 @@ import zstandard
 
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
 from core.ingest import IngestConfig, ingest
+from core.readers import preview_source
 from core.workspace import Workspace
 
 MMLU_MED = "mmlu/mcq_mmlu_medical_test.jsonl"
@@ -228,3 +229,6 @@ def test_oversized_lines_are_rejected_while_streaming_in_bounded_memory(empty_ws
                                         "WHERE corpus = 'long.jsonl' AND source_line = 22")[0]
     assert offset == sum(len(x) for x in lines[:20]) + len(huge)
     assert text == orjson.loads(lines[20])["text"].strip()
+    # The Ingest page's preview shows such a line by its size, without reading it whole.
+    preview = preview_source(tmp_path / "long.jsonl", limit=25)
+    assert [list(row) for row in preview.rows].count(["(oversized line)"]) == 1 and len(preview.rows) == 25
