@@ -351,6 +351,8 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
         remove_partial_file(ws, run_id, display)
         raise
     summary.encoding, summary.fmt = info.encoding, info.fmt
+    if info.notes and not summary.message:
+        summary.message = "; ".join(info.notes)
     with ws.transaction():
         if summary.status == "failed":  # a source that broke off mid-way adds nothing
             remove_partial_file(ws, run_id, display)

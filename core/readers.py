@@ -203,11 +203,8 @@ def detect_encoding(sample: bytes) -> str:
     (GB18030 for the GBK family, since it is their superset)."""
     if found := unicode_encoding(sample):
         return found
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    if _is_utf8(sample):
         return "utf-8"
-    except UnicodeDecodeError:
-        pass
     from charset_normalizer import from_bytes
 
     best = from_bytes(sample).best()
@@ -408,8 +405,13 @@ def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[Sou
             raise SourceError("compressed Parquet files are not supported (Parquet compresses internally)")
         yield from _read_parquet(path, opts)
         return
-    encoding = opts.encoding or source_encoding(fmt, _sample(path, compression))
+    sample = _sample(path, compression)
+    encoding = opts.encoding or source_encoding(fmt, sample)
     info.encoding = encoding
+    if fmt in {"json", "jsonl"} and not opts.encoding and encoding == "utf-8" and not _is_utf8(sample):
+        legacy = detect_encoding(sample)  # a hint for the user, never used to decode JSON
+        info.notes.append(f"bytes that are not UTF-8 in the first {len(sample):,} bytes: lines holding them are "
+                          f"recorded as errors; if the whole file is {legacy}, ingest it again with that encoding")
     if fmt == "jsonl":
         yield from _read_jsonl(path, compression, encoding, opts)
     elif fmt == "json":
@@ -418,6 +420,14 @@ def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[Sou
         yield from _read_csv(path, compression, encoding, opts, "\t" if fmt == "tsv" else ",")
     else:
         yield from _read_text(path, compression, encoding, opts)
+
+
+def _is_utf8(sample: bytes) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def source_encoding(fmt: str, sample: bytes) -> str:

@@ -90,7 +90,7 @@ def test_stray_high_bytes_in_jsonl_are_recorded_not_decoded_as_a_legacy_code_pag
     path = tmp_path / "stray.jsonl"
     path.write_bytes(b"".join(out))
     result = ingest(empty_ws, IngestConfig([str(path)], "stray", "domain"))
-    assert result.files[0].encoding == "utf-8"
+    assert result.files[0].encoding == "utf-8" and "not UTF-8" in result.files[0].message
     errors = empty_ws.query("SELECT line, reason, byte_offset, detail FROM ingest_errors ORDER BY line")
     assert [(line, reason) for line, reason, _, _ in errors] == [(i + 1, "invalid UTF-8") for i in sorted(broken)]
     for (line, _, offset, detail), junk in zip(errors, [broken[i] for i in sorted(broken)], strict=True):
@@ -232,3 +232,13 @@ def test_oversized_lines_are_rejected_while_streaming_in_bounded_memory(empty_ws
     # The Ingest page's preview shows such a line by its size, without reading it whole.
     preview = preview_source(tmp_path / "long.jsonl", limit=25)
     assert [list(row) for row in preview.rows].count(["(oversized line)"]) == 1 and len(preview.rows) == 25
+
+    # A whole JSONL file in GB18030 is not guessed either: its lines are errors, with the encoding as a hint,
+    # and given explicitly it reads.
+    rag = (data_dir / "medicalgpt/corpus_zh_medical_rag_qa.jsonl").read_text(encoding="utf-8")
+    (tmp_path / "rag_gb.jsonl").write_bytes(rag.encode("gb18030"))
+    res = ingest(empty_ws, IngestConfig([str(tmp_path / "rag_gb.jsonl")], "rag_guess", "domain"))
+    assert res.documents_added == 0 and res.errors == 87 and "gb18030" in res.files[0].message
+    res = ingest(empty_ws, IngestConfig([str(tmp_path / "rag_gb.jsonl")], "rag", "domain", encoding="gb18030"))
+    assert res.documents_added == 87 and res.errors == 0
+    assert empty_ws.scalar("SELECT count(*) FROM documents WHERE corpus = 'rag' AND text LIKE '问：%'") == 87
