@@ -15,6 +15,7 @@ import csv
 import gzip
 import io
 import string
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -145,6 +146,11 @@ class _CheckedRaw(io.RawIOBase):
     def __init__(self, inner: IO[bytes], raw: IO[bytes], compression: str, path: Path) -> None:
         self.inner, self.raw, self.compression, self.path = inner, raw, compression, path
         self.delivered = 0
+        self.failures: tuple[type[BaseException], ...] = (EOFError, OSError, zlib.error)  # gzip's, BadGzipFile
+        if compression == "zstd":
+            import zstandard
+
+            self.failures += (zstandard.ZstdError,)
 
     def readable(self) -> bool:
         return True
@@ -152,7 +158,7 @@ class _CheckedRaw(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         try:
             data = self.inner.read(len(buffer))
-        except Exception as exc:  # EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError
+        except self.failures as exc:
             truncated = isinstance(exc, EOFError)
             reason = f"{'truncated' if truncated else 'corrupt'} {self.compression} file"
             where = f"after {self.delivered:,} good decompressed bytes"
