@@ -3,8 +3,10 @@
 A reader turns one source (a file, or a `hf://` dataset) into `SourceRecord`s: either a document (text plus,
 for instruction and benchmark data, the structured record) or an error with the line where it happened.
 Readers never raise on bad content: a malformed line is a record with `error` set, so the caller can store it
-and move on. They stream: memory stays bounded by one line or one batch, whatever the file size (JSON arrays,
-which have no line structure, are the one exception and are read whole).
+and move on. They stream: memory stays bounded by one line or one batch, whatever the file size, and a line
+past `ReadOptions.max_record_bytes` is rejected as it streams by, never held whole (JSON arrays, which have no
+line structure, are the one exception and are read whole). A damaged compressed file raises
+`CorruptSourceError`, naming how far its data was good.
 """
 
 from __future__ import annotations
