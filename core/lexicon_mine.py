@@ -146,7 +146,7 @@ def jieba_long_words(texts: Iterable[str], max_chars: int) -> set[str]:
             if len(run) > 4:
                 pieces = jieba.lcut(run, HMM=False)
                 words.update(w for w in pieces if len(w) > 4)
-                words.update(a + b for a, b in zip(pieces, pieces[1:])
+                words.update(a + b for a, b in zip(pieces, pieces[1:], strict=False)
                              if len(a) >= 2 and len(b) >= 2 and len(a) + len(b) > 4)
             budget -= len(run)
         if budget <= 0:

@@ -27,9 +27,10 @@ from core.terms import load_lexicon
 from core.workspace import Workspace
 from studio.cli import main as studio_main
 
-FILLER = ("the people of the town went to the market on a sunny morning and talked about the weather the harvest "
+FILLER_TEXT = ("the people of the town went to the market on a sunny morning and talked about the weather the harvest "
           "the river the old bridge the new school the price of bread the football match and the summer festival "
-          "while children played near the church and the mayor gave a short speech about roads").split()
+          "while children played near the church and the mayor gave a short speech about roads")
+FILLER = FILLER_TEXT.split()
 PLANTED_EN = ["nephrotoxicity", "glomerular filtration", "creatinine clearance"]
 PLANTED_ZH = ["肾小球", "肌酐清除率", "蛋白尿"]
 FILLER_ZH = "今天天气很好我们一起去公园散步看见许多孩子在草地上放风筝老人们在树下下棋大家都很开心晚上回家吃饭"
