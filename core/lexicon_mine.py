@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import time
 from collections import Counter
@@ -51,7 +52,7 @@ import pandas as pd
 
 from core.parallel import default_workers, process_pool
 from core.progress import Progress, no_progress
-from core.terms import Lexicon, TermMatcher, english_plurals
+from core.terms import Lexicon, TermMatcher, english_plurals, score_texts
 from core.workspace import Workspace
 
 STEP = "lexicon_mine"
@@ -548,8 +549,6 @@ def candidates_frame(candidates: Sequence[Candidate]) -> pd.DataFrame:
 # --- reading results (the page, the tests) --------------------------------------------------------------------------
 def mining_runs(ws: Workspace) -> list[dict[str, Any]]:
     """Successful mining runs, newest first, with their params and counts."""
-    import json
-
     rows = ws.query("SELECT run_id, started_at, params, counts FROM runs WHERE step = ? AND status = 'ok' "
                     "ORDER BY started_at DESC", [STEP])
     return [{"run_id": r[0], "started_at": r[1], "params": json.loads(r[2] or "{}"),
@@ -576,3 +575,22 @@ def sample_documents(ws: Workspace, corpora: Sequence[str], per_corpus: int = 50
                WHERE d.corpus IN (SELECT unnest(?::VARCHAR[]))
                  AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> 'terms'))
            WHERE rank <= ? ORDER BY corpus, rank""", [str(seed), list(corpora), per_corpus])
+
+
+def selection_lexicon(candidates: pd.DataFrame, name: str = "selection") -> Lexicon:
+    """The lexicon of the candidates rows given (term and weight columns)."""
+    weights = {str(t).lower(): float(w) for t, w in zip(candidates["term"], candidates["weight"], strict=True)}
+    return Lexicon(name, weights, {k: k for k in weights}, (name,))
+
+
+def sample_densities(lexicon: Lexicon, sample: pd.DataFrame, min_density: float = 0.02) -> pd.DataFrame:
+    """The sample (from `sample_documents`) with each document's density under `lexicon` and whether the
+    terminology filter's density rule would keep it."""
+    out = sample[["corpus", "role"]].copy()
+    if len(lexicon) == 0 or sample.empty:
+        out["density"] = 0.0
+    else:
+        scores = score_texts(TermMatcher(lexicon), sample["text"].tolist(), sample["language"].tolist())
+        out["density"] = scores.density
+    out["kept"] = out["density"] >= min_density
+    return out
