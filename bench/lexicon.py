@@ -14,10 +14,12 @@ bounds, 20-2,000 words and 30-3,000 characters; a second table uses the `studio 
 and 75-3,000 characters): domain corpora should be kept (>= 95 %), general ones dropped (<= 10 % kept). The old
 hand-written lexicons are measured on the same documents beside the new ones.
 
-Also printed: the mining rate (documents per second) of the run on the mining half.
+Also printed: the mining rate on 100,000 English documents (the mining half replicated), with one counting process
+(the baseline) and with one per core, and the ratio of the two.
 
-Run: `nice -n 10 .venv/bin/python bench/lexicon.py` (prints the tables, about a minute), add `--write` to rewrite
-data/lexicons/medical_en.csv and medical_zh.csv from the mining half, `--json` for one JSON object.
+Run: `nice -n 10 .venv/bin/python bench/lexicon.py` (prints the tables and the rate, 2-4 minutes on 2 cores), add
+`--write` to rewrite data/lexicons/medical_en.csv and medical_zh.csv from the mining half, `--rate-documents 0` to
+skip the rate, `--json` for one JSON object.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
+import resource
 import sys
 import time
 from dataclasses import dataclass
@@ -202,13 +206,57 @@ def run_lexicon_bench(write: bool = False, verbose: bool = True, seed: int = SEE
     return result
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the counting workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_rate_bench(documents: int = 100_000, workers: tuple[int, ...] = (1, 0), verbose: bool = True,
+                   seed: int = SEED) -> dict[str, Any]:
+    """Mining rate on `documents` English documents (the mining half's domain and general paragraphs, replicated
+    to that many; about 1/4 domain) with 1 counting process (the baseline) and with one per core (workers=0)."""
+    mining, _ = split_documents("en", seed)
+    copies = -(-documents // len(mining))
+    docs = (mining * copies)[:documents]
+    domain = [(d.text, d.language) for d in docs if d.role == "domain"]
+    general = [(d.text, d.language) for d in docs if d.role == "general"]
+    out: dict[str, Any] = {"documents": len(docs), "distinct_documents": len(mining),
+                           "mean_chars": round(sum(len(d.text) for d in docs) / len(docs), 1)}
+    for count in workers:
+        cfg = LexiconMineConfig(language="en", workers=count)
+        cpu_before = cpu_seconds()
+        started = time.perf_counter()
+        candidates = mine_texts(domain, general, cfg, examples=False)
+        seconds = time.perf_counter() - started
+        cpu = cpu_seconds() - cpu_before
+        label = f"workers_{count or 'per_core'}"
+        out[label] = {"seconds": round(seconds, 2), "docs_per_s": round(len(docs) / seconds, 1),
+                      "cpu_seconds": round(cpu, 2), "candidates": len(candidates)}
+        if verbose:
+            print(f"mining {len(docs):,} English documents ({len(mining):,} distinct, replicated; "
+                  f"{out['mean_chars']:,.0f} characters on average), {label}: {seconds:.1f} s wall = "
+                  f"{len(docs) / seconds:,.0f} docs/s ({cpu:.1f} CPU seconds, all processes; load average "
+                  f"{os.getloadavg()[0]:.1f}), {len(candidates):,} candidates", flush=True)
+    base, fast = out.get("workers_1"), out.get("workers_per_core")
+    if base and fast:
+        out["speedup"] = round(base["seconds"] / fast["seconds"], 2)
+        if verbose:
+            print(f"  one process per core / one process: {out['speedup']:.2f}x", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", action="store_true", help="rewrite the bundled medical_en/medical_zh CSVs")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--rate-documents", type=int, default=100_000,
+                        help="documents for the mining-rate measurement (0: skip it)")
     parser.add_argument("--json", action="store_true", help="also print the figures as one JSON object")
     args = parser.parse_args()
     result = run_lexicon_bench(write=args.write, seed=args.seed)
+    if args.rate_documents:
+        result["rate"] = run_rate_bench(args.rate_documents, seed=args.seed)
     if args.json:
         print(json.dumps(result))
 

@@ -36,13 +36,14 @@ Chinese) and a mined lexicon merges with hand-written ones (weight 1) under the 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,28 +216,18 @@ def count_substrings(texts: Iterable[str], terms: set[str], counts: NgramCounts)
         counts.df.update(set(found))
 
 
-def count_corpus(chunks: Iterable[Sequence[str]], group: str, max_n: int = 3, workers: int = 1,
-                 on_chunk=None) -> NgramCounts:  # on_chunk(documents counted so far)
-    """Counts over chunks of texts, in `workers` processes when more than one."""
+def count_corpus(texts: Sequence[str], group: str, max_n: int = 3, pool: Any = None,
+                 workers: int = 1) -> NgramCounts:
+    """Counts over `texts`; with a process pool, in one slice per worker (few, large results: merging many
+    per-batch counters costs more than it saves)."""
+    if pool is None or workers <= 1:
+        return count_texts(texts, group, max_n)
+    size = -(-len(texts) // workers)
+    futures = [pool.submit(count_texts, texts[start:start + size], group, max_n)
+               for start in range(0, len(texts), size)]
     total = NgramCounts()
-    if workers <= 1:
-        for chunk in chunks:
-            total.add(count_texts(chunk, group, max_n))
-            if on_chunk:
-                on_chunk(total.documents)
-        return total
-    with process_pool(workers) as pool:
-        pending: list[Any] = []
-        for chunk in chunks:
-            pending.append(pool.submit(count_texts, list(chunk), group, max_n))
-            while len(pending) >= 2 * workers:
-                total.add(pending.pop(0).result())
-                if on_chunk:
-                    on_chunk(total.documents)
-        for future in pending:
-            total.add(future.result())
-            if on_chunk:
-                on_chunk(total.documents)
+    for future in futures:
+        total.add(future.result())
     return total
 
 
@@ -258,7 +249,7 @@ class LexiconMineConfig:
     max_n: int = 3  # longest word n-gram (English)
     jieba_chars: int = 1_000_000  # Chinese: characters of domain text segmented by jieba for words over 4 characters
     workers: int = 0  # processes for counting (0: one per core, at most 4)
-    batch_size: int = 5_000
+    parallel_from: int = 50_000  # documents from which counting runs in worker processes
 
     def validate(self) -> None:
         if self.language not in LANGUAGES:
@@ -400,7 +391,13 @@ def mine_texts(domain: Sequence[tuple[str, str | None]], general: Sequence[tuple
     sides (or of `cfg.language`), best first within each group."""
     cfg = cfg or LexiconMineConfig()
     cfg.validate()
-    workers = default_workers(cfg.workers) if len(domain) + len(general) > 4 * cfg.batch_size else 1
+    workers = default_workers(cfg.workers) if len(domain) + len(general) >= cfg.parallel_from else 1
+    with process_pool(workers) if workers > 1 else contextlib.nullcontext() as pool:
+        return _mine(domain, general, cfg, progress, examples, pool, workers)
+
+
+def _mine(domain: Sequence[tuple[str, str | None]], general: Sequence[tuple[str, str | None]],
+          cfg: LexiconMineConfig, progress: Progress, examples: bool, pool: Any, workers: int) -> list[Candidate]:
     out: list[Candidate] = []
     groups = ["en", "zh"] if cfg.language == "auto" else [cfg.language]
     for group in groups:
@@ -409,8 +406,8 @@ def mine_texts(domain: Sequence[tuple[str, str | None]], general: Sequence[tuple
         if not dom or not gen:
             continue
         progress(-1, f"counting {group} candidates in {len(dom):,} domain and {len(gen):,} general documents")
-        counts_d = count_corpus(_batches(dom, cfg.batch_size), group, cfg.max_n, workers)
-        counts_g = count_corpus(_batches(gen, cfg.batch_size), group, cfg.max_n, workers)
+        counts_d = count_corpus(dom, group, cfg.max_n, pool, workers)
+        counts_g = count_corpus(gen, group, cfg.max_n, pool, workers)
         if group == "zh":
             progress(-1, "segmenting a sample of the domain text with jieba for words over 4 characters")
             long_words = jieba_long_words(dom, cfg.jieba_chars)
@@ -421,11 +418,6 @@ def mine_texts(domain: Sequence[tuple[str, str | None]], general: Sequence[tuple
             find_examples(candidates, dom)
         out.extend(candidates)
     return out
-
-
-def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 # --- lexicon files ------------------------------------------------------------------------------------------------
