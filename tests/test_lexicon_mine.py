@@ -106,15 +106,21 @@ def write_jsonl(path: Path, texts: list[str]) -> str:
     return str(path)
 
 
-@pytest.fixture
-def planted_ws(tmp_path: Path) -> Path:
-    path = tmp_path / "ws"
+def planted_workspace(folder: Path) -> Path:
+    """A workspace in `folder`/ws: corpus 'renal' (domain: 40 English and 40 Chinese documents with planted
+    terms) and 'town' (general: the same filler without them)."""
+    path = folder / "ws"
     with Workspace.open(path) as ws:
-        ingest(ws, IngestConfig([write_jsonl(tmp_path / "dom.jsonl", english_docs(40, True, 5)
+        ingest(ws, IngestConfig([write_jsonl(folder / "dom.jsonl", english_docs(40, True, 5)
                                              + chinese_docs(40, True, 6))], "renal", "domain"))
-        ingest(ws, IngestConfig([write_jsonl(tmp_path / "gen.jsonl", english_docs(40, False, 7)
+        ingest(ws, IngestConfig([write_jsonl(folder / "gen.jsonl", english_docs(40, False, 7)
                                              + chinese_docs(40, False, 8))], "town", "general"))
     return path
+
+
+@pytest.fixture
+def planted_ws(tmp_path: Path) -> Path:
+    return planted_workspace(tmp_path)
 
 
 def test_command_mines_both_languages_and_records_a_run(planted_ws: Path, tmp_path: Path,

@@ -116,18 +116,13 @@ def test_terms_page_in_browser(scored_page_ws: Path, tmp_path: Path, app_server,
 @pytest.fixture
 def mined_page_ws(tmp_path: Path) -> Path:
     """A small workspace with planted renal terms in its domain corpus, mined once."""
-    from test_lexicon_mine import chinese_docs, english_docs, write_jsonl
+    from test_lexicon_mine import planted_workspace
 
-    from core.ingest import IngestConfig, ingest
     from core.lexicon_mine import LexiconMineConfig
     from core.lexicon_mine import run as mine
 
-    path = tmp_path / "ws"
+    path = planted_workspace(tmp_path)
     with Workspace.open(path) as ws:
-        ingest(ws, IngestConfig([write_jsonl(tmp_path / "dom.jsonl", english_docs(40, True, 5)
-                                             + chinese_docs(40, True, 6))], "renal", "domain"))
-        ingest(ws, IngestConfig([write_jsonl(tmp_path / "gen.jsonl", english_docs(40, False, 7)
-                                             + chinese_docs(40, False, 8))], "town", "general"))
         mine(ws, LexiconMineConfig(min_df=3))
     return path
 
