@@ -95,24 +95,38 @@ def language_group(language: str | None) -> str:
 
 
 # --- candidates of one document ---------------------------------------------------------------------------------
+_token_roles: dict[str, tuple[bool, bool]] = {}  # token -> (may begin or end an n-gram, may sit inside one)
+
+
+def _token_role(token: str) -> tuple[bool, bool]:
+    role = _token_roles.get(token)
+    if role is None:
+        word = token[0].isalnum()
+        # Inside an n-gram: any word but a stop word other than 'of' ('quality of life', 'type 2 diabetes'; not
+        # 'tests are used'); punctuation ends it.
+        role = (word and token not in _STOP_WORDS and not token.isdigit() and any(c.isalpha() for c in token),
+                word and (token not in _STOP_WORDS or token == "of"))
+        if len(_token_roles) < 1_000_000:  # the vocabulary of a corpus; bounded for pathological input
+            _token_roles[token] = role
+    return role
+
+
 def word_candidates(text: str, max_n: int = 3) -> list[str]:
     """Word 1..max_n-grams of one document, as the module doc says; repeated as often as they occur."""
     tokens = _WORD_TOKEN_RE.findall(text.lower())
-    edge_ok = [t[0].isalnum() and t not in _STOP_WORDS and not t.isdigit() and any(c.isalpha() for c in t)
-               for t in tokens]
-    # Inside an n-gram: any word but a stop word other than 'of' ('quality of life', 'type 2 diabetes'; not
-    # 'tests are used'); punctuation ends it.
-    inner_ok = [t[0].isalnum() and (t not in _STOP_WORDS or t == "of") for t in tokens]
+    roles = [_token_roles.get(t) or _token_role(t) for t in tokens]
     grams: list[str] = []
+    append = grams.append
     length = len(tokens)
     for i in range(length):
-        if not edge_ok[i]:
+        if not roles[i][0]:
             continue
-        grams.append(tokens[i])
+        append(tokens[i])
         for j in range(i + 1, min(i + max_n, length)):
-            if edge_ok[j]:
-                grams.append(" ".join(tokens[i:j + 1]))
-            if not inner_ok[j]:
+            edge, inner = roles[j]
+            if edge:
+                append(" ".join(tokens[i:j + 1]))
+            if not inner:
                 break
     return grams
 
