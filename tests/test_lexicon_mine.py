@@ -3,13 +3,16 @@ candidate rules, the command, and the bundled lexicons built with it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from core.config import REPO_ROOT
 from core.ingest import IngestConfig, ingest
 from core.lexicon_mine import (
     LexiconMineConfig,
@@ -165,3 +168,19 @@ def test_bundled_lexicons_merge_mined_terms_with_the_hand_lists() -> None:
     assert {"pregnancy", "chemotherapy", "lymphoma"} <= set(en.weights)
     # The review kept the hand list's care about ordinary English words.
     assert not {"cell", "drug", "cold", "aids", "heart", "type", "check", "trial"} & set(en.weights)
+
+
+def test_shipped_english_lexicon_is_what_the_recorded_build_makes_from_the_mining_half() -> None:
+    """bench/lexicon.py is the record of how medical_en was built: mining its seeded mining half again, minus the
+    review's rejections, plus the hand list, gives the shipped file; no text is on both sides of the split."""
+    spec = importlib.util.spec_from_file_location("bench_lexicon", REPO_ROOT / "bench" / "lexicon.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_lexicon"] = bench  # its dataclass looks its module up
+    spec.loader.exec_module(bench)
+    mining, evaluation = bench.split_documents("en")
+    assert not {d.text for d in mining} & {d.text for d in evaluation}
+    assert 0.4 < len(mining) / (len(mining) + len(evaluation)) < 0.6
+    weights, info = bench.build_lexicon("medical_en", "en", mining)
+    shipped = load_lexicon("medical_en")
+    assert {k.lower(): v for k, v in weights.items()} == shipped.weights
+    assert info["rejected_on_review"] > 100 and not bench.review_rejections("medical_en") & set(shipped.weights)
