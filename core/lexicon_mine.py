@@ -598,10 +598,13 @@ def selection_lexicon(candidates: pd.DataFrame, name: str = "selection") -> Lexi
     return Lexicon(name, weights, {k: k for k in weights}, (name,))
 
 
-def sample_densities(lexicon: Lexicon, sample: pd.DataFrame, min_density: float = 0.02) -> pd.DataFrame:
-    """The sample (from `sample_documents`) with each document's density under `lexicon` and whether the
-    terminology filter's density rule would keep it."""
+def sample_densities(lexicon: Lexicon, sample: pd.DataFrame, min_density: float = 0.02,
+                     domain: Sequence[str] = ()) -> pd.DataFrame:
+    """The sample (from `sample_documents`) with each document's density under `lexicon`, whether the
+    terminology filter's density rule would keep it, and its side in the mining (`domain` corpora, else
+    'general', whatever the corpus role: general Chinese text is often instruction data)."""
     out = sample[["corpus", "role"]].copy()
+    out["side"] = ["domain" if c in set(domain) else "general" for c in out["corpus"]]
     if len(lexicon) == 0 or sample.empty:
         out["density"] = 0.0
     else:

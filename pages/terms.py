@@ -189,8 +189,9 @@ with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mi
         sample_corpora = tuple(c for c in latest["params"].get("domain", []) + latest["params"].get("general", [])
                                if c in set(names))
         sample = mining_sample(str(path), latest["run_id"], sample_corpora, 300)
-        densities = sample_densities(selection_lexicon(accepted), sample, mine_density)
-        by_role_kept = densities.groupby("role")["kept"].agg(["sum", "count"])
+        densities = sample_densities(selection_lexicon(accepted), sample, mine_density,
+                                     latest["params"].get("domain", []))
+        by_role_kept = densities.groupby("side")["kept"].agg(["sum", "count"])
         n1, n2, n3, n4 = st.columns(4)
         n1.metric("Accepted terms", f"{len(accepted):,}")
         for column, role, word in ((n2, "domain", "kept"), (n3, "general", "dropped")):
@@ -198,13 +199,13 @@ with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mi
                 kept_n, total_n = int(by_role_kept.loc[role, "sum"]), int(by_role_kept.loc[role, "count"])
                 shown_n = kept_n if word == "kept" else total_n - kept_n
                 column.metric(f"{role.capitalize()} sample {word}", f"{shown_n:,} of {total_n:,}")
-        n4.metric("Sample", f"{len(densities):,} documents", "300 per corpus, seeded", delta_color="off",
+        n4.metric("Sampled documents", f"{len(densities):,}", "up to 300 per corpus, seeded", delta_color="off",
                   delta_arrow="off")
-        per_corpus_kept = densities.groupby(["corpus", "role"])["kept"].agg(["sum", "count"]).reset_index()
-        per_corpus_kept.columns = ["corpus", "role", "kept", "documents"]
+        per_corpus_kept = densities.groupby(["side", "corpus"])["kept"].agg(["sum", "count"]).reset_index()
+        per_corpus_kept.columns = ["side", "corpus", "kept", "documents"]
         st.dataframe(per_corpus_kept, hide_index=True)
         st.plotly_chart(w.threshold_histogram(densities[densities["density"] <= 0.5], "density", mine_density,
-                                              color="role", x_label="term density", bins=60, log_y=True,
+                                              color="side", x_label="term density", bins=60, log_y=True,
                                               title="Density of the sampled documents under the accepted terms"))
         save_name = st.text_input("Save the accepted terms as", mine_stem, key="mine_save_name")
         save_stem = re.sub(r"[^\w\-]+", "_", save_name).strip("_") or "mined"
