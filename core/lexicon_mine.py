@@ -148,13 +148,16 @@ def _jieba():  # -> the jieba module, initialised once per process without its l
 def han_candidates(text: str) -> list[str]:
     """Character 2-4-grams inside runs of Han characters, not beginning or ending with a function character."""
     grams: list[str] = []
+    stop = _HAN_EDGE_STOP
     for run in _HAN_RUN_RE.findall(text):
         size = len(run)
+        if size < 2:
+            continue
+        ok = [c not in stop for c in run]
+        starts = [i for i in range(size - 1) if ok[i]]
         for n in (2, 3, 4):
-            for i in range(size - n + 1):
-                gram = run[i:i + n]
-                if gram[0] not in _HAN_EDGE_STOP and gram[-1] not in _HAN_EDGE_STOP:
-                    grams.append(gram)
+            last = size - n
+            grams.extend([run[i:i + n] for i in starts if i <= last and ok[i + n - 1]])
     return grams
 
 
