@@ -1,4 +1,4 @@
-"""Terminology: lexicons (bundled, uploaded, combined), density per corpus with a movable threshold, live
+"""Terminology: lexicons (bundled, uploaded, mined from the workspace and reviewed here, combined), density per corpus with a movable threshold, live
 kept/dropped counts from stored values, documents either side of the threshold with their terms highlighted,
 and applying the filter as a background job."""
 
@@ -11,6 +11,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.lexicon_mine import (
+    LANGUAGES,
+    LexiconMineConfig,
+    load_candidates,
+    mining_runs,
+    sample_densities,
+    sample_documents,
+    selection_lexicon,
+    write_lexicon,
+)
 from core.terms import (
     DEFAULT_LEXICONS,
     TermFilterConfig,
@@ -107,6 +117,106 @@ with st.expander("Lexicons", expanded=scoring is None):
         for spec in chosen_specs:
             argv += ["--lexicon", spec]
         w.start_job(argv, f"Terminology scoring ({' + '.join(map(spec_label, chosen_specs))})")
+
+# --- mining a lexicon --------------------------------------------------------------------------------------------
+@st.cache_data(max_entries=4, show_spinner=False)
+def mining_sample(workspace: str, run_id: str, corpora: tuple[str, ...], per_corpus: int) -> pd.DataFrame:
+    """A seeded sample per corpus, cached per mining run (`workspace` and `run_id` are the cache key)."""
+    with w.read_ws() as ws:
+        return sample_documents(ws, list(corpora), per_corpus=per_corpus)
+
+
+with w.read_ws() as ws:
+    all_corpora = pd.DataFrame(ws.corpora(), columns=["name", "role", "format", "source", "documents", "chars",
+                                                      "tokens", "untokenised"])
+    mined_runs = mining_runs(ws)
+
+with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mined_runs)):
+    st.caption("Candidate terms (word 1-3-grams; jieba words and 2-4-character n-grams in Chinese) scored by the "
+               "log-odds ratio with an informative Dirichlet prior (Monroe, Colaresi & Quinn 2008): how much more "
+               "often the domain corpora use a term than the general ones, and how sure that is (z). Weights "
+               "(at most 1) come from the log-odds, so density keeps its meaning.")
+    names = all_corpora["name"].tolist()
+    by_role = all_corpora.groupby("role")["name"].apply(list).to_dict()
+    k1, k2 = st.columns(2)
+    mine_domain = k1.multiselect("Domain corpora", names, default=by_role.get("domain", []), key="mine_domain")
+    mine_general = k2.multiselect("General corpora", names, default=by_role.get("general", []),
+                                  key="mine_general")
+    k3, k4, k5, k6 = st.columns(4)
+    mine_min_df = k3.number_input("Minimum domain documents", 1, 1_000, LexiconMineConfig().min_df,
+                                  key="mine_min_df")
+    mine_top = k4.number_input("Terms per language (at most)", 10, 50_000, LexiconMineConfig().top, step=100,
+                               key="mine_top")
+    mine_language = k5.selectbox("Language", LANGUAGES, key="mine_language")
+    mine_name = k6.text_input("Lexicon name", "mined", key="mine_name")
+    mine_stem = re.sub(r"[^\w\-]+", "_", mine_name).strip("_") or "mined"
+    mine_argv = ["lexicon-mine", "--domain", ",".join(mine_domain), "--general", ",".join(mine_general),
+                 "--out", str(upload_dir / f"{mine_stem}.csv"), "--min-df", str(mine_min_df), "--top",
+                 str(mine_top), "--language", mine_language]
+    overlap = set(mine_domain) & set(mine_general)
+    if overlap:
+        st.warning(f"{', '.join(sorted(overlap))} is chosen as both domain and general.", icon=":material/warning:")
+    if st.button("Mine candidates", disabled=not mine_domain or not mine_general or bool(overlap),
+                 key="mine_button"):
+        w.start_job(mine_argv, f"Lexicon mining ({', '.join(mine_domain)} against {', '.join(mine_general)})")
+    st.caption(f"Command line: `studio {' '.join(mine_argv[:1])} WORKSPACE {' '.join(mine_argv[1:])}`")
+
+    if mined_runs:
+        latest = mined_runs[0]
+        candidates = load_candidates(path, latest["run_id"])
+        st.markdown(f"**{len(candidates):,} candidates** from run `{latest['run_id']}` "
+                    f"(domain: {', '.join(latest['params'].get('domain', []))}; general: "
+                    f"{', '.join(latest['params'].get('general', []))}).")
+        s1, s2 = st.columns([3, 1])
+        z_max = float(max(candidates["z"].max(), 1.0))
+        cut = s1.slider("Accept candidates with a score (z) of at least", 0.0, round(z_max, 1),
+                        float(LexiconMineConfig().min_z), step=0.1, key="mine_cut")
+        mine_density = s2.number_input("Minimum density", 0.0, 1.0, 0.02, step=0.005, format="%.3f",
+                                       key="mine_density")
+        table = candidates.assign(accept=candidates["z"] >= cut)[
+            ["accept", "term", "language", "z", "delta", "weight", "domain_count", "general_count", "domain_df",
+             "general_df", "example"]]
+        # Edits by hand start again from the cut-off when it moves (the key holds the cut-off).
+        edited = st.data_editor(
+            table, hide_index=True, key=f"mine_editor_{latest['run_id']}_{cut:.1f}",
+            disabled=[c for c in table.columns if c != "accept"],
+            column_config={"accept": st.column_config.CheckboxColumn("accept", help="in the saved lexicon"),
+                           "z": st.column_config.NumberColumn("score (z)", format="%.2f"),
+                           "delta": st.column_config.NumberColumn("log-odds", format="%.2f"),
+                           "weight": st.column_config.NumberColumn(format="%.2f"),
+                           "example": st.column_config.TextColumn("example context", width="large")})
+        accepted = edited[edited["accept"]]
+        sample_corpora = tuple(c for c in latest["params"].get("domain", []) + latest["params"].get("general", [])
+                               if c in set(names))
+        sample = mining_sample(str(path), latest["run_id"], sample_corpora, 300)
+        densities = sample_densities(selection_lexicon(accepted), sample, mine_density,
+                                     latest["params"].get("domain", []))
+        by_role_kept = densities.groupby("side")["kept"].agg(["sum", "count"])
+        n1, n2, n3, n4 = st.columns(4)
+        n1.metric("Accepted terms", f"{len(accepted):,}")
+        for column, role, word in ((n2, "domain", "kept"), (n3, "general", "dropped")):
+            if role in by_role_kept.index:
+                kept_n, total_n = int(by_role_kept.loc[role, "sum"]), int(by_role_kept.loc[role, "count"])
+                shown_n = kept_n if word == "kept" else total_n - kept_n
+                column.metric(f"{role.capitalize()} sample {word}", f"{shown_n:,} of {total_n:,}")
+        n4.metric("Sampled documents", f"{len(densities):,}", "up to 300 per corpus, seeded", delta_color="off",
+                  delta_arrow="off")
+        per_corpus_kept = densities.groupby(["side", "corpus"])["kept"].agg(["sum", "count"]).reset_index()
+        per_corpus_kept.columns = ["side", "corpus", "kept", "documents"]
+        st.dataframe(per_corpus_kept, hide_index=True)
+        st.plotly_chart(w.threshold_histogram(densities[densities["density"] <= 0.5], "density", mine_density,
+                                              color="side", x_label="term density", bins=60, log_y=True,
+                                              title="Density of the sampled documents under the accepted terms"))
+        save_name = st.text_input("Save the accepted terms as", mine_stem, key="mine_save_name")
+        save_stem = re.sub(r"[^\w\-]+", "_", save_name).strip("_") or "mined"
+        if st.button(f"Save lexicon ({len(accepted):,} terms)", disabled=accepted.empty, type="primary",
+                     key="mine_save_button"):
+            saved = write_lexicon(upload_dir / f"{save_stem}.csv", dict(zip(accepted["term"], accepted["weight"],
+                                                                          strict=True)),
+                                  [f"saved from the Terminology page: {len(accepted):,} of {len(candidates):,} "
+                                   f"candidates of mining run {latest['run_id']}"])
+            st.success(f"Saved {saved.name}: {len(accepted):,} terms. Choose it under Lexicons to score with it.",
+                       icon=":material/check_circle:")
 
 if scoring is None:
     st.info("No document is scored yet: choose lexicons above and score all documents.",

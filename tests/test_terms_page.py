@@ -110,3 +110,58 @@ def test_terms_page_in_browser(scored_page_ws: Path, tmp_path: Path, app_server,
     wait_for_app(pg)
     pg.get_by_text("Combine these lexicons").first.scroll_into_view_if_needed()
     pg.screenshot(path="/tmp/terms_page_upload.png")
+
+
+# --- mining a lexicon on the page -------------------------------------------------------------------------------
+@pytest.fixture
+def mined_page_ws(tmp_path: Path) -> Path:
+    """A small workspace with planted renal terms in its domain corpus, mined once."""
+    from test_lexicon_mine import planted_workspace
+
+    from core.lexicon_mine import LexiconMineConfig
+    from core.lexicon_mine import run as mine
+
+    path = planted_workspace(tmp_path)
+    with Workspace.open(path) as ws:
+        mine(ws, LexiconMineConfig(min_df=3))
+    return path
+
+
+def test_mined_candidates_are_reviewed_and_saved(mined_page_ws: Path) -> None:
+    from core.lexicon_mine import load_candidates, mining_runs
+    from core.terms import load_lexicon
+
+    with Workspace.open(mined_page_ws, read_only=True) as ws:
+        run_id = mining_runs(ws)[0]["run_id"]
+    candidates = load_candidates(mined_page_ws, run_id)
+    at = page(mined_page_ws)
+    assert not at.exception
+    assert any(f"{len(candidates):,} candidates" in m.value for m in at.markdown)
+    # Every candidate passes the default cut-off; the planted terms separate the sampled documents completely.
+    assert metric(at, "Accepted terms") == f"{len(candidates):,}"
+    assert metric(at, "Domain sample kept") == "80 of 80"
+    assert metric(at, "General sample dropped") == "80 of 80"
+
+    # A higher cut-off accepts fewer terms, and the counts move with it.
+    strict = float(candidates["z"].sort_values(ascending=False).iloc[1])
+    at.slider(key="mine_cut").set_value(round(strict, 1)).run()
+    accepted = int((candidates["z"] >= round(strict, 1)).sum())
+    assert not at.exception and metric(at, "Accepted terms") == f"{accepted:,}" and accepted < len(candidates)
+    kept_now = metric(at, "Domain sample kept")
+    assert kept_now != "80 of 80"  # one or two planted terms per document are no longer enough everywhere
+
+    at.text_input(key="mine_save_name").set_value("renal terms").run()
+    next(b for b in at.button if b.label.startswith("Save lexicon")).click().run()
+    saved = mined_page_ws / "artifacts" / "lexicons" / "renal_terms.csv"
+    assert not at.exception and saved.exists()
+    assert set(load_lexicon(saved).weights) == set(candidates.loc[candidates["z"] >= round(strict, 1), "term"])
+
+    # Mining again runs the command as a job.
+    next(b for b in at.button if b.label == "Mine candidates").click().run()
+    job = widgets.current_job(mined_page_ws)
+    assert job is not None and job.argv[0] == "lexicon-mine"
+    deadline = time.time() + 120
+    while job.running and time.time() < deadline:
+        time.sleep(0.5)
+    assert job.exit_code() == 0, job.log_file.read_text() if job.log_file.exists() else "no log"
+    assert (mined_page_ws / "artifacts" / "lexicons" / "mined.csv").exists()

@@ -1,9 +1,11 @@
-"""`studio terms`: terminology density per document, and the domain filter on it."""
+"""`studio terms`: terminology density per document, and the domain filter on it; `studio lexicon-mine`: a
+lexicon mined from the workspace's domain corpora against its general ones."""
 
 from __future__ import annotations
 
 import argparse
 
+from core import lexicon_mine
 from core.terms import (
     DEFAULT_LEXICONS,
     TermFilterConfig,
@@ -14,7 +16,7 @@ from core.terms import (
     score_terms,
 )
 from core.workspace import Workspace
-from studio.cli import CommandResult, Reporter, add_workspace_arguments
+from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +47,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rescore", action="store_true",
                    help="match again even if the same lexicon already scored every document")
     p.set_defaults(handler=terms_command)
+    register_mine(sub)
+
+
+def register_mine(sub: argparse._SubParsersAction) -> None:
+    defaults = lexicon_mine.LexiconMineConfig()
+    p = sub.add_parser(
+        "lexicon-mine", help="mine a lexicon: terms the domain corpora use far more often than the general ones",
+        description="Score word 1-3-grams (Chinese: jieba words and character 2-4-grams) by the log-odds ratio "
+                    "with informative Dirichlet prior (Monroe, Colaresi & Quinn 2008) of the domain corpora against "
+                    "the general ones, and write the best as a term,weight CSV lexicon for `studio terms`.")
+    add_workspace_arguments(p)
+    p.add_argument("--domain", metavar="CORPORA", help="comma-separated domain corpora (default: every corpus of "
+                                                       "role domain)")
+    p.add_argument("--general", metavar="CORPORA", help="comma-separated general corpora (default: every corpus "
+                                                        "of role general)")
+    p.add_argument("--out", metavar="FILE", help="lexicon CSV to write (default: "
+                                                 "WORKSPACE/artifacts/lexicons/mined.csv, listed by the Terminology "
+                                                 "page)")
+    p.add_argument("--language", choices=lexicon_mine.LANGUAGES, default=defaults.language,
+                   help="en: word n-grams; zh: Chinese n-grams; auto: each language present on both sides "
+                        "(default %(default)s)")
+    p.add_argument("--min-df", type=int, default=defaults.min_df,
+                   help="a term occurs in at least this many domain documents (default %(default)s)")
+    p.add_argument("--top", type=int, default=defaults.top, help="at most this many terms per language "
+                                                                 "(default %(default)s)")
+    p.add_argument("--min-z", type=float, default=defaults.min_z, help="z-score floor (default %(default)s)")
+    p.add_argument("--min-log-odds", type=float, default=defaults.min_log_odds,
+                   help="log-odds floor: 2 is a rate e^2 = 7.4 times the general one (default %(default)s)")
+    p.add_argument("--max-general-share", type=float, default=defaults.max_general_share,
+                   help="drop terms found in more than this share of general documents (default %(default)s)")
+    p.add_argument("--prior", type=float, default=defaults.prior,
+                   help="strength of the Dirichlet prior, as a share of all occurrences (default %(default)s)")
+    p.add_argument("--workers", type=int, default=defaults.workers, help="counting processes (0: one per core)")
+    p.set_defaults(handler=mine_command)
+
+
+def mine_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
+    cfg = lexicon_mine.LexiconMineConfig(
+        domain=comma_list(args.domain), general=comma_list(args.general),
+        out=str(args.out) if args.out else None, language=args.language, min_df=args.min_df, top=args.top,
+        min_z=args.min_z, min_log_odds=args.min_log_odds, max_general_share=args.max_general_share,
+        prior=args.prior, workers=args.workers)
+    cfg.validate()
+    with Workspace.open(args.workspace, create=False) as ws:
+        result = lexicon_mine.run(ws, cfg, report)
+        candidates = lexicon_mine.load_candidates(ws.path, result.run_id)
+    lines = [f"{result.terms:,} terms ({', '.join(f'{n:,} {lang}' for lang, n in result.terms_by_language.items())})"
+             f" mined from {result.domain_documents:,} domain and {result.general_documents:,} general documents "
+             f"in {result.seconds:.1f} s ({result.docs_per_second:,.0f} docs/s; run {result.run_id})",
+             f"lexicon written to {result.lexicon_path}; use it with `studio terms WS --lexicon "
+             f"{result.lexicon_path}`", "",
+             f"{'term':32} {'z':>7} {'log-odds':>8} {'weight':>6} {'domain':>8} {'general':>8}"]
+    lines += [f"{r.term[:32]:32} {r.z:>7.2f} {r.delta:>8.2f} {r.weight:>6.2f} {r.domain_count:>8,} "
+              f"{r.general_count:>8,}" for r in candidates.head(20).itertuples()]
+    return CommandResult(result.to_dict(), lines)
 
 
 def terms_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
