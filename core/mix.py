@@ -813,14 +813,54 @@ def _window_check(ws: Workspace, mix_id: str, recipe: MixRecipe) -> dict[str, An
             "windows_missing_a_component": int(row[3] or 0)}
 
 
+# Written into the partial folder while an export is under way (and removed before it becomes the export), so a
+# leftover `DIR.partial` is known to be the studio's own and a user's folder of that name is never deleted.
+PARTIAL_MARKER = ".studio-export-in-progress"
+
+
+def _not_a_studio_export(out_dir: Path) -> str | None:
+    """Why `out_dir` may not be replaced by an export, or None when it is empty or a studio export: a manifest
+    of the studio's format and, beside it, only the files that manifest lists."""
+    if not out_dir.is_dir():
+        return "it is not a folder"
+    entries = list(out_dir.iterdir())
+    if not entries:
+        return None
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it is not empty and holds no manifest.json"
+    except (OSError, ValueError) as exc:
+        return f"its manifest.json is not a studio manifest ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or not isinstance(manifest.get("files"), dict):
+        return f"its manifest.json is not a studio mix manifest (format {MANIFEST_FORMAT})"
+    listed = {"manifest.json"} | {str(f.get("file")) for f in manifest["files"].values() if isinstance(f, dict)}
+    foreign = sorted(e.name + ("/" if e.is_dir() else "") for e in entries
+                     if e.name not in listed or e.is_symlink() or not e.is_file())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return f"it holds files the studio did not export ({shown})"
+    return None
+
+
 def _prepare_folder(out_dir: Path) -> Path:
-    """A fresh partial folder beside `out_dir`; an existing `out_dir` must be an earlier studio export."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
-        raise WorkspaceError(f"{out_dir} exists and is not a studio export; choose another --out")
+    """A fresh partial folder beside `out_dir`. An existing `out_dir` is replaced only when the studio wrote it
+    (see `_not_a_studio_export`), an existing `DIR.partial` only when it carries the studio's marker."""
+    if out_dir.exists() or out_dir.is_symlink():
+        reason = _not_a_studio_export(out_dir) if not out_dir.is_symlink() else "it is a symbolic link"
+        if reason:
+            raise WorkspaceError(f"{out_dir} exists and is not a studio export: {reason}; nothing was changed. "
+                                 "Choose another --out (or empty that folder yourself)")
     partial = out_dir.with_name(out_dir.name + ".partial")
-    if partial.exists():
+    if partial.exists() or partial.is_symlink():
+        if partial.is_symlink() or not (partial / PARTIAL_MARKER).is_file():
+            raise WorkspaceError(f"{partial} exists and is not a studio export in progress; nothing was changed. "
+                                 "Move it away or choose another --out")
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
+    (partial / PARTIAL_MARKER).write_text("a studio mix export in progress; removed when it finishes\n",
+                                          encoding="utf-8")
     return partial
 
 
@@ -890,7 +930,11 @@ def _build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None, pro
                 "train_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [run.run_id, recipe.name, json.dumps(params), recipe.seed, str(out_path),
                  result.files["manifest.json"].sha256, result.train_documents, result.train_tokens])
+            (partial / PARTIAL_MARKER).unlink()
             if out_path.exists():
+                if _not_a_studio_export(out_path):  # it changed during the export: still never delete it
+                    raise WorkspaceError(f"{out_path} changed during the export and is no longer a studio "
+                                         "export; nothing was replaced")
                 shutil.rmtree(out_path)
             partial.rename(out_path)
     except BaseException:

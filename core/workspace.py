@@ -85,14 +85,17 @@ class Workspace:
         path = Path(path).expanduser().resolve()
         db = path / DB_NAME
         if not db.exists():
+            if path.is_file():
+                raise WorkspaceError(f"{path} is a file, not a workspace: give the folder that holds "
+                                     f"{DB_NAME} (`studio init FOLDER` creates one)")
             if not create:
-                raise WorkspaceError(f"no workspace at {path} (run `studio init {path}` first)")
+                raise WorkspaceError(f"no workspace at {path}: it does not exist (check the path, or run "
+                                     f"`studio init {path}` to create it)")
             if read_only:
                 raise WorkspaceError(f"no workspace at {path}")
             if path.exists() and not path.is_dir():
                 raise WorkspaceError(f"{path} exists and is not a folder")
             path.mkdir(parents=True, exist_ok=True)
-        (path / "artifacts").mkdir(exist_ok=True)
         deadline = time.monotonic() + (wait_s if wait_s is not None else (0.0 if read_only else 30.0))
         while True:
             try:
@@ -102,6 +105,12 @@ class Workspace:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                     raise WorkspaceError(cls._open_error(path, exc)) from exc
                 time.sleep(0.25)
+        foreign = cls._not_a_workspace(con)
+        if foreign:
+            con.close()
+            raise WorkspaceError(f"{db} is not a studio workspace ({foreign}); nothing was written to it. "
+                                 "Choose another folder (`studio init NEW_FOLDER` creates one)")
+        (path / "artifacts").mkdir(exist_ok=True)
         # Bounded memory: DuckDB spills to the workspace's temp folder instead of growing with the corpus.
         con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
         if not read_only:
@@ -111,6 +120,27 @@ class Workspace:
             ws._migrate()
             ws._close_interrupted_runs()
         return ws
+
+    @staticmethod
+    def _not_a_workspace(con: duckdb.DuckDBPyConnection) -> str | None:
+        """Why the database is not a studio workspace, or None. An empty database (a new workspace, or one
+        whose `init` died before its first table) is one; any other needs the studio's `schema_versions`
+        with its core component. Only reads: a foreign database is refused before anything is written."""
+        tables = {name for (name,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = 'main'").fetchall()}
+        if not tables:
+            return None
+        if "schema_versions" not in tables:
+            shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+            return f"it holds other tables ({shown}) and no studio schema"
+        try:
+            components = {c for (c,) in con.execute("SELECT component FROM schema_versions").fetchall()}
+        except duckdb.Error as exc:
+            return f"its schema_versions table is not the studio's ({type(exc).__name__})"
+        if "core" not in components:
+            return "its schema_versions table names no studio core schema"
+        return None
 
     @staticmethod
     def _open_error(path: Path, exc: Exception) -> str:

@@ -60,7 +60,8 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
 
 
 def app_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    Workspace.open(args.workspace).close()  # create or migrate first, so the app opens a current schema
+    # Migrate first, so the app opens a current schema; only `init` and `demo` create a workspace.
+    Workspace.open(args.workspace, create=False).close()
     code = serve(args.workspace, args)
     return CommandResult({"workspace": str(args.workspace), "exit": code}, ["studio app stopped"], code)
 
