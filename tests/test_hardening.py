@@ -12,6 +12,7 @@ import duckdb
 import pytest
 
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
+from core.decontam import contamination_index
 from core.ingest import IngestConfig, ingest
 from core.mix import Component, MixRecipe, build_mix
 from core.tokens import count_tokens
@@ -150,3 +151,62 @@ def test_a_typo_in_the_workspace_path_creates_nothing(tmp_path: Path, data_dir: 
     assert cli_main(["ingest", str(typo / "studio.duckdb"), str(data_dir / MEDQUAD), "--corpus", "m", "--role",
                      "domain"]) != 0
     assert "is a file, not a workspace" in capsys.readouterr().err
+
+
+# --- 13: decontamination at export refills from the pool -----------------------------------------------------
+@pytest.fixture(scope="module")
+def planted_ws_path(small_ws_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small workspace plus a domain corpus in which every document carries a benchmark question and its
+    answer inside real MedQuAD prose (one per MMLU medical question over 100 characters)."""
+    path = tmp_path_factory.mktemp("planted") / "ws"
+    shutil.copytree(small_ws_path, path)
+    with Workspace.open(path) as ws:
+        # Questions long enough for the 13-gram check to find inside prose.
+        items = ws.query("SELECT question, answer FROM benchmark_items WHERE length(question) > 100 "
+                         "ORDER BY doc_id LIMIT 1200")
+        prose = [t for (t,) in ws.query("SELECT text FROM documents WHERE corpus = 'medquad' ORDER BY doc_id "
+                                        "LIMIT 1200")]
+        source = path.parent / "planted.jsonl"
+        source.write_text("".join(json.dumps({"text": f"{text}\n\nReview question: {q} Answer: {a}"}) + "\n"
+                                  for text, (q, a) in zip(prose, items, strict=False)), encoding="utf-8")
+        ingest(ws, IngestConfig(sources=[str(source)], corpus="medquad_planted", role="domain"))
+        count_tokens(ws)
+    return path
+
+
+def test_decontamination_at_export_refills_the_budget_and_shares(planted_ws_path: Path, tmp_path: Path) -> None:
+    with Workspace.open(planted_ws_path) as ws:
+        clean_domain = ws.scalar("SELECT sum(token_count) FROM documents WHERE corpus = 'medquad'")
+        general = ws.scalar("SELECT sum(token_count) FROM documents WHERE corpus = 'wikipedia'")
+        # A budget the clean pools hold without repeats: domain takes most of its clean pool.
+        budget = int(min(clean_domain * 0.7 / 0.8, general * 0.9 / 0.2))
+        recipe = MixRecipe(name="planted", seed=4, total_tokens=budget, decontaminate=True, max_repeats=1.0,
+                           components=[Component("domain", share=0.8), Component("general", share=0.2)])
+        result = build_mix(ws, recipe, tmp_path / "out")
+    decontam = result.decontamination
+    assert decontam["dropped_documents"] >= 100  # the planted copies were sampled and dropped...
+    assert decontam["refill"]["rounds"] >= 2 and decontam["refill"]["refilled_tokens"] > 0
+    # ...and replaced: the budget and the shares hold within the mix's 1 % tolerance.
+    assert abs(result.train_tokens - budget) / budget < 0.01, (result.train_tokens, budget)
+    assert abs(result.components["domain"]["share_exported"] - 0.8) < 0.01
+    assert abs(result.components["general"]["share_exported"] - 0.2) < 0.01
+    rows = [json.loads(line) for line in (Path(result.out_dir) / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == result.train_documents
+    with Workspace.open(planted_ws_path, read_only=True) as ws:
+        assert not any(contamination_index(ws).find_many([r["text"] for r in rows]))
+    assert not [w for w in result.plan.warnings if "decontamination" in w]
+
+
+def test_decontamination_warns_where_the_pool_cannot_refill(planted_ws_path: Path, tmp_path: Path) -> None:
+    with Workspace.open(planted_ws_path) as ws:
+        planted = ws.scalar("SELECT sum(token_count) FROM documents WHERE corpus = 'medquad_planted'")
+        recipe = MixRecipe(name="short", seed=4, total_tokens=int(planted * 0.5 / 0.3), decontaminate=True,
+                           max_repeats=1.0, on_short="allow",
+                           components=[Component("planted", share=0.3, corpora=["medquad_planted"]),
+                                       Component("general", share=0.7, corpora=["wikipedia"])])
+        result = build_mix(ws, recipe, tmp_path / "out")
+    assert result.components["planted"]["tokens"] == 0
+    assert any("'planted'" in w and "short" in w for w in result.plan.warnings), result.plan.warnings
+    assert any("after decontamination component 'planted'" in w for w in result.plan.warnings)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["warnings"] == result.plan.warnings
