@@ -4,8 +4,17 @@ processes, half-ingested files and a busy workspace."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
 from pathlib import Path
 
 import duckdb
@@ -19,6 +28,7 @@ from core.tokens import count_tokens
 from core.workspace import Workspace, WorkspaceError
 from studio.cli import main as cli_main
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 MEDQUAD = "medquad/corpus_en_medquad_nih_paragraphs.jsonl"
 WIKIPEDIA = "llamafactory/corpus_en_wikipedia_paragraphs.jsonl"
 MMLU_MED = "mmlu/mcq_mmlu_medical_test.jsonl"
@@ -210,3 +220,204 @@ def test_decontamination_warns_where_the_pool_cannot_refill(planted_ws_path: Pat
     assert any("after decontamination component 'planted'" in w for w in result.plan.warnings)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["warnings"] == result.plan.warnings
+
+
+# --- 14: progress where stderr is not a terminal; no library warnings ----------------------------------------
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path: Path, data_dir: Path) -> None:
+    ws = tmp_path / "ws"
+    env = dict(os.environ, STUDIO_PROGRESS_INTERVAL="0.2", PYTHONWARNINGS="default")
+    assert subprocess.run([sys.executable, "-m", "studio.cli", "init", str(ws)], cwd=REPO_ROOT, env=env,
+                          capture_output=True, timeout=120).returncode == 0
+    steps = [["ingest", str(ws), str(data_dir / MEDQUAD), "--corpus", "medquad", "--role", "domain"],
+             ["tokens", str(ws)]]
+    for argv in steps:
+        # stderr is a file here, as under nohup or in a container log
+        log = tmp_path / f"{argv[0]}.log"
+        with open(log, "w") as err:
+            proc = subprocess.run([sys.executable, "-m", "studio.cli", *argv], cwd=REPO_ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=err, timeout=300)
+        assert proc.returncode == 0
+        text = log.read_text()
+        lines = text.splitlines()
+        assert "\r" not in text and "\033[" not in text  # no bar drawing in a log
+        assert len(lines) >= 2, text
+        assert all(re.match(r"\[\d\d:\d\d:\d\d \+[\d,]+s\] +(\d+\.\d%|\.\.\.) ", line) for line in lines), text
+        assert "100.0%" in lines[-1]
+        assert "Warning" not in text, text  # e.g. DuckDB's Arrow-copy UserWarning from core/tokens.py
+
+
+def test_a_quiet_step_still_prints_a_periodic_line(capsys, monkeypatch) -> None:
+    from studio.cli import Reporter
+
+    monkeypatch.setenv("STUDIO_PROGRESS_INTERVAL", "0.1")
+    reporter = Reporter(quiet=False, progress_file=None)
+    assert reporter.lines  # pytest's captured stderr is not a terminal
+    reporter(0.0, "deduplicating 1,000 documents")
+    reporter(0.5, "deduplicating 500 documents")  # the same step: no new line at once
+    time.sleep(0.45)  # a long call inside the step: the heartbeat speaks
+    reporter(0.9, "writing clusters")
+    reporter.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert "deduplicating 1,000 documents" in lines[0]
+    assert sum("deduplicating 500 documents" in line for line in lines) >= 2
+    assert "writing clusters" in lines[-1]
+
+
+def test_token_count_raises_no_library_warning(small_ws: Path) -> None:
+    with Workspace.open(small_ws) as ws:
+        ws.con.execute("UPDATE documents SET token_count = NULL WHERE corpus = 'wikipedia'")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = count_tokens(ws)
+    assert result.documents_counted > 0
+
+
+# --- 6: a killed ingest's partial file is never current to read-only readers ---------------------------------
+def test_readers_never_see_a_half_ingested_file(tmp_path: Path, data_dir: Path) -> None:
+    lines = (data_dir / MEDQUAD).read_bytes().splitlines()
+    big = tmp_path / "big.jsonl"
+    with open(big, "wb") as fh:
+        for copy in range(25):  # ~120k lines: long enough to be killed in the middle
+            for line in lines:
+                rec = json.loads(line)
+                rec["text"] = f"[{copy}] {rec['text']}"
+                fh.write(json.dumps(rec).encode() + b"\n")
+    ws_path = tmp_path / "ws"
+    assert cli_main(["init", str(ws_path)]) == 0
+    progress = tmp_path / "progress.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "ingest", str(ws_path), str(data_dir / MEDQUAD),
+                             str(big), "--corpus", "k", "--role", "domain", "--json", "--progress-file",
+                             str(progress)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # kill once a part of the big file is committed
+        if progress.exists() and any("big.jsonl" in x and re.search(r"[2-9]\d,\d{3} records", x)
+                                     for x in progress.read_text().splitlines()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the ingest finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # Read-only readers cannot clean up; the partial rows are in the table, but no reader counts them.
+    con = duckdb.connect(str(ws_path / "studio.duckdb"), read_only=True)
+    partial = con.execute("SELECT count(*) FROM documents WHERE source_file = ?", [str(big)]).fetchall()[0][0]
+    assert partial > 0
+    assert con.execute("SELECT count(*) FROM current_documents").fetchall()[0][0] == 4896
+    assert con.execute("SELECT count(*) FROM document_fate").fetchall()[0][0] == 4896
+    con.close()
+    with Workspace.open(ws_path, create=False, read_only=True) as ws:
+        assert [(c["name"], c["documents"]) for c in ws.corpora()] == [("k", 4896)]
+    out = subprocess.run([sys.executable, "-m", "studio.cli", "status", str(ws_path), "--json"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120)
+    status = json.loads(out.stdout)
+    assert status["documents"] == status["current_documents"] == 4896
+
+
+# --- 5: no live children after a killed parent --------------------------------------------------------------
+POOL_SCRIPT = """
+import sys, time
+from core.parallel import process_pool
+with process_pool(2) as pool:
+    futures = [pool.submit(time.sleep, 300) for _ in range(2)]
+    time.sleep(2)
+    print(" ".join(str(pid) for pid in pool._processes), flush=True)
+    time.sleep(300)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if _alive(p)]
+
+
+def test_pool_workers_exit_when_their_parent_is_killed(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait_gone(workers, 10) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_watchdog_ends_a_worker_whose_parent_died_without_a_death_signal(tmp_path: Path) -> None:
+    # The fallback where prctl is missing (not Linux) or was not set: the worker watches its parent's pid.
+    script = ("import os, sys, time\n"
+              "from core import parallel\n"
+              "parallel.set_parent_death_signal = lambda sig=None: False\n"
+              "if os.fork() == 0:\n"
+              "    parallel.exit_with_parent(os.getppid())\n"
+              "    print(os.getpid(), flush=True)\n"
+              "    time.sleep(300)\n"
+              "time.sleep(300)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(
+        REPO_ROOT)), stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        child = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _wait_gone([child], 10) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(ws: Path, tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "app", str(ws), "--port", str(port), "--host",
+                             "127.0.0.1"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "app.log", "w"), start_new_session=True)  # noqa: SIM115
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return proc, port
+        assert proc.poll() is None, (tmp_path / "app.log").read_text()
+        time.sleep(0.3)
+    raise AssertionError("studio app did not start")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_studio_app_stops_its_server_when_stopped_or_killed(tmp_path: Path, sig: int) -> None:
+    ws = tmp_path / "ws"
+    assert cli_main(["init", str(ws)]) == 0
+    proc, port = _serve(ws, tmp_path)
+    try:
+        servers = _children(proc.pid)
+        assert servers
+        os.kill(proc.pid, sig)  # the command only, not its process group
+        code = proc.wait(timeout=30)
+        if sig == signal.SIGTERM:
+            assert code == 128 + signal.SIGTERM
+            assert "stopped the server (SIGTERM)" in (tmp_path / "app.log").read_text()
+        assert _wait_gone(servers, 15) == []
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
