@@ -111,7 +111,7 @@ def _processes_with_open(db: Path) -> list[tuple[int, str]]:
             continue
         with contextlib.suppress(OSError):
             if any(os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                cmd = " ".join((entry / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
                 found.append((int(entry.name), cmd[:200] or "?"))
     return found
 
@@ -208,7 +208,7 @@ class Workspace:
         return f"cannot open workspace {path}: {exc}"
 
     def _write_lock_info(self) -> None:
-        info = {"pid": os.getpid(), "command": " ".join(sys.argv)[:300],
+        info = {"pid": os.getpid(), "command": " ".join(" ".join(sys.argv).split())[:300],
                 "since": datetime.now().isoformat(timespec="seconds")}
         with contextlib.suppress(OSError):
             (self.path / LOCK_INFO_NAME).write_text(json.dumps(info), encoding="utf-8")

@@ -421,3 +421,77 @@ def test_studio_app_stops_its_server_when_stopped_or_killed(tmp_path: Path, sig:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# --- 7: a busy workspace: say who holds it, show the wait, queue the app's jobs ------------------------------
+HOLDER_SCRIPT = """
+import sys, time
+from core.workspace import Workspace
+ws = Workspace.open(sys.argv[1], create=False)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_waiting_writer_says_at_once_who_holds_the_workspace(tmp_path: Path, caplog) -> None:
+    ws_path = tmp_path / "ws"
+    Workspace.open(ws_path).close()
+    script = tmp_path / "hold_workspace.py"
+    script.write_text(HOLDER_SCRIPT)
+    holder = subprocess.Popen([sys.executable, str(script), str(ws_path)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        caplog.set_level("WARNING", logger="studio.workspace")
+        started = time.monotonic()
+        with pytest.raises(WorkspaceError) as refused:
+            Workspace.open(ws_path, create=False, wait_s=6.0)
+        waits = [r for r in caplog.records if r.name == "studio.workspace"]
+        assert len(waits) >= 2  # at once, then again while waiting
+        first = waits[0].getMessage()
+        assert "waiting for workspace" in first and f"pid {holder.pid}" in first and "hold_workspace.py" in first
+        assert waits[0].created - (time.time() - (time.monotonic() - started)) < 1.0  # said at once
+        assert f"pid {holder.pid}" in str(refused.value)
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # The holder was killed: its lock-info file names a dead process, which is no longer blamed.
+    with Workspace.open(ws_path, create=False) as ws:
+        assert ws.scalar("SELECT count(*) FROM runs") == 0
+
+
+def test_a_reader_holding_the_workspace_is_found_by_its_open_file(tmp_path: Path) -> None:
+    ws_path = tmp_path / "ws"
+    Workspace.open(ws_path).close()
+    reader = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time\n"
+                               "con = duckdb.connect(sys.argv[1], read_only=True)\nprint('open', flush=True)\n"
+                               "time.sleep(120)", str(ws_path / "studio.duckdb")],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        with pytest.raises(WorkspaceError, match=rf"in use by `.*duckdb.*` \(pid {reader.pid}\)"):
+            Workspace.open(ws_path, create=False, wait_s=0.5)
+    finally:
+        os.killpg(reader.pid, signal.SIGKILL)
+        reader.wait()
+
+
+def test_the_app_queues_a_job_while_another_runs(tmp_path: Path, data_dir: Path, monkeypatch) -> None:
+    from studio import widgets
+
+    ws_path = tmp_path / "ws"
+    Workspace.open(ws_path).close()
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(ws_path))
+    first = widgets.launch_job(["ingest", str(data_dir / MEDQUAD), "--corpus", "medquad", "--role", "domain"],
+                               "Ingest MedQuAD")
+    second = widgets.launch_job(["status"], "Status")  # refused before: 'still running'
+    assert second.job_id != first.job_id
+    assert second.last_progress()[1] == "queued: starts when 'Ingest MedQuAD' finishes"
+    assert widgets.current_job(ws_path).job_id == second.job_id
+    deadline = time.time() + 180
+    while time.time() < deadline and (first.running or second.running):
+        time.sleep(0.2)
+    assert first.exit_code() == 0 and second.exit_code() == 0
+    # The queued job ran after the first one ended, and saw its documents.
+    assert second.result_file.stat().st_mtime >= first.exit_file.stat().st_mtime
+    assert second.result()["documents"] == 4896
