@@ -228,8 +228,10 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path: Path, data_dir: 
     env = dict(os.environ, STUDIO_PROGRESS_INTERVAL="0.2", PYTHONWARNINGS="default")
     assert subprocess.run([sys.executable, "-m", "studio.cli", "init", str(ws)], cwd=REPO_ROOT, env=env,
                           capture_output=True, timeout=120).returncode == 0
-    steps = [["ingest", str(ws), str(data_dir / MEDQUAD), "--corpus", "medquad", "--role", "domain"],
-             ["tokens", str(ws)]]
+    part = tmp_path / "medquad_part.jsonl"  # 1,500 real records: enough for several progress calls
+    part.write_bytes(b"".join((data_dir / MEDQUAD).read_bytes().splitlines(keepends=True)[:1500]))
+    steps = [["ingest", str(ws), str(part), "--corpus", "medquad", "--role", "domain"],
+             ["tokens", str(ws), "--batch-size", "500"]]
     for argv in steps:
         # stderr is a file here, as under nohup or in a container log
         log = tmp_path / f"{argv[0]}.log"
