@@ -60,6 +60,8 @@ INTERLEAVE = ("tokens", "documents")
 INSTRUCTION_FORMATS = ("alpaca", "sharegpt", "none")
 EXPORT_FORMATS = ("jsonl", "parquet")
 MANIFEST_FORMAT = "studio-mix/1"
+# How far an export may miss its planned budget and shares (the tolerance tests/test_mix.py holds exports to).
+EXPORT_TOLERANCE = 0.01
 BATCH_ROWS = 8_192
 # DuckDB's memory during an export (it spills beyond it). bench/mix.py, 1.01M documents on 2 cores: without a
 # limit the export peaked at 2,205 MB RSS (10.9 s); with 512MB at 788 MB (12.1 s), and a quarter-size export at
@@ -360,7 +362,7 @@ def _build_pools(ws: Workspace, recipe: MixRecipe) -> dict[int, tuple[int, int]]
         "JOIN corpora c ON c.name = d.corpus WHERE c.role = 'benchmark'")
     ws.con.execute(
         "CREATE OR REPLACE TEMP TABLE mix_pool (doc_id VARCHAR, comp_idx INTEGER, tokens BIGINT, "
-        "counted BOOLEAN, content_hash VARCHAR, corpus VARCHAR, role VARCHAR)")
+        "counted BOOLEAN, content_hash VARCHAR, corpus VARCHAR, role VARCHAR, budget BIGINT)")
     exclusions: dict[int, tuple[int, int]] = {}
     for index, comp in enumerate(recipe.components):
         where = ["c.role <> 'benchmark'"]
@@ -382,7 +384,7 @@ def _build_pools(ws: Workspace, recipe: MixRecipe) -> dict[int, tuple[int, int]]
         exclusions[index] = (int(claimed), int(copies))
         ws.con.execute(
             f"INSERT INTO mix_pool SELECT x.doc_id, $idx, coalesce(x.token_count, 0), x.token_count IS NOT NULL, "
-            f"x.content_hash, x.corpus, x.role FROM ({candidates}) x "
+            f"x.content_hash, x.corpus, x.role, coalesce(x.token_count, 0) FROM ({candidates}) x "
             f"WHERE x.doc_id NOT IN (SELECT doc_id FROM mix_pool) "
             f"AND x.content_hash NOT IN (SELECT content_hash FROM mix_benchmark_hashes)", params | {"idx": index})
     return exclusions
@@ -453,8 +455,9 @@ def _targets(recipe: MixRecipe, available: dict[int, int]) -> tuple[dict[str, di
 
 
 def _plan_from_pools(ws: Workspace, recipe: MixRecipe, exclusions: dict[int, tuple[int, int]]) -> MixPlan:
-    rows = ws.query("SELECT comp_idx, count(*), sum(tokens), count(*) FILTER (WHERE NOT counted) "
-                    "FROM mix_pool GROUP BY comp_idx")
+    # `budget`, not `tokens`: documents that decontamination drops at export bring nothing to the budget.
+    rows = ws.query("SELECT comp_idx, count(*) FILTER (WHERE budget > 0 OR tokens = 0), sum(budget), "
+                    "count(*) FILTER (WHERE NOT counted) FROM mix_pool GROUP BY comp_idx")
     stats = {int(i): (int(n), int(t or 0), int(u)) for i, n, t, u in rows}
     available = {i: s[1] for i, s in stats.items()}
     phase_targets, scale, warnings = _targets(recipe, available)
@@ -505,7 +508,7 @@ def plan_mix(ws: Workspace, recipe: MixRecipe) -> MixPlan:
 
 def _drop_temp(ws: Workspace) -> None:
     for name in ("mix_pool", "mix_validation", "mix_benchmark_hashes", "mix_stream", "mix_comp_params",
-                 "mix_phase_params"):
+                 "mix_phase_params", "mix_screened"):
         with contextlib.suppress(Exception):
             ws.con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
@@ -569,7 +572,7 @@ def _build_stream(ws: Workspace, recipe: MixRecipe, plan: MixPlan) -> None:
         """
         CREATE OR REPLACE TEMP TABLE mix_stream AS
         WITH copies AS (
-            SELECT p.doc_id, p.comp_idx, p.tokens, p.corpus, g.copy
+            SELECT p.doc_id, p.comp_idx, p.tokens, p.budget, p.corpus, g.copy
             FROM mix_pool p JOIN mix_comp_params cp USING (comp_idx),
                  LATERAL (SELECT range AS copy FROM range(cp.full_copies + CASE WHEN cp.remainder > 0 THEN 1
                                                                                   ELSE 0 END)) g
@@ -577,16 +580,16 @@ def _build_stream(ws: Workspace, recipe: MixRecipe, plan: MixPlan) -> None:
         ), keyed AS (
             SELECT *, md5($seed || ':' || comp_idx || ':' || copy || ':' || doc_id) AS shuffle_key FROM copies
         ), cut AS (
-            SELECT k.*, sum(k.tokens) OVER (PARTITION BY k.comp_idx, k.copy ORDER BY k.shuffle_key, k.doc_id
+            SELECT k.*, sum(k.budget) OVER (PARTITION BY k.comp_idx, k.copy ORDER BY k.shuffle_key, k.doc_id
                                             ROWS UNBOUNDED PRECEDING) AS copy_cum
             FROM keyed k
         ), kept AS (
             -- whole copies, then the prefix of one more copy whose token midpoints fall inside the remainder
             SELECT c.* FROM cut c JOIN mix_comp_params cp USING (comp_idx)
-            WHERE c.copy < cp.full_copies OR c.copy_cum - c.tokens / 2.0 < cp.remainder
+            WHERE c.copy < cp.full_copies OR c.copy_cum - c.budget / 2.0 < cp.remainder
         ), streamed AS (
-            SELECT k.*, sum(k.tokens) OVER (PARTITION BY k.comp_idx ORDER BY k.copy, k.shuffle_key, k.doc_id
-                                            ROWS UNBOUNDED PRECEDING) - k.tokens / 2.0 AS mid
+            SELECT k.*, sum(k.budget) OVER (PARTITION BY k.comp_idx ORDER BY k.copy, k.shuffle_key, k.doc_id
+                                            ROWS UNBOUNDED PRECEDING) - k.budget / 2.0 AS mid
             FROM kept k
         ), phased AS (
             SELECT s.*, ph.phase_idx, ph.phase,
@@ -604,6 +607,75 @@ def _build_stream(ws: Workspace, recipe: MixRecipe, plan: MixPlan) -> None:
         {"seed": str(recipe.seed), "by_tokens": recipe.interleave == "tokens"},
     )
     ws.con.unregister("mix_component_names")
+
+
+# Refill rounds after decontamination: each drops what the new sample brought in; contaminated documents are
+# rare, so the second round nearly always finds none.
+MAX_SCREEN_ROUNDS = 8
+
+
+@dataclass
+class Screening:
+    """Decontamination run on the sampled training documents before the export, so the documents it drops are
+    replaced from the pool and the budget and shares hold. `verdicts` holds the contaminated documents only:
+    doc_id -> (the text to export, None when dropped; the overlaps found)."""
+
+    verdicts: dict[str, tuple[str | None, list[Any]]] = field(default_factory=dict)
+    rounds: int = 0
+    screened_documents: int = 0
+    refilled_tokens: int = 0
+    # The plan before anything was dropped: what the export is held to.
+    planned_tokens: int = 0
+    planned_shares: dict[str, float] = field(default_factory=dict)
+
+
+def _check_texts(checker: ContaminationChecker, texts: list[str]) -> list[tuple[str | None, list[Any]]]:
+    """(the cleaned text, None when dropped; the overlaps) for each text; unchanged texts come back as they are."""
+    found = checker.find_many(texts) if hasattr(checker, "find_many") else None
+    out = []
+    for k, text in enumerate(texts):
+        if found is None:
+            out.append(checker.cut(text))
+        else:
+            out.append((checker.apply(text, found[k]) if found[k] else text, found[k]))
+    return out
+
+
+def _screen_and_refill(ws: Workspace, recipe: MixRecipe, plan: MixPlan, exclusions: dict[int, tuple[int, int]],
+                       checker: ContaminationChecker, progress: Progress) -> tuple[MixPlan, Screening]:
+    """Sample, check every sampled document not checked yet, take the dropped ones out of the budget and sample
+    again, until a sample holds no new drop. Leaves mix_stream built for the final plan."""
+    screening = Screening(planned_tokens=plan.planned_tokens, planned_shares={
+        cp.name: cp.planned_tokens / plan.planned_tokens for cp in plan.components} if plan.planned_tokens else {})
+    ws.con.execute("CREATE OR REPLACE TEMP TABLE mix_screened (doc_id VARCHAR)")
+    sql = ("SELECT u.doc_id, d.text FROM (SELECT DISTINCT doc_id FROM mix_stream WHERE doc_id NOT IN "
+           "(SELECT doc_id FROM mix_screened)) u JOIN documents d USING (doc_id) ORDER BY u.doc_id")
+    while True:
+        _build_stream(ws, recipe, plan)
+        screening.rounds += 1
+        dropped: list[str] = []
+        # On this connection, not a cursor of its own as `_stream` takes: mix_stream is a temp table of this one.
+        for batch in ws.con.sql(sql).to_arrow_reader(BATCH_ROWS):
+            ids = batch.column("doc_id").to_pylist()
+            texts = batch.column("text").to_pylist()
+            for doc_id, text, (new, overlaps) in zip(ids, texts, _check_texts(checker, texts), strict=True):
+                if new is None or new != text:
+                    screening.verdicts[doc_id] = (new, overlaps)
+                    if new is None:
+                        dropped.append(doc_id)
+            screening.screened_documents += len(ids)
+            progress(0.1, f"decontamination before export: {screening.screened_documents:,} documents checked")
+        ws.con.execute("INSERT INTO mix_screened SELECT DISTINCT doc_id FROM mix_stream "
+                       "WHERE doc_id NOT IN (SELECT doc_id FROM mix_screened)")
+        if not dropped or screening.rounds >= MAX_SCREEN_ROUNDS:
+            break
+        screening.refilled_tokens += int(_scalar(
+            ws, "SELECT coalesce(sum(budget), 0) FROM mix_pool WHERE doc_id IN (SELECT unnest(?))", [dropped]))
+        ws.con.execute("UPDATE mix_pool SET budget = 0 WHERE doc_id IN (SELECT unnest(?))", [dropped])
+        plan = _plan_from_pools(ws, recipe, exclusions)
+    if dropped:  # still dropping after the last round: the next sample was never checked
+        ws.con.execute("UPDATE mix_pool SET budget = 0 WHERE doc_id IN (SELECT unnest(?))", [dropped])
+    return plan, screening
 
 
 class ContaminationChecker(Protocol):
@@ -813,14 +885,54 @@ def _window_check(ws: Workspace, mix_id: str, recipe: MixRecipe) -> dict[str, An
             "windows_missing_a_component": int(row[3] or 0)}
 
 
+# Written into the partial folder while an export is under way (and removed before it becomes the export), so a
+# leftover `DIR.partial` is known to be the studio's own and a user's folder of that name is never deleted.
+PARTIAL_MARKER = ".studio-export-in-progress"
+
+
+def _not_a_studio_export(out_dir: Path) -> str | None:
+    """Why `out_dir` may not be replaced by an export, or None when it is empty or a studio export: a manifest
+    of the studio's format and, beside it, only the files that manifest lists."""
+    if not out_dir.is_dir():
+        return "it is not a folder"
+    entries = list(out_dir.iterdir())
+    if not entries:
+        return None
+    try:
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it is not empty and holds no manifest.json"
+    except (OSError, ValueError) as exc:
+        return f"its manifest.json is not a studio manifest ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT \
+            or not isinstance(manifest.get("files"), dict):
+        return f"its manifest.json is not a studio mix manifest (format {MANIFEST_FORMAT})"
+    listed = {"manifest.json"} | {str(f.get("file")) for f in manifest["files"].values() if isinstance(f, dict)}
+    foreign = sorted(e.name + ("/" if e.is_dir() else "") for e in entries
+                     if e.name not in listed or e.is_symlink() or not e.is_file())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        return f"it holds files the studio did not export ({shown})"
+    return None
+
+
 def _prepare_folder(out_dir: Path) -> Path:
-    """A fresh partial folder beside `out_dir`; an existing `out_dir` must be an earlier studio export."""
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "manifest.json").exists():
-        raise WorkspaceError(f"{out_dir} exists and is not a studio export; choose another --out")
+    """A fresh partial folder beside `out_dir`. An existing `out_dir` is replaced only when the studio wrote it
+    (see `_not_a_studio_export`), an existing `DIR.partial` only when it carries the studio's marker."""
+    if out_dir.exists() or out_dir.is_symlink():
+        reason = _not_a_studio_export(out_dir) if not out_dir.is_symlink() else "it is a symbolic link"
+        if reason:
+            raise WorkspaceError(f"{out_dir} exists and is not a studio export: {reason}; nothing was changed. "
+                                 "Choose another --out (or empty that folder yourself)")
     partial = out_dir.with_name(out_dir.name + ".partial")
-    if partial.exists():
+    if partial.exists() or partial.is_symlink():
+        if partial.is_symlink() or not (partial / PARTIAL_MARKER).is_file():
+            raise WorkspaceError(f"{partial} exists and is not a studio export in progress; nothing was changed. "
+                                 "Move it away or choose another --out")
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
+    (partial / PARTIAL_MARKER).write_text("a studio mix export in progress; removed when it finishes\n",
+                                          encoding="utf-8")
     return partial
 
 
@@ -879,8 +991,11 @@ def _build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None, pro
     params = recipe_to_dict(recipe)
     partial = _prepare_folder(out_path)
     try:
+        screening = None
+        if checker is not None:
+            plan, screening = _screen_and_refill(ws, recipe, plan, exclusions, checker, progress)
         with ws.run("mix", params, supersede=False) as run:
-            result = _export(ws, recipe, plan, run.run_id, partial, out_path, checker, progress)
+            result = _export(ws, recipe, plan, run.run_id, partial, out_path, checker, progress, screening)
             run.counts = {"train_documents": result.train_documents, "train_tokens": result.train_tokens,
                           "decontam_dropped": result.decontamination["dropped_documents"],
                           "decontam_cut": result.decontamination["cut_documents"],
@@ -890,7 +1005,11 @@ def _build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None, pro
                 "train_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [run.run_id, recipe.name, json.dumps(params), recipe.seed, str(out_path),
                  result.files["manifest.json"].sha256, result.train_documents, result.train_tokens])
+            (partial / PARTIAL_MARKER).unlink()
             if out_path.exists():
+                if _not_a_studio_export(out_path):  # it changed during the export: still never delete it
+                    raise WorkspaceError(f"{out_path} changed during the export and is no longer a studio "
+                                         "export; nothing was replaced")
                 shutil.rmtree(out_path)
             partial.rename(out_path)
     except BaseException:
@@ -905,10 +1024,27 @@ def _build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None, pro
     return result
 
 
+def _warn_if_off_target(plan: MixPlan, screening: Screening, components: dict[str, dict[str, Any]],
+                        train_tokens: int) -> None:
+    """After decontamination: say where the export misses the budget or a share planned before anything was
+    dropped by more than EXPORT_TOLERANCE (the pool could not refill what decontamination dropped)."""
+    planned_tokens = screening.planned_tokens
+    if planned_tokens and abs(train_tokens - planned_tokens) > EXPORT_TOLERANCE * planned_tokens:
+        plan.warnings.append(f"after decontamination the export holds {train_tokens:,} of {planned_tokens:,} "
+                             "planned tokens: the pool could not refill what was dropped")
+    for name, share in screening.planned_shares.items():
+        got = components[name]["share_exported"]
+        if abs(got - share) > EXPORT_TOLERANCE:
+            plan.warnings.append(f"after decontamination component {name!r} is {got:.1%} of the export, not "
+                                 f"{share:.1%}: its pool could not refill what was dropped")
+
+
 def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder: Path, final: Path,
-            checker: ContaminationChecker | None, progress: Progress) -> MixResult:
+            checker: ContaminationChecker | None, progress: Progress,
+            screening: Screening | None = None) -> MixResult:
     progress(0.08, "sampling and interleaving")
-    _build_stream(ws, recipe, plan)
+    if screening is None:  # a screened export has its stream built already
+        _build_stream(ws, recipe, plan)
     # Membership goes into the workspace first: it is committed per statement, so the export can read it
     # from a cursor of its own while this connection records what decontamination changes.
     ws.con.execute(
@@ -933,14 +1069,13 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
             return texts
         out = []
         positions = batch.column("position").to_pylist()
-        # The index checks a whole batch in one vectorised pass where it can (ContaminationIndex.find_many).
-        found = checker.find_many(texts) if hasattr(checker, "find_many") else None
+        if split == "train" and screening is not None:  # every training document was checked when sampled
+            verdicts = [screening.verdicts.get(doc_id, (text, [])) for doc_id, text in
+                        zip(batch.column("doc_id").to_pylist(), texts, strict=True)]
+        else:
+            verdicts = _check_texts(checker, texts)
         for k, text in enumerate(texts):
-            if found is not None:
-                overlaps = found[k]
-                new = checker.apply(text, overlaps) if overlaps else text
-            else:
-                new, overlaps = checker.cut(text)
+            new, overlaps = verdicts[k]
             decontam["checked_documents"] += 1
             if new is not None and new == text:
                 out.append(text)
@@ -1086,6 +1221,8 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
             "repeats": round(cp.repeats, 4), "max_copies": int(copies or 0), "max_repeats": cp.max_repeats,
             "short": cp.short, "claimed_by_earlier_component": cp.claimed_elsewhere,
             "benchmark_copies_excluded": cp.benchmark_copies}
+    if screening is not None:
+        _warn_if_off_target(plan, screening, components, train_tokens)
     validation = {split: {"documents": int(n), "tokens": int(t or 0)} for split, n, t in ws.query(
         "SELECT split, count(*) FILTER (WHERE decontam IS DISTINCT FROM 'dropped'), "
         "sum(tokens) FILTER (WHERE decontam IS DISTINCT FROM 'dropped') FROM mix_members "
@@ -1108,7 +1245,10 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
         "benchmark_items_matched": len(decontam["items"]), "item_matches_by_benchmark": dict(sorted(by_benchmark.items())),
         "top_items": [{"item": k, "documents": n} for k, n in
                       sorted(decontam["items"].items(), key=lambda kv: (-kv[1], kv[0]))[:20]],
-        "examples": decontam["examples"], "sft_records_skipped": dict(sft_skipped)}
+        "examples": decontam["examples"], "sft_records_skipped": dict(sft_skipped),
+        "refill": {"rounds": screening.rounds if screening else 0,
+                   "screened_documents": screening.screened_documents if screening else 0,
+                   "refilled_tokens": screening.refilled_tokens if screening else 0}}
 
     source_corpora = sorted({c for comp in components.values() for c in comp["corpora"]} |
                             {r[0] for r in ws.query("SELECT DISTINCT corpus FROM mix_members WHERE mix_id = ?",

@@ -107,6 +107,27 @@ CORE_MIGRATIONS: list[str] = [
     """
     ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS source_file VARCHAR;
     """,
+    # 4: readers never see a half-ingested file. A document counts once its file's ingested_files row exists or
+    # its run finished; the partial documents of an ingest that is running or was killed stay out of every view
+    # until the next writer removes them (read-only readers cannot).
+    """
+    CREATE OR REPLACE VIEW complete_documents AS
+        SELECT doc.* FROM documents doc
+        WHERE doc.run_id IS NULL
+           OR doc.run_id NOT IN (SELECT run_id FROM runs WHERE status <> 'ok')
+           OR EXISTS (SELECT 1 FROM ingested_files f WHERE f.run_id = doc.run_id
+                      AND f.source_file = doc.source_file);
+    CREATE OR REPLACE VIEW current_documents AS
+        SELECT doc.* FROM complete_documents doc
+        WHERE NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = doc.doc_id);
+    CREATE OR REPLACE VIEW document_fate AS
+        SELECT doc.doc_id, doc.corpus, c.role,
+               x.step AS dropped_by, x.reason AS drop_reason, x.score AS drop_score, x.run_id AS drop_run
+        FROM complete_documents doc JOIN corpora c ON c.name = doc.corpus
+        LEFT JOIN (
+            SELECT *, row_number() OVER (PARTITION BY doc_id ORDER BY decided_at) AS rank FROM active_drops
+        ) x ON x.doc_id = doc.doc_id AND x.rank = 1;
+    """,
 ]
 
 # Benchmarks, eval-driven recall and decontamination (core/benchmarks.py, core/recall.py, core/decontam.py).

@@ -42,7 +42,8 @@ def count_tokens(ws: Workspace, cfg: TokenCountConfig | None = None,
         if todo:
             backend = load_tokenizer(name).backend_tokenizer
             cursor = ws.con.cursor()
-            reader = cursor.execute(
+            # A relation's reader streams the rows; one from execute() copies them first (and DuckDB warns).
+            reader = cursor.sql(
                 "SELECT doc_id, text FROM documents WHERE token_count IS NULL"
             ).to_arrow_reader(cfg.batch_size)
             for batch in reader:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,11 @@ import pyarrow as pa
 from core.schema import MIGRATIONS
 
 DB_NAME = "studio.duckdb"
+# Who holds the write lock: written by each writer beside the database, removed when it closes, so a process that
+# waits for the workspace can say what it waits for.
+LOCK_INFO_NAME = "studio.lock-info.json"
+LOCK_WAIT_REPORT_S = 5.0  # while waiting, say so again this often
+log = logging.getLogger("studio.workspace")
 ROLES = ("domain", "general", "instruction", "benchmark")
 DEFAULT_TOKENIZER = "bundled:smollm2"
 
@@ -68,6 +75,47 @@ def code_version() -> str:
     return "unknown"
 
 
+def lock_holder(path: Path) -> str:
+    """Who holds the workspace: the writer its lock-info file names (when that process still lives), else the
+    processes that have the database open (Linux), else a general description."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        info = json.loads((path / LOCK_INFO_NAME).read_text(encoding="utf-8"))
+        pid = int(info["pid"])
+        if pid != os.getpid() and _process_alive(pid):
+            return f"`{info.get('command') or '?'}` (pid {pid}, since {info.get('since', '?')})"
+    holders = _processes_with_open(path / DB_NAME)
+    if holders:
+        return ", ".join(f"`{cmd}` (pid {pid})" for pid, cmd in holders[:3])
+    return "another process (a running step, the app or a DuckDB session)"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _processes_with_open(db: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of the other processes that have `db` open, read from /proc (empty elsewhere)."""
+    target = str(db.resolve())
+    found = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == target for fd in (entry / "fd").iterdir()):
+                cmd = " ".join((entry / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())
+                found.append((int(entry.name), cmd[:200] or "?"))
+    return found
+
+
 class Workspace:
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
         self.path = path
@@ -85,15 +133,23 @@ class Workspace:
         path = Path(path).expanduser().resolve()
         db = path / DB_NAME
         if not db.exists():
+            if path.is_file():
+                raise WorkspaceError(f"{path} is a file, not a workspace: give the folder that holds "
+                                     f"{DB_NAME} (`studio init FOLDER` creates one)")
             if not create:
-                raise WorkspaceError(f"no workspace at {path} (run `studio init {path}` first)")
+                raise WorkspaceError(f"no workspace at {path}: it does not exist (check the path, or run "
+                                     f"`studio init {path}` to create it)")
             if read_only:
                 raise WorkspaceError(f"no workspace at {path}")
             if path.exists() and not path.is_dir():
                 raise WorkspaceError(f"{path} exists and is not a folder")
             path.mkdir(parents=True, exist_ok=True)
-        (path / "artifacts").mkdir(exist_ok=True)
-        deadline = time.monotonic() + (wait_s if wait_s is not None else (0.0 if read_only else 30.0))
+        if wait_s is None:
+            # STUDIO_LOCK_WAIT_S: how long a writer waits (the app's jobs wait long instead of failing).
+            wait_s = 0.0 if read_only else float(os.environ.get("STUDIO_LOCK_WAIT_S", "30"))
+        started = time.monotonic()
+        deadline = started + wait_s
+        next_report = 0.0
         while True:
             try:
                 con = duckdb.connect(str(db), read_only=read_only)
@@ -101,26 +157,69 @@ class Workspace:
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
                     raise WorkspaceError(cls._open_error(path, exc)) from exc
+                waited = time.monotonic() - started
+                if waited >= next_report:  # at once, then every few seconds
+                    log.warning("waiting for workspace %s, in use by %s (%.0f s of %.0f s)", path,
+                                lock_holder(path), waited, wait_s)
+                    next_report = waited + LOCK_WAIT_REPORT_S
                 time.sleep(0.25)
+        foreign = cls._not_a_workspace(con)
+        if foreign:
+            con.close()
+            raise WorkspaceError(f"{db} is not a studio workspace ({foreign}); nothing was written to it. "
+                                 "Choose another folder (`studio init NEW_FOLDER` creates one)")
+        (path / "artifacts").mkdir(exist_ok=True)
         # Bounded memory: DuckDB spills to the workspace's temp folder instead of growing with the corpus.
         con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
         if not read_only:
             con.execute(f"SET temp_directory = '{path / 'artifacts' / 'tmp'}'")
         ws = cls(path, con, read_only)
         if not read_only:
+            ws._write_lock_info()
             ws._migrate()
             ws._close_interrupted_runs()
         return ws
 
     @staticmethod
+    def _not_a_workspace(con: duckdb.DuckDBPyConnection) -> str | None:
+        """Why the database is not a studio workspace, or None. An empty database (a new workspace, or one
+        whose `init` died before its first table) is one; any other needs the studio's `schema_versions`
+        with its core component. Only reads: a foreign database is refused before anything is written."""
+        tables = {name for (name,) in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_catalog = current_database() "
+            "AND table_schema = 'main'").fetchall()}
+        if not tables:
+            return None
+        if "schema_versions" not in tables:
+            shown = ", ".join(sorted(tables)[:5]) + (" ..." if len(tables) > 5 else "")
+            return f"it holds other tables ({shown}) and no studio schema"
+        try:
+            components = {c for (c,) in con.execute("SELECT component FROM schema_versions").fetchall()}
+        except duckdb.Error as exc:
+            return f"its schema_versions table is not the studio's ({type(exc).__name__})"
+        if "core" not in components:
+            return "its schema_versions table names no studio core schema"
+        return None
+
+    @staticmethod
     def _open_error(path: Path, exc: Exception) -> str:
         if "lock" in str(exc).lower():
-            return (f"workspace {path} is in use by another process (a running step or the app); try again "
-                    "when it finishes")
+            return (f"workspace {path} is in use by {lock_holder(path)}; try again when it finishes")
         return f"cannot open workspace {path}: {exc}"
+
+    def _write_lock_info(self) -> None:
+        info = {"pid": os.getpid(), "command": " ".join(" ".join(sys.argv).split())[:300],
+                "since": datetime.now().isoformat(timespec="seconds")}
+        with contextlib.suppress(OSError):
+            (self.path / LOCK_INFO_NAME).write_text(json.dumps(info), encoding="utf-8")
 
     def close(self) -> None:
         self.con.close()
+        if not self.read_only:
+            with contextlib.suppress(OSError, ValueError):
+                info_path = self.path / LOCK_INFO_NAME
+                if json.loads(info_path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                    info_path.unlink()
 
     def __enter__(self) -> Workspace:
         return self
@@ -221,14 +320,17 @@ class Workspace:
             raise WorkspaceError(f"corpus {name!r} already exists with role {existing!r}, not {role!r}")
 
     def corpora(self) -> list[dict[str, Any]]:
+        # Documents of files wholly ingested (a read-only reader of a workspace not migrated yet reads them all).
+        source = "complete_documents" if self.scalar(
+            "SELECT count(*) FROM duckdb_views() WHERE view_name = 'complete_documents'") else "documents"
         rows = self.con.execute(
-            """
+            f"""
             SELECT c.name, c.role, c.format, c.source,
                    count(d.doc_id) AS documents,
                    coalesce(sum(d.char_count), 0) AS chars,
                    sum(d.token_count) AS tokens,
                    count(d.doc_id) - count(d.token_count) AS untokenised
-            FROM corpora c LEFT JOIN documents d ON d.corpus = c.name
+            FROM corpora c LEFT JOIN {source} d ON d.corpus = c.name
             GROUP BY ALL ORDER BY c.role, c.name
             """
         ).fetchall()

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import re
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -48,17 +51,34 @@ class CommandResult:
 
 
 class Reporter:
-    """Progress for a command: a bar on stderr for people, JSON lines in a file for the app's job panel."""
+    """Progress for a command: a bar on stderr for people at a terminal, plain lines where stderr is a file or a
+    pipe (nohup, a container log, CI), JSON lines in a file for the app's job panel.
+
+    Plain lines: one whenever a step starts (its message changes other than in its figures), then one every
+    `STUDIO_PROGRESS_INTERVAL` seconds (default 30) while the step runs, from a heartbeat thread so that a step
+    busy inside one long call still shows it is alive."""
 
     def __init__(self, quiet: bool, progress_file: str | None) -> None:
-        self.quiet = quiet or not sys.stderr.isatty()
+        self.quiet = quiet
+        self.lines = not quiet and not sys.stderr.isatty()
         self.file = open(progress_file, "a", buffering=1, encoding="utf-8") if progress_file else None  # noqa: SIM115
         self._last_draw = 0.0
+        self.interval = float(os.environ.get("STUDIO_PROGRESS_INTERVAL", "30"))
+        self._started = time.monotonic()
+        self._latest: tuple[float, str] | None = None
+        self._last_step = ""
+        self._last_line = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def __call__(self, fraction: float, message: str) -> None:
         if self.file:
             self.file.write(json.dumps({"t": time.time(), "fraction": fraction, "message": message}) + "\n")
         if self.quiet:
+            return
+        if self.lines:
+            self._line_progress(fraction, message)
             return
         now = time.monotonic()
         if now - self._last_draw < 0.1 and 0 <= fraction < 1:
@@ -74,8 +94,35 @@ class Reporter:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
+    def _line_progress(self, fraction: float, message: str) -> None:
+        step = re.sub(r"\d[\d,.]*", "#", message)  # the same step whatever its figures
+        with self._lock:
+            self._latest = (fraction, message)
+            if step != self._last_step or fraction >= 1:
+                self._last_step = step
+                self._write_line(fraction, message)
+        if self._heartbeat is None and self.interval > 0:
+            self._heartbeat = threading.Thread(target=self._beat, name="studio-progress", daemon=True)
+            self._heartbeat.start()
+
+    def _write_line(self, fraction: float, message: str) -> None:
+        elapsed = time.monotonic() - self._started
+        done = f"{100 * min(fraction, 1.0):5.1f}%" if fraction >= 0 else "  ... "
+        sys.stderr.write(f"[{time.strftime('%H:%M:%S')} +{elapsed:,.0f}s] {done} {message}\n")
+        sys.stderr.flush()
+        self._last_line = time.monotonic()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self.interval, 1.0)):
+            with self._lock:
+                if self._latest and time.monotonic() - self._last_line >= self.interval:
+                    self._write_line(*self._latest)
+
     def close(self) -> None:
-        if not self.quiet:
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=2)
+        if not self.quiet and not self.lines:
             sys.stderr.write("\r\033[K")
         if self.file:
             self.file.close()

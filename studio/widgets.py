@@ -163,22 +163,32 @@ def current_job(path: Path | None = None) -> Job | None:
     return Job(rec["job_id"], rec["label"], rec["argv"], rec["pid"], Path(rec["folder"]))
 
 
+JOB_LOCK_WAIT_S = 600  # a job waits this long for a workspace another process holds, instead of failing
+
+
 def launch_job(argv: Sequence[str], label: str) -> Job:
-    """Run `studio ARGV WORKSPACE --json --progress-file F` in the background; refuse while another runs."""
+    """Run `studio ARGV WORKSPACE --json --progress-file F` in the background. While another job runs, the new
+    one is queued: it starts when that one ends. A job waits for a workspace held by another process."""
     path = require_workspace()
     running = current_job(path)
-    if running and running.running:
-        raise WorkspaceError(f"'{running.label}' is still running on this workspace; wait for it to finish")
     folder = _jobs_folder(path)
     job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{argv[0]}"
+    if running and running.job_id == job_id:
+        job_id += f"-{os.getpid()}-{time.monotonic_ns() % 100_000}"
     job = Job(job_id, label, list(argv), 0, folder)
     # The shell records the exit code, so a finished job is known even after the app restarts.
     cmd = [sys.executable, "-m", "studio.cli", argv[0], str(path), *argv[1:], "--json",
            "--progress-file", str(job.progress_file)]
     script = (" ".join(_quote(c) for c in cmd) + f" >{_quote(str(job.result_file))} 2>{_quote(str(job.log_file))};"
               f" echo $? >{_quote(str(job.exit_file))}")
+    if running and running.running:
+        job.progress_file.write_text(json.dumps({"t": time.time(), "fraction": -1.0, "message":
+                                                 f"queued: starts when '{running.label}' finishes"}) + "\n")
+        script = (f"while [ ! -e {_quote(str(running.exit_file))} ] && kill -0 {running.pid} 2>/dev/null; "
+                  f"do sleep 1; done; {script}")
     proc = subprocess.Popen(["/bin/sh", "-c", script], cwd=REPO_ROOT, start_new_session=True,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                           "STUDIO_LOCK_WAIT_S": str(JOB_LOCK_WAIT_S)})
     job.pid = proc.pid
     (folder / "latest.json").write_text(json.dumps(
         {"job_id": job_id, "label": label, "argv": job.argv, "pid": proc.pid, "folder": str(folder)}))

@@ -47,6 +47,7 @@ def test_failures_exit_non_zero_with_one_line(tmp_path: Path, data_dir: Path) ->
     assert missing.returncode != 0
     assert missing.stderr.strip().count("\n") == 0 and "no workspace" in missing.stderr
 
+    assert studio("init", str(tmp_path / "ws")).returncode == 0
     bad_file = studio("ingest", str(tmp_path / "ws"), str(tmp_path / "absent.jsonl"), "--corpus", "x", "--role",
                       "domain", "--json")
     assert bad_file.returncode != 0

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from core.config import REPO_ROOT, data_root, workspaces_root
 from core.demo import DEFAULT_RECIPE, build_demo
+from core.parallel import set_parent_death_signal
 from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 APP_FILE = REPO_ROOT / "studio" / "app.py"
+SERVER_STOP_S = 10.0  # how long a stopping server may take before it is killed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,14 +57,40 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
            "--server.port", str(args.port), "--server.address", args.host, "--browser.gatherUsageStats", "false",
            "--server.maxUploadSize", env.get("STUDIO_UPLOAD_MB", "200")]
     print(f"studio: serving {workspace} at http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+    # The server dies with this process: SIGTERM, SIGINT and SIGHUP are passed on to it (and waited for), and a
+    # SIGKILL of this process, which cannot be passed on, reaches it as the kernel's parent-death signal.
+    server = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, preexec_fn=set_parent_death_signal)  # noqa: PLW1509
+    stopping: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            server.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
     try:
-        return subprocess.call(cmd, env=env, cwd=REPO_ROOT)
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                code = server.wait(timeout=SERVER_STOP_S if stopping else None)
+                break
+            except subprocess.TimeoutExpired:  # asked to stop and still serving: end it
+                server.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    if stopping:
+        print(f"studio: stopped the server ({signal.Signals(stopping[0]).name})", file=sys.stderr)
+        return 0 if stopping[0] == signal.SIGINT else 128 + stopping[0]
+    return code
 
 
 def app_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    Workspace.open(args.workspace).close()  # create or migrate first, so the app opens a current schema
+    # Migrate first, so the app opens a current schema; only `init` and `demo` create a workspace.
+    Workspace.open(args.workspace, create=False).close()
     code = serve(args.workspace, args)
     return CommandResult({"workspace": str(args.workspace), "exit": code}, ["studio app stopped"], code)
 

@@ -36,7 +36,7 @@ def ingest_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
                        text_field=args.text_field, template=args.template, txt_unit=args.txt_unit,
                        encoding=args.encoding, pattern=args.pattern, min_chars=args.min_chars,
                        max_chars=args.max_chars)
-    with Workspace.open(args.workspace) as ws:
+    with Workspace.open(args.workspace, create=False) as ws:
         result = ingest(ws, cfg, report)
     counts = result.counts()
     lines = [f"corpus {result.corpus}: {counts['documents_added']:,} documents added from {counts['files']} "

@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def bench_import_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     cfg = BenchmarkImportConfig(sources=args.sources, name=args.name, kind=args.kind, fmt=args.fmt,
                                 encoding=args.encoding, description=args.description)
-    with Workspace.open(args.workspace) as ws:
+    with Workspace.open(args.workspace, create=False) as ws:
         result = import_benchmark(ws, cfg, report)
     info = result.benchmark
     data = {"benchmark": info.corpus, "kind": info.kind, "items": info.items, "subjects": info.subjects,
