@@ -16,6 +16,7 @@ from typing import Any
 
 from core.benchmarks import register_benchmark
 from core.config import REPO_ROOT, data_root
+from core.flow import FLOW, check_recipe_order, set_flow_order, validate_order
 from core.ingest import IngestConfig, ingest
 from core.progress import Progress, no_progress
 from core.workspace import Workspace, WorkspaceError
@@ -62,6 +63,11 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> dict[str, Any]:
     for step in recipe.get("step", []):
         if step.get("name") not in STEP_RUNNERS:
             raise ValueError(f"{path}: unknown step {step.get('name')!r} (known: {', '.join(STEP_RUNNERS)})")
+    try:
+        order = validate_order(recipe.get("flow", {}).get("order", FLOW))
+        check_recipe_order(recipe.get("step", []), order)
+    except (ValueError, WorkspaceError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     return recipe
 
 
@@ -79,6 +85,7 @@ def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFA
     recipe = load_recipe(recipe_path)
     if tokenizer := recipe.get("workspace", {}).get("tokenizer"):
         ws.set_setting("tokenizer", tokenizer)
+    set_flow_order(ws, recipe.get("flow", {}).get("order"))  # the recipe's order (default: core.flow.FLOW)
     result = DemoResult(workspace=str(ws.path))
     corpora = recipe.get("corpus", [])
     for index, corpus in enumerate(corpora):
