@@ -76,6 +76,20 @@ def step_runner(name: str) -> StepRunner:
     return getattr(importlib.import_module(module), func)
 
 
+def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress = no_progress
+              ) -> list[dict[str, Any]]:
+    """Run a recipe's steps in order (each a table with `name` and its parameters); their counts, in order."""
+    out = []
+    for index, step in enumerate(planned):
+        params = {k: v for k, v in step.items() if k != "name"}
+
+        def step_progress(fraction: float, message: str, index: int = index, name: str = step["name"]) -> None:
+            progress((index + max(fraction, 0.0)) / len(planned), f"{name}: {message}")
+
+        out.append({"step": step["name"], **step_runner(step["name"])(ws, params, step_progress)})
+    return out
+
+
 def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFAULT_RECIPE,
                progress: Progress = no_progress, steps: bool = True) -> DemoResult:
     """Ingest every corpus of the recipe from `data` and run its steps; re-running adds nothing new."""
@@ -107,16 +121,6 @@ def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFA
         result.corpora.append({"corpus": corpus["name"], "role": corpus["role"], "run_id": res.run_id,
                                **res.counts()})
     if steps:
-        planned = recipe.get("step", [])
-        for index, step in enumerate(planned):
-            params = {k: v for k, v in step.items() if k != "name"}
-            base, share = 0.7 + 0.3 * index / len(planned), 0.3 / len(planned)
-
-            def step_progress(fraction: float, message: str, base: float = base, share: float = share,
-                              name: str = step["name"]) -> None:
-                progress(base + share * max(fraction, 0.0), f"{name}: {message}")
-
-            counts = step_runner(step["name"])(ws, params, step_progress)
-            result.steps.append({"step": step["name"], **counts})
+        result.steps = run_steps(ws, recipe.get("step", []), lambda f, m: progress(0.7 + 0.3 * f, m))
     progress(1.0, "demo workspace ready")
     return result

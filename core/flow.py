@@ -219,6 +219,13 @@ def funnel(ws: Workspace, roles: Sequence[str] = ("domain", "general", "instruct
     return Funnel(documents, tokens, uncounted, outside[0], stages, docs_in, tokens_in, order)
 
 
+def fate_by_role(ws: Workspace) -> list[dict[str, Any]]:
+    """Documents per role and fate: 'kept', or the step whose active drop came first."""
+    rows = ws.query("SELECT role, coalesce(dropped_by, 'kept') AS fate, count(*) FROM document_fate "
+                    "GROUP BY ALL ORDER BY role, fate")
+    return [{"role": r, "fate": f, "documents": int(n)} for r, f, n in rows]
+
+
 def drop_counts(ws: Workspace) -> dict[str, int]:
     """Active drops per flow step (documents; what the per-step counts of a re-run are compared by)."""
     rows = dict(ws.query("SELECT step, count(DISTINCT doc_id) FROM active_drops GROUP BY step"))
