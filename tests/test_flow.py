@@ -182,7 +182,7 @@ def _outcome(ws: Workspace) -> dict:
     current = ws.query("SELECT doc_id FROM current_documents ORDER BY doc_id")
     runs = {}
     for step, counts in ws.query("SELECT step, counts FROM runs WHERE active AND status = 'ok' AND step IN "
-                                 "(SELECT unnest(?::VARCHAR[]))", [[*FLOW, "quality_score", "terms_score"]]):
+                                 "(SELECT unnest(?::VARCHAR[]))", [list(FLOW)]):
         runs[step] = {k: v for k, v in json.loads(counts).items() if "second" not in k and k != "docs_per_s"}
     export = Path(ws.scalar("SELECT export_dir FROM mixes m JOIN runs r ON r.run_id = m.mix_id "
                             "ORDER BY r.ended_at DESC LIMIT 1"))
@@ -217,3 +217,25 @@ def test_demo_recipe_twice_gives_the_same_corpus_counts_and_export(data_dir: Pat
             scope_sql(ws, "quality", ["domain", "general"])[1])
         assert first["runs"]["quality"]["documents"] == survivors
     print(f"demo recipe on {len(SUBSET)} corpora: first run {seconds[0]:.0f} s, re-run {seconds[1]:.0f} s")
+
+
+def test_overview_draws_the_funnel_and_marks_stale_steps(data_dir: Path, tmp_path: Path) -> None:
+    from conftest import run_page
+
+    path, _ = _planted_cluster(data_dir, tmp_path)
+    with Workspace.open(tmp_path / "ws") as ws:
+        ingest(ws, IngestConfig(sources=[str(path)], corpus="planted", role="domain"))
+        score_quality(ws, QualityScoreConfig(workers=1))
+        apply_filters(ws, _lorem_filter())
+        deduplicate(ws, DedupConfig(method="minhash"))
+    at = run_page("home.py", tmp_path / "ws")
+    assert not at.exception
+    assert any("**quality** ran before **dedup_minhash**" in w.value for w in at.warning)
+    table = next(t.value for t in at.dataframe if "documents in" in t.value.columns)
+    assert table["step"].tolist() == [
+        "Exact dedup", "MinHash dedup", "Semantic dedup", "Quality", "Terminology", "Decontamination",
+        "Recall (leakage cap)"]
+    # dedup kept the first member and dropped the other two; the stale quality run had dropped the first
+    assert table["dropped"].tolist() == [0, 2, 0, 1, 0, 0, 0] and table["stale"].tolist()[3]
+    assert table["documents in"].tolist()[:2] == [5, 5] and table["documents out"].tolist()[-1] == 2
+    assert len(at.get("plotly_chart")) == 2  # the funnel and the fate by role
