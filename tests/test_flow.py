@@ -158,7 +158,7 @@ CHEAPER = {
     "dedup": {"semantic": {"corpora": ["medical_rag_qa_zh"]}},
     "quality": {"perplexity": False},
     "recall": {"benchmarks": ["mmlu_medical"], "pool": ["pubmed_abstracts", "wikipedia_en", "alpaca_en"],
-               "max_items_per_benchmark": 150, "pool_sample": 1500},
+               "max_items_per_benchmark": 60, "pool_sample": 300},
     "mix": {"total_tokens": 400_000, "validation": {"tokens": 20_000}},
 }
 
