@@ -81,6 +81,11 @@ def test_cluster_whose_first_member_fails_a_filter_keeps_another(data_dir: Path,
     assert deduplicate(ws, DedupConfig(method="minhash", keep="first")).dropped == again.dropped == 1
     assert not stale_steps(ws)
     assert dict(ws.query("SELECT doc_id, step FROM active_drops")) == drops
+    # New documents: every step that ran has not seen them.
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"id": "m0", "text": "A paragraph ingested after curation."}) + "\n")
+    ingest(ws, IngestConfig(sources=[str(more)], corpus="planted", role="domain"))
+    assert [(s.step, s.because) for s in stale_steps(ws)] == [("quality", "ingest"), ("dedup_minhash", "ingest")]
 
 
 def test_default_order_dedup_first_and_stale_marking(data_dir: Path, empty_ws: Workspace, tmp_path: Path) -> None:
