@@ -51,7 +51,7 @@ if flow.documents:
     colours = ["#4c78a8"] + ["#e45756" if s.stale else "#bab0ac" if not s.run_id else "#4c78a8"
                              for s in flow.stages]
     fig = go.Figure(go.Funnel(
-        y=names, x=values, marker={"color": colours}, textinfo="value+percent initial",
+        y=names, x=values, marker={"color": colours}, texttemplate="%{value:,}<br>%{percentInitial:.1%}",
         customdata=dropped, hovertemplate=f"%{{y}}<br>out: %{{x:,}} {suffix}<br>dropped here: "
                                           f"%{{customdata:,}} {suffix}<extra></extra>"))
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10})
