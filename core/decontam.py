@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
+from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.workspace import Workspace, WorkspaceError
 
@@ -36,6 +37,7 @@ _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # One Han/kana character, or a run of other word characters.
 _TOKEN_RE = re.compile(f"[{_CJK_CHARS}]|[^\\W{_CJK_CHARS}]+")
 _CJK_TOKEN_RE = re.compile(f"^[{_CJK_CHARS}]$")
+STEP = "decontam"  # as recorded in `runs.step`
 DECONTAM_MODES = ("drop", "cut")
 _FILTER_BITS = 24
 _SCAN_BATCH = 4096
@@ -357,14 +359,6 @@ def pool_corpora(ws: Workspace, corpora: list[str] | None) -> list[str]:
     return list(corpora)
 
 
-def pool_sql(step: str, corpora: list[str]) -> str:
-    """Documents of `corpora` not dropped by any active step other than `step` itself (so re-running a step
-    with new settings starts from the same documents)."""
-    names = ", ".join("'" + c.replace("'", "''") + "'" for c in corpora)
-    return (f"SELECT doc.* FROM documents doc WHERE doc.corpus IN ({names}) AND NOT EXISTS "
-            f"(SELECT 1 FROM active_drops x WHERE x.doc_id = doc.doc_id AND x.step <> '{step}')")
-
-
 def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
                  progress: Progress = no_progress) -> DecontamResult:
     """Check every current document of the chosen corpora against the benchmark items and record the evidence.
@@ -381,17 +375,18 @@ def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
     index = contamination_index(ws, cfg)
     if not index.items:
         raise WorkspaceError("the workspace has no benchmark to check against (ingest one with bench-import)")
-    total = scalar(ws, f"SELECT count(*) FROM ({pool_sql('decontam', corpora)})") if corpora else 0
+    # What the steps before decontamination in the flow left of these corpora (`core.flow`).
+    pool, pool_params = scope_sql(ws, STEP, corpora=corpora)
+    total = scalar(ws, f"SELECT count(*) FROM ({pool})", pool_params) if corpora else 0
     params = {**asdict(cfg), "corpora": corpora}
     rows: dict[str, list] = defaultdict(list)
     decision_rows: dict[str, list] = defaultdict(list)
     checked = contaminated = dropped = cut = 0
     by_corpus: Counter[str] = Counter()
-    with ws.run("decontam", params) as run:
+    with ws.run(STEP, params) as run:
         if total:
             # All documents to check first, then the writes: no open result set while the run writes.
-            todo = arrow_query(ws, f"SELECT doc_id, corpus, text FROM ({pool_sql('decontam', corpora)}) "
-                                   "ORDER BY doc_id")
+            todo = arrow_query(ws, f"SELECT doc_id, corpus, text FROM ({pool}) ORDER BY doc_id", pool_params)
             for batch in todo.to_batches(cfg.batch_size):
                 doc_ids = batch.column(0).to_pylist()
                 corpus_names = batch.column(1).to_pylist()

@@ -32,14 +32,19 @@ import numpy as np
 import pyarrow as pa
 
 from core.embed import EmbedConfig, embed_documents, register_arrow
+from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.text import NormalisationConfig, content_hash, detect_language, normalise
 from core.workspace import ROLES, Workspace, WorkspaceError
 
 Method = Literal["exact", "minhash", "semantic"]
 METHODS: tuple[str, ...] = ("exact", "minhash", "semantic")
+DEMO_METHODS: tuple[str, ...] = ("exact", "minhash")  # a recipe's dedup step without `methods`
 SCOPES = ("all", "role", "corpus")  # which documents may be duplicates of each other
-POLICIES = ("first", "longest", "quality")  # which member of a cluster is kept
+# Which member of a cluster is kept (of those the steps before this one left): the first ingested, the longest,
+# or the best by the stored quality composite (DataTrove and NeMo Curator offer the same choices).
+POLICIES = ("first", "longest", "best_quality")
+POLICY_ALIASES = {"quality": "best_quality"}  # the name runs recorded before `best_quality`
 DEFAULT_ROLES = ("domain", "general", "instruction")  # benchmarks are decontamination's business, not dedup's
 MINHASH_SEED = 1337
 # Above this many documents semantic dedup uses an approximate FAISS index (HNSW) instead of the exact flat one:
@@ -63,7 +68,8 @@ class DedupConfig:
     threshold: float | None = None  # exact: unused; minhash: Jaccard (0.8); semantic: cosine (0.95)
     floor: float | None = None  # pairs down to here are stored for the movable threshold
     scope: str = "all"
-    policy: str = "first"
+    policy: str = "first"  # which member a cluster keeps: one of POLICIES
+    keep: str | None = None  # the same choice under its recipe / `--keep` name; wins over `policy` when given
     roles: Sequence[str] = DEFAULT_ROLES
     corpora: Sequence[str] = ()  # empty: every corpus of the chosen roles
     limit: int | None = None  # at most this many documents (in ingest order); for demos on small machines
@@ -84,6 +90,10 @@ class DedupConfig:
             self.normalisation = NormalisationConfig(**self.normalisation)
         self.roles = tuple(self.roles)
         self.corpora = tuple(self.corpora)
+        if self.keep is not None:
+            self.policy = self.keep
+        self.policy = POLICY_ALIASES.get(self.policy, self.policy)
+        self.keep = self.policy
 
     def resolved_threshold(self) -> float:
         if self.threshold is not None:
@@ -306,38 +316,30 @@ def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 # --- selecting documents ------------------------------------------------------------------------------------
 def _scope_expr(scope: str) -> str:
-    return {"all": "'all'", "role": "c.role", "corpus": "d.corpus"}[scope]
+    return {"all": "'all'", "role": "d.role", "corpus": "d.corpus"}[scope]
 
 
 def _select_documents(ws: Workspace, cfg: DedupConfig) -> pa.Table:
-    """The documents this run looks at: of the chosen roles/corpora, not dropped by another active step
-    (a re-run of this method supersedes its own earlier drops; see below for the other dedup methods), in
-    ingest order."""
-    where = ["c.role IN (SELECT unnest(?::VARCHAR[]))"]
-    params: list[Any] = [list(cfg.roles)]
+    """The documents this run looks at: of the chosen roles/corpora, those the steps before this method in the
+    flow left (`core.flow.scope_sql`), in ingest order. So the member a cluster keeps is always one that
+    survived the steps before it, and a re-run of any method gives the same result."""
     if cfg.corpora:
         known = {r[0] for r in ws.query("SELECT name FROM corpora")}
         unknown = [c for c in cfg.corpora if c not in known]
         if unknown:
             raise WorkspaceError(f"unknown corpora: {', '.join(unknown)}")
-        where.append("d.corpus IN (SELECT unnest(?::VARCHAR[]))")
-        params.append(list(cfg.corpora))
-    # The methods run in flow order exact -> minhash -> semantic: each looks past its own drops and those of
-    # the methods after it, so re-running any of them gives the same result.
-    params.append([step_name(m) for m in METHODS[METHODS.index(cfg.method):]])
+    scope, params = scope_sql(ws, step_name(cfg.method), cfg.roles or ROLES, cfg.corpora)
     limit = f"LIMIT {int(cfg.limit)}" if cfg.limit else ""
     return ws.con.sql(
         f"""
         SELECT * FROM (
-            SELECT d.doc_id, d.corpus, c.role, {_scope_expr(cfg.scope)} AS grp,
+            SELECT d.doc_id, d.corpus, d.role, {_scope_expr(cfg.scope)} AS grp,
                    -- ingest order: the ingest run, then the file and line (rowid order is not insertion order
                    -- once DuckDB inserts in parallel)
-                   row_number() OVER (ORDER BY r.started_at NULLS LAST, d.source_file, d.source_line, d.rowid) AS ord,
+                   row_number() OVER (ORDER BY r.started_at NULLS LAST, d.source_file, d.source_line, d.byte_offset, d.doc_id)
+                       AS ord,
                    d.char_count, d.language, d.content_hash
-            FROM documents d JOIN corpora c ON c.name = d.corpus LEFT JOIN runs r ON r.run_id = d.run_id
-            WHERE {' AND '.join(where)}
-              AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id
-                              AND x.step NOT IN (SELECT unnest(?::VARCHAR[]))))
+            FROM ({scope}) d LEFT JOIN runs r ON r.run_id = d.run_id)
         ORDER BY ord {limit}
         """, params=params).to_arrow_table()
 
@@ -356,8 +358,8 @@ def _priority(ws: Workspace, docs: pa.Table, policy: str) -> np.ndarray:
     exists = ws.scalar("SELECT count(*) FROM duckdb_views() WHERE view_name = 'quality_composite'") or \
         ws.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'quality_composite'")
     if not exists:
-        raise WorkspaceError("the 'quality' representative policy needs quality scores: run `studio score` "
-                             "on this workspace first (or choose --policy first or longest)")
+        raise WorkspaceError("keeping the best quality member needs quality scores: run `studio score` "
+                             "on this workspace first (or choose --keep first or longest)")
     register_arrow(ws, "dedup_docs_q", pa.table({"doc_id": docs.column("doc_id")}))
     try:
         scores = dict(ws.query("SELECT q.doc_id, q.score FROM quality_composite q "
@@ -365,7 +367,7 @@ def _priority(ws: Workspace, docs: pa.Table, policy: str) -> np.ndarray:
     finally:
         ws.con.unregister("dedup_docs_q")
     if n and not any(v is not None for v in scores.values()):
-        raise WorkspaceError("the 'quality' representative policy needs quality scores, and none of these "
+        raise WorkspaceError("keeping the best quality member needs quality scores, and none of these "
                              "documents has one: run `studio score` on this workspace first")
     # Unscored documents rank after scored ones (then in ingest order).
     score = np.array([s if (s := scores.get(d)) is not None else float("-inf")
@@ -692,8 +694,8 @@ def deduplicate(ws: Workspace, cfg: DedupConfig | None = None, progress: Progres
     with ws.run(step_name(cfg.method), cfg.params()) as run:
         docs = _select_documents(ws, cfg)
         progress(0.0, f"{docs.num_rows:,} documents to deduplicate ({cfg.method})")
-        if cfg.policy == "quality":
-            _priority(ws, docs, "quality")  # fail early, before any work, with the clear message
+        if cfg.policy == "best_quality":
+            _priority(ws, docs, "best_quality")  # fail early, before any work, with the clear message
         extra: dict[str, Any] = {}
         if cfg.method == "exact":
             pairs = _exact_pairs(ws, cfg, docs, progress)
@@ -779,7 +781,7 @@ def normalisation_preview(text: str, cfg: NormalisationConfig | None = None) -> 
 # --- the demo -----------------------------------------------------------------------------------------------
 def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Runs each method named in params['methods'] (a table per method with its DedupConfig fields)."""
-    methods = params.get("methods", ["exact", "minhash"])
+    methods = params.get("methods", DEMO_METHODS)
     out: dict[str, Any] = {}
     for i, method in enumerate(methods):
         options = dict(params.get(method, {}))

@@ -16,6 +16,7 @@ from typing import Any
 
 from core.benchmarks import register_benchmark
 from core.config import REPO_ROOT, data_root
+from core.flow import FLOW, check_recipe_order, set_flow_order, validate_order
 from core.ingest import IngestConfig, ingest
 from core.progress import Progress, no_progress
 from core.workspace import Workspace, WorkspaceError
@@ -62,12 +63,31 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> dict[str, Any]:
     for step in recipe.get("step", []):
         if step.get("name") not in STEP_RUNNERS:
             raise ValueError(f"{path}: unknown step {step.get('name')!r} (known: {', '.join(STEP_RUNNERS)})")
+    try:
+        order = validate_order(recipe.get("flow", {}).get("order", FLOW))
+        check_recipe_order(recipe.get("step", []), order)
+    except (ValueError, WorkspaceError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
     return recipe
 
 
 def step_runner(name: str) -> StepRunner:
     module, func = STEP_RUNNERS[name].split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress = no_progress
+              ) -> list[dict[str, Any]]:
+    """Run a recipe's steps in order (each a table with `name` and its parameters); their counts, in order."""
+    out = []
+    for index, step in enumerate(planned):
+        params = {k: v for k, v in step.items() if k != "name"}
+
+        def step_progress(fraction: float, message: str, index: int = index, name: str = step["name"]) -> None:
+            progress((index + max(fraction, 0.0)) / len(planned), f"{name}: {message}")
+
+        out.append({"step": step["name"], **step_runner(step["name"])(ws, params, step_progress)})
+    return out
 
 
 def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFAULT_RECIPE,
@@ -79,6 +99,7 @@ def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFA
     recipe = load_recipe(recipe_path)
     if tokenizer := recipe.get("workspace", {}).get("tokenizer"):
         ws.set_setting("tokenizer", tokenizer)
+    set_flow_order(ws, recipe.get("flow", {}).get("order"))  # the recipe's order (default: core.flow.FLOW)
     result = DemoResult(workspace=str(ws.path))
     corpora = recipe.get("corpus", [])
     for index, corpus in enumerate(corpora):
@@ -100,16 +121,6 @@ def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFA
         result.corpora.append({"corpus": corpus["name"], "role": corpus["role"], "run_id": res.run_id,
                                **res.counts()})
     if steps:
-        planned = recipe.get("step", [])
-        for index, step in enumerate(planned):
-            params = {k: v for k, v in step.items() if k != "name"}
-            base, share = 0.7 + 0.3 * index / len(planned), 0.3 / len(planned)
-
-            def step_progress(fraction: float, message: str, base: float = base, share: float = share,
-                              name: str = step["name"]) -> None:
-                progress(base + share * max(fraction, 0.0), f"{name}: {message}")
-
-            counts = step_runner(step["name"])(ws, params, step_progress)
-            result.steps.append({"step": step["name"], **counts})
+        result.steps = run_steps(ws, recipe.get("step", []), lambda f, m: progress(0.7 + 0.3 * f, m))
     progress(1.0, "demo workspace ready")
     return result

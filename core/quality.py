@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from core.flow import scope_sql
 from core.models import BUNDLED_LM
 from core.parallel import default_workers, process_pool
 from core.perplexity import PerplexityConfig, resolve_dtype, score_texts
@@ -192,25 +193,7 @@ def parse_weights(text: str | None) -> dict[str, float]:
     return weights
 
 
-# --- scope ----------------------------------------------------------------------------------------------------
-def _scope_sql(roles: Sequence[str], corpora: Sequence[str]) -> tuple[str, list[Any]]:
-    """Documents in scope: chosen roles/corpora, not dropped by another step (the quality step's own earlier
-    drops do not count: applying again replaces them)."""
-    where, params = [], []
-    if corpora:
-        where.append(f"d.corpus IN ({', '.join('?' * len(corpora))})")
-        params += list(corpora)
-    if roles:
-        where.append(f"c.role IN ({', '.join('?' * len(roles))})")
-        params += list(roles)
-    sql = f"""
-        SELECT d.doc_id, d.corpus, c.role, d.language FROM documents d JOIN corpora c ON c.name = d.corpus
-        WHERE {' AND '.join(where) if where else 'TRUE'}
-          AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> '{FILTER_STEP}')
-    """
-    return sql, params
-
-
+# --- scope: every step reads `core.flow.scope_sql(ws, FILTER_STEP, ...)`, what the steps before the filter left
 def _count(ws: Workspace, sql: str, params: list[Any]) -> int:
     # fetchall, not fetchone: DuckDB 2 refuses new work on a connection while a result is still open
     return int(ws.query(sql, params)[0][0])
@@ -301,7 +284,7 @@ def _store_batch(ws: Workspace, run_id: str, doc_ids: list[str], groups: list[st
 def compute_signals_for(ws: Workspace, run_id: str, cfg: QualityScoreConfig,
                         progress: Progress = no_progress) -> int:
     """Compute and store the heuristic signals of every document in scope that lacks current ones."""
-    scope, params = _scope_sql(cfg.roles, cfg.corpora)
+    scope, params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
     todo_sql = f"""SELECT s.doc_id, doc.text, s.language FROM ({scope}) s JOIN documents doc USING (doc_id)
                    {'' if cfg.recompute else '''WHERE NOT EXISTS (SELECT 1 FROM quality_scored q
                        WHERE q.doc_id = s.doc_id AND q.signals_version = ?)'''} ORDER BY s.doc_id"""
@@ -364,7 +347,7 @@ def compute_perplexity_for(ws: Workspace, run_id: str, cfg: QualityScoreConfig,
     pcfg = PerplexityConfig(model=cfg.lm, max_tokens=cfg.max_tokens, batch_size=cfg.lm_batch_size,
                             dtype=cfg.dtype)
     pcfg.validate()
-    scope, params = _scope_sql(cfg.roles, cfg.corpora)
+    scope, params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
     sample = cfg.sample_per_corpus
     rows = ws.query(
         f"""SELECT doc_id, text FROM (
@@ -428,7 +411,7 @@ def composite_summary(ws: Workspace) -> dict[str, Any]:
 
 
 def corpus_summary(ws: Workspace, roles: Sequence[str] = (), corpora: Sequence[str] = ()) -> list[dict[str, Any]]:
-    scope, params = _scope_sql(roles, corpora)
+    scope, params = scope_sql(ws, FILTER_STEP, roles, corpora)
     rows = ws.query(
         f"""SELECT s.corpus, any_value(s.role), count(*), count(q.doc_id), count(p.doc_id),
                    median(p.perplexity), median(c.score)
@@ -507,10 +490,10 @@ def rules_table(cfg: QualityFilterConfig) -> pa.Table:
     })
 
 
-def _verdict_sql(cfg: QualityFilterConfig) -> tuple[str, list[Any]]:
+def _verdict_sql(ws: Workspace, cfg: QualityFilterConfig) -> tuple[str, list[Any]]:
     """Per failing document: first failed rule (in preset order), its value and threshold, every failure,
     and whether the random keep share spares it. Needs `q_rules` registered."""
-    scope, params = _scope_sql(cfg.roles, cfg.corpora)
+    scope, params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
     sql = f"""
         WITH scope AS (SELECT s.*, q.language_group FROM ({scope}) s JOIN quality_scored q USING (doc_id)),
         fails AS (
@@ -552,8 +535,8 @@ def filter_preview(ws: Workspace, cfg: QualityFilterConfig | None = None) -> Qua
 
 
 def _summarise(ws: Workspace, cfg: QualityFilterConfig, run_id: str | None) -> QualityFilterResult:
-    sql, params = _verdict_sql(cfg)
-    scope, scope_params = _scope_sql(cfg.roles, cfg.corpora)
+    sql, params = _verdict_sql(ws, cfg)
+    scope, scope_params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
     by_rule = dict(ws.query(f"SELECT rule, count(*) FROM ({sql}) WHERE NOT randomly_kept GROUP BY rule "
                             "ORDER BY 2 DESC", params))
     rows = ws.query(
@@ -577,9 +560,9 @@ def apply_filters(ws: Workspace, cfg: QualityFilterConfig | None = None,
     cfg = cfg or QualityFilterConfig()
     cfg.validate()
     _check_corpora(ws, cfg.corpora)
-    unscored = _count(ws, f"SELECT count(*) FROM ({_scope_sql(cfg.roles, cfg.corpora)[0]}) s "
-                         "WHERE NOT EXISTS (SELECT 1 FROM quality_scored q WHERE q.doc_id = s.doc_id)",
-                         _scope_sql(cfg.roles, cfg.corpora)[1])
+    scope, scope_params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
+    unscored = _count(ws, f"SELECT count(*) FROM ({scope}) s "
+                         "WHERE NOT EXISTS (SELECT 1 FROM quality_scored q WHERE q.doc_id = s.doc_id)", scope_params)
     params = {**asdict(cfg), "resolved": [
         {"rule": r.name, "group": g, "keep_if": r.keep_if, "threshold": t}
         for r, g, t in select_rules(cfg.rules, cfg.thresholds)]}
@@ -587,7 +570,7 @@ def apply_filters(ws: Workspace, cfg: QualityFilterConfig | None = None,
     _with_rules(ws, cfg)
     try:
         with ws.run(FILTER_STEP, params) as run:
-            sql, sql_params = _verdict_sql(cfg)
+            sql, sql_params = _verdict_sql(ws, cfg)
             table = ws.con.sql(
                 f"""SELECT doc_id, CASE WHEN randomly_kept THEN 'keep' ELSE 'drop' END AS verdict,
                            CASE WHEN randomly_kept THEN 'random_keep' ELSE rule END AS reason,
@@ -613,7 +596,7 @@ def apply_filters(ws: Workspace, cfg: QualityFilterConfig | None = None,
 def signal_values(ws: Workspace, signal: str, roles: Sequence[str] = DEFAULT_ROLES,
                   corpora: Sequence[str] = ()):  # -> pandas.DataFrame
     """Stored values of one signal (or 'perplexity' / 'composite') with corpus and language group."""
-    scope, params = _scope_sql(roles, corpora)
+    scope, params = scope_sql(ws, FILTER_STEP, roles, corpora)
     return ws.df(
         f"""SELECT s.doc_id, s.corpus, q.language_group, v.value FROM ({scope}) s
             JOIN quality_scored q USING (doc_id) JOIN quality_values v ON v.doc_id = s.doc_id

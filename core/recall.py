@@ -36,12 +36,14 @@ import numpy as np
 import pyarrow as pa
 
 from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
-from core.decontam import pool_corpora, pool_sql
+from core.decontam import pool_corpora
 from core.embed import EmbedConfig, embed_documents, embed_texts
+from core.flow import scope_sql
 from core.models import BUNDLED_EMBEDDER
 from core.progress import Progress, no_progress
 from core.workspace import Workspace, WorkspaceError
 
+STEP = "recall"  # as recorded in `runs.step`
 ITEM_TEXTS = ("question", "question_choices", "question_answer")
 
 
@@ -152,10 +154,12 @@ def load_pool(ws: Workspace, cfg: RecallConfig) -> pa.Table:
     if not corpora:
         raise WorkspaceError("no corpus to recall from")
     sample = f"ORDER BY hash(doc_id || '{int(cfg.seed)}') LIMIT {int(cfg.pool_sample)}" if cfg.pool_sample else ""
-    # Token counts come from the tokens step; where it has not run, ~4 characters a token stands in.
+    # Token counts come from the tokens step; where it has not run, ~4 characters a token stands in. The pool is
+    # what the steps before recall in the flow left of these corpora (`core.flow`).
+    pool, params = scope_sql(ws, STEP, corpora=corpora)
     return arrow_query(
         ws, f"SELECT doc_id, corpus, coalesce(token_count, ceil(char_count / 4))::BIGINT AS tokens "
-        f"FROM ({pool_sql('recall', corpora)}) {sample}").sort_by("doc_id")
+        f"FROM ({pool}) {sample}", params).sort_by("doc_id")
 
 
 # --- the control set ------------------------------------------------------------------------------------------
@@ -194,7 +198,7 @@ def run_recall(ws: Workspace, cfg: RecallConfig | None = None, progress: Progres
     params = {**asdict(cfg), "pool": pool_corpora(ws, cfg.pool), "benchmarks": benchmark_names(ws, cfg.benchmarks),
               "pool_documents": pool.num_rows, "items": items.num_rows}
     embed_cfg = EmbedConfig(model=cfg.embed_model, max_tokens=cfg.embed_max_tokens)
-    with ws.run("recall", params) as run:
+    with ws.run(STEP, params) as run:
         t0 = time.perf_counter()
         n_items, n_pool = items.num_rows, pool.num_rows
         share = n_items / (n_items + n_pool)

@@ -49,6 +49,7 @@ import ahocorasick
 import pyarrow as pa
 
 from core.config import REPO_ROOT
+from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.text import detect_language
 from core.workspace import ROLES, Workspace
@@ -396,20 +397,17 @@ class TermFilterConfig:
 RULES = ("too_short", "too_long", "low_term_density")
 
 
-def _filter_sql(cfg: TermFilterConfig) -> tuple[str, list[Any]]:
-    """Each scored document in scope with the first rule it fails (NULL when kept), its value and threshold.
-    Length is checked before density: a 10-word line with one term has density 0.1 and is still a fragment."""
-    if cfg.corpora:
-        scope, scope_params = "d.corpus IN (SELECT unnest(?::VARCHAR[]))", [list(cfg.corpora)]
-    else:
-        scope, scope_params = "c.role IN (SELECT unnest(?::VARCHAR[]))", [list(cfg.roles)]
+def _filter_sql(ws: Workspace, cfg: TermFilterConfig) -> tuple[str, list[Any]]:
+    """Each scored document in scope (what the steps before this filter in the flow left, `core.flow`) with the
+    first rule it fails (NULL when kept), its value and threshold. Length is checked before density: a 10-word
+    line with one term has density 0.1 and is still a fragment."""
+    scope, scope_params = scope_sql(ws, FILTER_STEP, None if cfg.corpora else cfg.roles, cfg.corpora)
     sql = f"""
         WITH scoped AS (
-            SELECT h.doc_id, d.corpus, c.role, h.unit, h.units, h.hits, h.weighted_hits, h.density, h.lexicon,
+            SELECT h.doc_id, d.corpus, d.role, h.unit, h.units, h.hits, h.weighted_hits, h.density, h.lexicon,
                    CASE WHEN h.unit = 'char' THEN ? ELSE ? END AS min_len,
                    CASE WHEN h.unit = 'char' THEN ? ELSE ? END AS max_len
-            FROM current_term_hits h JOIN documents d USING (doc_id) JOIN corpora c ON c.name = d.corpus
-            WHERE {scope}
+            FROM current_term_hits h JOIN ({scope}) d USING (doc_id)
         )
         SELECT *,
             CASE WHEN units < min_len THEN 'too_short' WHEN units > max_len THEN 'too_long'
@@ -428,7 +426,7 @@ def filter_preview(ws: Workspace, cfg: TermFilterConfig | None = None) -> list[d
     """Kept and dropped counts per corpus under `cfg`, from stored values only (the page's live view)."""
     cfg = cfg or TermFilterConfig()
     cfg.validate()
-    sql, params = _filter_sql(cfg)
+    sql, params = _filter_sql(ws, cfg)
     rows = ws.con.execute(
         f"""SELECT corpus, any_value(role), count(*), count(*) FILTER (WHERE rule IS NULL),
                    count(*) FILTER (WHERE rule = 'too_short'), count(*) FILTER (WHERE rule = 'too_long'),
@@ -464,7 +462,7 @@ def apply_term_filter(ws: Workspace, cfg: TermFilterConfig | None = None,
     params = {**{k: v for k, v in vars(cfg).items()}, "scoring_run": scoring["run_id"],
               "lexicon": scoring["params"].get("lexicon")}
     progress(0.1, "applying the terminology filter")
-    sql, sql_params = _filter_sql(cfg)
+    sql, sql_params = _filter_sql(ws, cfg)
     with ws.run(FILTER_STEP, params) as run:
         drops = ws.con.sql(
             f"""SELECT doc_id, 'drop' AS verdict, rule AS reason, value AS score, threshold,

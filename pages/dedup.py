@@ -12,6 +12,7 @@ import streamlit as st
 from core.dedup import (
     DEFAULT_ROLES,
     POLICIES,
+    POLICY_ALIASES,
     SCOPES,
     boundary_pairs,
     candidate_probability,
@@ -31,7 +32,7 @@ from studio import widgets as w
 METHOD_LABELS = {"exact": "Exact (normalised text)", "minhash": "Near-duplicates (MinHash)",
                  "semantic": "Semantic (embeddings)"}
 SCOPE_LABELS = {"all": "across all corpora and roles", "role": "within each role", "corpus": "within each corpus"}
-POLICY_LABELS = {"first": "first ingested", "longest": "longest", "quality": "best quality score"}
+POLICY_LABELS = {"first": "first ingested", "longest": "longest", "best_quality": "best quality score"}
 
 st.title(":material/content_copy: Deduplication")
 st.caption("Duplicates inflate some content, waste compute and leak evaluation data. Each method finds pairs "
@@ -66,8 +67,10 @@ with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
     c1, c2, c3 = st.columns(3)
     scope = c1.selectbox("Duplicates may be found", SCOPES, format_func=SCOPE_LABELS.get,
                          index=SCOPES.index(previous.get("scope", "all")), key=f"dedup_scope_{method}")
+    previous_policy = previous.get("policy", "first")
     policy = c2.selectbox("Keep per cluster", POLICIES, format_func=POLICY_LABELS.get,
-                          index=POLICIES.index(previous.get("policy", "first")), key=f"dedup_policy_{method}",
+                          index=POLICIES.index(POLICY_ALIASES.get(previous_policy, previous_policy)),
+                          key=f"dedup_policy_{method}",
                           help="'best quality score' needs the quality step to have run")
     roles = c3.multiselect("Roles", ROLES, default=previous.get("roles", list(DEFAULT_ROLES)),
                            key=f"dedup_roles_{method}")
@@ -141,8 +144,9 @@ by_corpus = counts.get("dropped_by_corpus", {})
 if by_corpus:
     table = pd.DataFrame([{"corpus": k, "role": role_of.get(k, ""), "dropped": v} for k, v in by_corpus.items()])
     st.dataframe(table.sort_values("dropped", ascending=False), hide_index=True)
+kept_policy = params.get("policy", "first")
 st.caption(f"Run `{run['run_id']}`: {SCOPE_LABELS.get(params.get('scope', 'all'))}, keeping the "
-           f"{POLICY_LABELS.get(params.get('policy', 'first'))} document of each cluster.")
+           f"{POLICY_LABELS.get(POLICY_ALIASES.get(kept_policy, kept_policy))} document of each cluster.")
 
 with w.read_ws() as ws:
     pairs = stored_pairs(ws, run["run_id"]).to_pandas()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.dedup import DEFAULT_ROLES, POLICIES, SCOPES, DedupConfig, deduplicate
+from core.dedup import DEFAULT_ROLES, POLICIES, POLICY_ALIASES, SCOPES, DedupConfig, deduplicate
 from core.models import BUNDLED_EMBEDDER
 from core.text import NormalisationConfig
 from core.workspace import ROLES, Workspace
@@ -28,9 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", choices=SCOPES, default="all",
                    help="which documents may duplicate each other: all (across roles), within a role, "
                         "within a corpus (default all)")
-    p.add_argument("--policy", choices=POLICIES, default="first",
-                   help="which member of a cluster is kept: first ingested, longest, or best quality score "
-                        "(needs `studio score` first) (default first)")
+    p.add_argument("--keep", "--policy", dest="policy", default="first",
+                   choices=(*POLICIES, *POLICY_ALIASES),
+                   help="which member of a cluster is kept, of those the steps before this one in the flow left: "
+                        "first ingested, longest, or best_quality (the stored quality composite; needs "
+                        "`studio score` first) (default first)")
     p.add_argument("--roles", default=",".join(DEFAULT_ROLES),
                    help=f"comma-separated roles to include (of {', '.join(ROLES)}; default {','.join(DEFAULT_ROLES)})")
     p.add_argument("--corpora", default="", help="comma-separated corpora to include (default: all of the roles)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from core.flow import FLOW, flow_order, funnel, set_flow_order, stale_steps
 from core.tokens import TokenCountConfig, count_tokens
 from core.workspace import Workspace
-from studio.cli import CommandResult, Reporter, add_workspace_arguments
+from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_workspace_arguments(p)
     p.add_argument("--tokenizer", help="Hugging Face tokenizer id or path for token counts "
                                       "(default: the bundled SmolLM2 tokenizer)")
+    p.add_argument("--flow-order", help="comma-separated order of the curation steps, each seeing what the "
+                                        f"steps before it left ('default': {','.join(FLOW)})")
     p.set_defaults(handler=init_command)
 
     p = sub.add_parser("status", help="what a workspace holds: corpora, runs, errors")
@@ -33,10 +36,13 @@ def init_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     with Workspace.open(args.workspace) as ws:
         if args.tokenizer:
             ws.set_setting("tokenizer", args.tokenizer)
+        if args.flow_order:
+            set_flow_order(ws, None if args.flow_order == "default" else comma_list(args.flow_order))
         data = {"workspace": str(ws.path), "created": not existed, "schema": ws.schema_version(),
-                "tokenizer": ws.tokenizer_name}
+                "tokenizer": ws.tokenizer_name, "flow_order": list(flow_order(ws))}
     verb = "created" if not existed else "opened (schema up to date)"
-    return CommandResult(data, [f"workspace {data['workspace']} {verb}; tokenizer {data['tokenizer']}"])
+    return CommandResult(data, [f"workspace {data['workspace']} {verb}; tokenizer {data['tokenizer']}",
+                                f"flow: {' -> '.join(data['flow_order'])}"])
 
 
 def status_data(ws: Workspace) -> dict:
@@ -53,7 +59,7 @@ def status_data(ws: Workspace) -> dict:
         "workspace": str(ws.path), "tokenizer": ws.tokenizer_name, "schema": ws.schema_version(),
         "documents": sum(c["documents"] for c in corpora), "current_documents": sum(current.values()),
         "corpora": corpora, "ingest_errors": sum(errors.values()), "ingest_errors_by_reason": errors,
-        "recent_runs": runs,
+        "recent_runs": runs, "flow": funnel(ws).as_dict(), "stale_steps": [s.as_dict() for s in stale_steps(ws)],
     }
 
 
@@ -68,6 +74,16 @@ def status_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
         tokens = f"{c['tokens']:,}" if c["tokens"] is not None and not c["untokenised"] else \
             f"({c['untokenised']:,} uncounted)"
         lines.append(f"{c['name'][:32]:32} {c['role']:12} {c['documents']:>10,} {c['current']:>10,} {tokens:>12}")
+    flow = data["flow"]
+    lines += ["", f"flow ({flow['documents']:,} documents in; each step sees what the steps before it left):"]
+    lines.append(f"  {'step':22} {'in':>10} {'dropped':>10} {'out':>10}  ")
+    for stage in flow["stages"]:
+        mark = "  STALE: re-run it" if stage["stale"] else ("" if stage["run_id"] else "  (not run)")
+        lines.append(f"  {stage['label'][:22]:22} {stage['documents_in']:>10,} {stage['dropped']:>10,} "
+                     f"{stage['documents_out']:>10,}{mark}")
+    for stale in data["stale_steps"]:
+        lines.append(f"  stale: {stale['step']} ({stale['run_id']}) ran before {stale['because']} "
+                     f"({stale['because_run']}) was applied")
     if data["ingest_errors_by_reason"]:
         lines += ["", "ingest errors by reason:"]
         lines += [f"  {n:>7,}  {reason}" for reason, n in data["ingest_errors_by_reason"].items()]
