@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import tomli_w
 
@@ -176,26 +176,26 @@ _TABLES = {"lora": LoraSettings, "freeze": FreezeSettings, "ewc": EWCSettings, "
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    hint_text = str(hint)
-    if hint_text.startswith("bool"):
-        if value is None and "None" in hint_text:
+    args = set(get_args(hint))
+    if hint is bool or args == {bool, type(None)}:
+        if value is None and args:
             return None
         if not isinstance(value, bool):
             raise ConfigError(f"{where} must be true or false, not {value!r}")
         return value
-    if hint_text == "int":
+    if hint is int:
         if isinstance(value, bool) or not isinstance(value, int | float) or float(value) != int(value):
             raise ConfigError(f"{where} must be a whole number, not {value!r}")
         return int(value)
-    if hint_text == "float":
+    if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, not {value!r}")
         return float(value)
-    if hint_text == "str":
+    if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, not {value!r}")
         return value
-    if hint_text.startswith("list"):
+    if get_origin(hint) is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
