@@ -291,9 +291,13 @@ def test_freezing_keeps_weights_bit_identical_and_averaging_mixes_with_the_base(
 
 
 def test_ewc_holds_the_weights_near_the_base(tiny: dict[str, Path], tmp_path: Path) -> None:
-    plain = run_here(tiny, tmp_path, "plain", tiny_config(tiny, max_steps=4, eval_steps=4, learning_rate=1e-2))
-    guarded = run_here(tiny, tmp_path, "ewc", tiny_config(tiny, max_steps=4, eval_steps=4, learning_rate=1e-2,
-                                                          extra="[ewc]\nenabled = true\nlambda = 1e5\nbatches = 2\n"))
+    # Plain SGD, so the penalty acts as the quadratic pull it is (Adam's normalised steps blur it in 4 steps).
+    sgd = "[trainer]\noptim = 'sgd'\n"
+    plain = run_here(tiny, tmp_path, "plain", tiny_config(tiny, max_steps=4, eval_steps=4, learning_rate=1.0,
+                                                          extra=sgd))
+    guarded = run_here(tiny, tmp_path, "ewc", tiny_config(tiny, max_steps=4, eval_steps=4, learning_rate=1.0,
+                                                          extra="[ewc]\nenabled = true\nlambda = 0.1\nbatches = 2\n"
+                                                                + sgd))
     base = weights(tiny["model"])
 
     def drift(folder: Path) -> float:
@@ -302,8 +306,7 @@ def test_ewc_holds_the_weights_near_the_base(tiny: dict[str, Path], tmp_path: Pa
 
     assert drift(guarded) < 0.8 * drift(plain)
     penalties = [r["ewc_penalty"] for r in read_metrics(guarded) if r.get("loss") is not None]
-    assert penalties[0] == 0.0 or penalties[-1] > 0  # zero at the anchor, growing as the weights move
-    assert max(penalties) > 0
+    assert penalties[0] == 0.0 and min(penalties[1:]) > 0  # zero at the anchor, positive once the weights move
 
 
 def test_dry_run_estimate(tiny: dict[str, Path]) -> None:
