@@ -313,3 +313,31 @@ def test_dry_run_estimate(tiny: dict[str, Path]) -> None:
     est = estimate(tiny["ws"], tiny_config(tiny, max_steps=0, epochs=2.0))
     assert est.tokens == 12_000 and est.steps == 2 * 188  # 375 blocks of 32 tokens, 2 a step, 2 epochs
     assert est.tokens_per_step == 64
+
+
+# --- the page ---------------------------------------------------------------------------------------------------------
+def test_train_page_lists_jobs_compares_them_and_refuses_a_bad_config(cpt_runs: dict, sft_dpo_runs: dict,
+                                                                      tiny: dict[str, Path]) -> None:
+    from conftest import run_page
+
+    at = run_page("train.py", tiny["ws"])
+    assert not at.exception, at.exception
+    table = next(t for t in at.dataframe)
+    shown = set(table.value["job_id"])
+    assert {cpt_runs["whole"].job_id, cpt_runs["resumed"].job_id, sft_dpo_runs["dpo"].job_id} <= shown
+    finished = table.value.set_index("job_id").loc[cpt_runs["whole"].job_id]
+    assert finished["status"] == "finished" and finished["steps"] == TINY_STEPS and finished["domain_val_ppl"] > 1
+    assert len(at.get("plotly_chart")) >= 8  # the open job's four panels and the comparison's four
+    # The form, pointed at the tiny model and export: the estimate, then a config the model cannot take.
+    at.selectbox(key="train_mix").set_value("another export folder…").run()
+    at.text_input(key="train_mix_folder").set_value(str(tiny["export"])).run()
+    at.text_input(key="train_model").set_value(str(tiny["model"])).run()
+    at.number_input(key="train_block").set_value(32).run()
+    at.button(key="train_estimate").click().run()
+    assert not at.exception
+    assert any("steps of up to 128 tokens" in i.value and "12,000 training tokens" in i.value for i in at.info)
+    at.number_input(key="train_block").set_value(512).run()
+    before = len(list_jobs(tiny["ws"]))
+    at.button(key="train_launch").click().run()
+    assert any("exceeds the model's context of 256" in e.value for e in at.error)
+    assert len(list_jobs(tiny["ws"])) == before

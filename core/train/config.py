@@ -25,7 +25,7 @@ MANAGED_TRAINER_ARGS = {
     "output_dir", "learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
     "gradient_accumulation_steps", "save_steps", "seed", "eval_strategy", "save_strategy", "logging_steps",
     "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "weight_decay", "max_grad_norm", "bf16", "fp16",
-    "gradient_checkpointing", "report_to", "use_cpu", "beta", "max_length",
+    "gradient_checkpointing", "activation_checkpointing", "report_to", "use_cpu", "beta", "max_length",
 }
 
 

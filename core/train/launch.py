@@ -240,3 +240,27 @@ def eta_text(seconds: float | None) -> str:
     if seconds < 5400:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds // 3600} h {(seconds % 3600) // 60:02d} min"
+
+
+def available_mixes(ws: Workspace) -> list[dict[str, Any]]:
+    """The workspace's exported mixes, newest first (name, export folder, tokens), for choosing what to train on."""
+    rows = ws.query(
+        "SELECT m.name, m.export_dir, m.train_tokens, r.ended_at FROM mixes m JOIN runs r ON r.run_id = m.mix_id "
+        "WHERE r.status = 'ok' ORDER BY r.ended_at DESC")
+    seen: dict[str, dict[str, Any]] = {}
+    for name, export_dir, tokens, ended in rows:
+        if name not in seen and export_dir and (Path(export_dir) / "manifest.json").exists():
+            seen[name] = {"name": name, "export_dir": export_dir, "train_tokens": tokens, "ended_at": ended}
+    return list(seen.values())
+
+
+def metrics_frame(job: Job):  # -> pandas.DataFrame
+    """The job's metrics.jsonl as a frame (one row per logged step), with perplexities added."""
+    import pandas as pd
+
+    frame = pd.DataFrame(read_metrics(job.folder))
+    if frame.empty:
+        return frame
+    if "loss" in frame:
+        frame["train_ppl"] = frame["loss"].map(lambda v: math.exp(min(v, 50.0)) if v == v and v is not None else None)
+    return frame

@@ -97,7 +97,7 @@ def training_arguments(config: TrainConfig, job_dir: Path, max_steps: int, stage
         "lr_scheduler_type": schedule, "lr_scheduler_kwargs": kwargs,
         "warmup_steps": int(round(config.warmup * max_steps)), "weight_decay": config.weight_decay,
         "max_grad_norm": config.max_grad_norm, "optim": "adamw_torch", "bf16": bf16,
-        "gradient_checkpointing": config.gradient_checkpointing, "save_strategy": "steps",
+        "activation_checkpointing": config.gradient_checkpointing, "save_strategy": "steps",
         "save_steps": config.save_steps, "save_total_limit": 2, "logging_steps": config.logging_steps,
         "eval_strategy": "no", "report_to": "none", "seed": config.seed, "data_seed": config.seed,
         "disable_tqdm": True, "use_cpu": not torch.cuda.is_available(), "dataloader_num_workers": 0,
