@@ -341,3 +341,21 @@ def test_train_page_lists_jobs_compares_them_and_refuses_a_bad_config(cpt_runs: 
     at.button(key="train_launch").click().run()
     assert any("exceeds the model's context of 256" in e.value for e in at.error)
     assert len(list_jobs(tiny["ws"])) == before
+
+
+@pytest.mark.slow
+def test_bundled_model_trains_a_few_steps_from_the_command_line(tiny: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "cpt.toml"
+    config.write_text(tiny_config(tiny, model="bundled:smollm2", max_steps=2, block_size=64, batch_size=1,
+                                  eval_steps=2, eval_tokens=128, learning_rate=2e-5))
+    assert cli_main(["train", str(tiny["ws"]), "--config", str(config), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["status"] == "finished" and out["job_id"].startswith("train-")
+    metrics = read_metrics(Path(out["output_dir"]))
+    first, last = metrics[0], metrics[-1]
+    # The real model knows medical prose: its perplexity is far from a random model's 49,000.
+    assert first["step"] == 0 and first["domain_val_ppl"] < 200
+    assert last["step"] == 2 and last["loss"] < 8 and "general_val_loss" in last
+    card = json.loads((Path(out["output_dir"]) / "model" / "studio_model.json").read_text())
+    assert card["base_model"] == "bundled:smollm2" and card["status"] == "finished"
