@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -220,9 +221,13 @@ def launch_job(ws: Workspace | str | Path, kind: str, config_text: str, argv: Se
         if folder.exists() and any(folder.iterdir()):
             raise JobError(f"output folder {folder} is not empty")
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(config_text, encoding="utf-8")
-        if prepare is not None:
-            prepare(folder)
+        try:
+            (folder / CONFIG_NAME).write_text(config_text, encoding="utf-8")
+            if prepare is not None:
+                prepare(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # nothing half-prepared is left behind
+            raise
         job = Job(job_id=job_id, kind=kind, status="queued", output_dir=str(folder), config=config_text,
                   argv=[a.replace("{job_dir}", str(folder)) for a in argv], label=label or kind,
                   log_path=str(folder / LOG_NAME))
@@ -457,9 +462,10 @@ def resume_job(ws: Workspace | str | Path, job_id: str, env: dict[str, str] | No
     return get_job(ws, job_id)
 
 
-def wait_job(ws: str | Path, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
+def wait_job(ws: Workspace | str | Path, job_id: str, *, poll_s: float = 1.0, timeout_s: float | None = None,
              on_progress: Callable[[Job], None] | None = None) -> Job:
-    """Wait for a job to end, holding no workspace connection while it runs (the app and other jobs may write)."""
+    """Wait for a job to end. Given a path, it holds no workspace connection while the job runs (the app and other
+    jobs may write meanwhile); given an open workspace, it uses that one."""
     job = _load(ws, job_id)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while job.active and process_alive(job):

@@ -53,7 +53,18 @@ path = w.require_workspace()
 
 with w.read_ws() as ws:
     mixes = available_mixes(ws)
-jobs = list_jobs(path, JOB_KIND)
+
+
+def look(job_id: str | None = None) -> list[Job]:
+    """Jobs reconciled with their processes (recorded when the workspace is free, else shown as found)."""
+    try:
+        return [get_job(path, job_id)] if job_id else list_jobs(path, JOB_KIND)
+    except WorkspaceError:
+        with w.read_ws() as busy:
+            return [get_job(busy, job_id)] if job_id else list_jobs(busy, JOB_KIND)
+
+
+jobs = look()
 
 
 # --- charts ---------------------------------------------------------------------------------------------------
@@ -96,11 +107,11 @@ def show_curves(frames: dict[str, pd.DataFrame], key: str) -> None:
 
 def job_panel(job_id: str) -> None:
     """One job, live while it runs: progress with ETA, curves, log tail, Stop; Resume once stopped or failed."""
-    job = get_job(path, job_id)
+    job = look(job_id)[0]
 
     @st.fragment(run_every=2.0 if job.active else None)
     def panel() -> None:
-        current = get_job(path, job_id)
+        current = look(job_id)[0]
         progress = current.progress()
         with st.container(border=True):
             head, buttons = st.columns([4, 1])

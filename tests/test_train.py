@@ -153,14 +153,28 @@ def test_presets_round_trip_and_accelerate_configs(tiny: dict[str, Path], tmp_pa
 
 # --- end to end under accelerate launch -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cpt_runs(tiny: dict[str, Path]) -> dict[str, object]:
-    """An uninterrupted CPT job, and the same config stopped after a few steps, then resumed."""
+def launched(tiny: dict[str, Path]) -> dict[str, object]:
+    """Four jobs started together (several jobs per workspace run side by side): an uninterrupted CPT job, the
+    same config to be stopped after a few steps and resumed, an SFT job with LoRA and a DPO job."""
     ws = tiny["ws"]
     text = tiny_config(tiny)
-    whole = launch_training(ws, text)
-    # The stopped one is slowed down so the stop lands mid-run; the pause changes no number.
-    stopped = launch_training(ws, text, env={"STUDIO_TRAIN_STEP_DELAY": "1.0"})
-    assert sleep_until(lambda: any(r.get("step", 0) >= 2 for r in read_metrics(Path(stopped.output_dir))), 300,
+    return {
+        "whole": launch_training(ws, text),
+        # Slowed down so the stop lands mid-run; the pause changes no number.
+        "stopped": launch_training(ws, text, env={"STUDIO_TRAIN_STEP_DELAY": "1.0"}),
+        "sft": launch_training(ws, tiny_config(tiny, "sft", block_size=128, max_steps=4, eval_steps=2,
+                                               extra="method = 'lora'\n[lora]\nr = 4\nalpha = 8\ndropout = 0.0\n"
+                                                     "target_modules = ['q_proj', 'v_proj']\n")),
+        "dpo": launch_training(ws, tiny_config(tiny, "dpo", data=str(tiny["dpo"]), block_size=128, max_steps=3,
+                                               eval_steps=3, learning_rate=1e-3)),
+    }
+
+
+@pytest.fixture(scope="module")
+def cpt_runs(tiny: dict[str, Path], launched: dict[str, object]) -> dict[str, object]:
+    ws = tiny["ws"]
+    stopped = launched["stopped"]
+    assert sleep_until(lambda: any(r.get("step", 0) >= 2 for r in read_metrics(Path(stopped.output_dir))), 400,
                        poll_s=0.2), get_job(ws, stopped.job_id).log_tail()
     stop_job(ws, stopped.job_id)
     after_stop = wait_job(ws, stopped.job_id, poll_s=0.5, timeout_s=300)
@@ -168,9 +182,9 @@ def cpt_runs(tiny: dict[str, Path]) -> dict[str, object]:
     metrics_at_stop = read_metrics(Path(stopped.output_dir))
     resumed = resume_job(ws, stopped.job_id)
     assert resumed.status == "running"
-    return {"whole": wait_job(ws, whole.job_id, poll_s=0.5, timeout_s=300), "after_stop": after_stop,
+    return {"whole": wait_job(ws, launched["whole"].job_id, poll_s=0.5, timeout_s=400), "after_stop": after_stop,
             "card_at_stop": card, "metrics_at_stop": metrics_at_stop,
-            "resumed": wait_job(ws, stopped.job_id, poll_s=0.5, timeout_s=300)}
+            "resumed": wait_job(ws, stopped.job_id, poll_s=0.5, timeout_s=400)}
 
 
 def test_cpt_runs_end_to_end_with_both_validation_losses(cpt_runs: dict, tiny: dict[str, Path]) -> None:
@@ -220,15 +234,8 @@ def test_stop_leaves_a_usable_model_and_resume_matches_the_uninterrupted_run(cpt
 
 
 @pytest.fixture(scope="module")
-def sft_dpo_runs(tiny: dict[str, Path]) -> dict[str, object]:
-    ws = tiny["ws"]
-    sft = launch_training(ws, tiny_config(tiny, "sft", block_size=128, max_steps=4, eval_steps=2,
-                                          extra="method = 'lora'\n[lora]\nr = 4\nalpha = 8\ndropout = 0.0\n"
-                                                "target_modules = ['q_proj', 'v_proj']\n"))
-    dpo = launch_training(ws, tiny_config(tiny, "dpo", data=str(tiny["dpo"]), block_size=128, max_steps=3,
-                                          eval_steps=3, learning_rate=1e-3))
-    return {"sft": wait_job(ws, sft.job_id, poll_s=0.5, timeout_s=400),
-            "dpo": wait_job(ws, dpo.job_id, poll_s=0.5, timeout_s=400)}
+def sft_dpo_runs(tiny: dict[str, Path], launched: dict[str, object]) -> dict[str, object]:
+    return {name: wait_job(tiny["ws"], launched[name].job_id, poll_s=0.5, timeout_s=400) for name in ("sft", "dpo")}
 
 
 def test_sft_with_lora_trains_adapters_and_saves_a_merged_model(sft_dpo_runs: dict, tiny: dict[str, Path]) -> None:
@@ -359,3 +366,51 @@ def test_bundled_model_trains_a_few_steps_from_the_command_line(tiny: dict[str, 
     assert last["step"] == 2 and last["loss"] < 8 and "general_val_loss" in last
     card = json.loads((Path(out["output_dir"]) / "model" / "studio_model.json").read_text())
     assert card["base_model"] == "bundled:smollm2" and card["status"] == "finished"
+
+
+@pytest.mark.browser
+def test_train_page_in_a_browser_launch_watch_reload_stop_resume(tiny: dict[str, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch, app_server,
+                                                                 browser_page) -> None:
+    from conftest import open_studio_page, wait_for_app
+
+    ws = tmp_path / "ws"
+    Workspace.open(ws).close()
+    monkeypatch.setenv("STUDIO_TRAIN_STEP_DELAY", "1.5")  # jobs the app launches inherit it: time to watch
+    url = app_server(ws)
+    page = browser_page(url)
+    open_studio_page(page, url, "Train")
+    page.wait_for_selector("text=New training job")
+    editor = page.get_by_label("Config (TOML): launched as shown; edits here win until the form changes")
+    editor.fill(tiny_config(tiny, max_steps=12, eval_steps=3))
+    editor.press("Control+Enter")
+    wait_for_app(page)
+    page.get_by_role("button", name="Launch").click()
+    page.wait_for_selector("text=Running", timeout=120_000)
+    page.wait_for_selector("text=/step [3-9] of 12/", timeout=300_000)  # live progress, curves drawn
+    assert page.locator(".js-plotly-plot").count() >= 4
+    page.screenshot(path="/tmp/studio-train-live.png", full_page=True)
+    job_id = list_jobs(ws)[0].job_id
+
+    # Closing the page and opening it again re-attaches to the running job.
+    page.context.close()
+    page = browser_page(url)
+    open_studio_page(page, url, "Train")
+    page.wait_for_selector(f"text={job_id}", timeout=60_000)
+    page.wait_for_selector("text=Running")
+    page.get_by_role("button", name="Stop").click()
+    assert sleep_until(lambda: get_job(ws, job_id).status == "stopped", 300)
+    page.reload()
+    wait_for_app(page)
+    open_studio_page(page, url, "Train")
+    page.wait_for_selector("text=Past jobs", timeout=60_000)
+    page.wait_for_selector("text=usable, and resumable")
+    page.get_by_role("button", name="Resume").click()
+    assert sleep_until(lambda: get_job(ws, job_id).status == "finished", 400)
+    done = get_job(ws, job_id)
+    assert done.attempts == 2 and max(r["step"] for r in read_metrics(Path(done.output_dir))) == 12
+    page.reload()
+    wait_for_app(page)
+    open_studio_page(page, url, "Train")
+    page.wait_for_selector("text=Compare two jobs", timeout=60_000)
+    page.screenshot(path="/tmp/studio-train-done.png", full_page=True)

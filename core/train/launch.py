@@ -264,3 +264,19 @@ def metrics_frame(job: Job):  # -> pandas.DataFrame
     if "loss" in frame:
         frame["train_ppl"] = frame["loss"].map(lambda v: math.exp(min(v, 50.0)) if v == v and v is not None else None)
     return frame
+
+
+def demo_step(ws: Workspace, params: dict[str, Any], progress: Any) -> dict[str, Any]:
+    """The demo's training: a short CPU CPT job on the demo mix, launched as a job the Train page shows live (or
+    waited for with `wait = true`). Keys: any config key; defaults size it to a few minutes on 2 cores."""
+    from core.jobs import wait_job
+    from core.train.config import config_to_toml, preset_config
+
+    params = dict(params)
+    wait = bool(params.pop("wait", False))
+    config = preset_config(params.pop("preset", "CPT"), **params)
+    job = launch_training(ws, config_to_toml(config))
+    progress(0.5, f"training job {job.job_id} started")
+    if wait:
+        job = wait_job(ws, job.job_id, poll_s=2.0)
+    return {"job_id": job.job_id, "status": job.status, "output_dir": job.output_dir}
