@@ -51,25 +51,23 @@ def texts(relative: str, start: int, stop: int) -> list[str]:
         return [json.loads(line)["text"] for line in fh][start:stop]
 
 
+def random_llama(root: Path, name: str, **dims: int) -> str:
+    """A randomly initialised Llama with the real tokenizer, saved under `root/name`."""
+    tokenizer = load_tokenizer("bundled:smollm2")
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=2048, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **dims)
+    LlamaForCausalLM(config).save_pretrained(root / name)
+    tokenizer.save_pretrained(root / name)
+    return str(root / name)
+
+
 def model_folder(name: str, root: Path) -> str:
-    if name == "tiny":  # a 2-layer Llama with the real tokenizer, for a quick look at the machinery's overhead
-        tokenizer = load_tokenizer("bundled:smollm2")
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                             tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
-        LlamaForCausalLM(config).save_pretrained(root / "tiny")
-        tokenizer.save_pretrained(root / "tiny")
-        return str(root / "tiny")
-    if name == "llama-1b":  # randomly initialised ~1B Llama: throughput does not depend on the weights
-        tokenizer = load_tokenizer("bundled:smollm2")
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                             num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=2048,
-                             tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id)
-        LlamaForCausalLM(config).save_pretrained(root / "llama-1b")
-        tokenizer.save_pretrained(root / "llama-1b")
-        return str(root / "llama-1b")
+    if name == "tiny":  # 2 layers: a quick look at the machinery's overhead
+        return random_llama(root, name, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2)
+    if name == "llama-1b":  # ~1B parameters: throughput does not depend on the weights
+        return random_llama(root, name, hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                            num_attention_heads=32, num_key_value_heads=4)
     return resolve_lm(name, with_model=True)
 
 

@@ -5,6 +5,7 @@ tokens/s), progress with ETA, the log tail, Stop and Resume, past jobs and two j
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -105,6 +106,16 @@ def show_curves(frames: dict[str, pd.DataFrame], key: str) -> None:
             column.plotly_chart(fig, key=f"{key}_{title}", width="stretch")
 
 
+def act(action: Callable[[Path, str], Job], job_id: str, scope: str) -> None:
+    """Stop or resume a job from a button; say why when it cannot, else redraw."""
+    try:
+        action(path, job_id)
+    except (JobError, WorkspaceError) as exc:
+        st.error(str(exc))
+    else:
+        st.rerun(scope=scope)
+
+
 def job_panel(job_id: str) -> None:
     """One job, live while it runs: progress with ETA, curves, log tail, Stop; Resume once stopped or failed."""
     job = look(job_id)[0]
@@ -121,11 +132,7 @@ def job_panel(job_id: str) -> None:
                 if buttons.button("Stop", icon=":material/stop_circle:", key=f"stop_{job_id}",
                                   disabled=current.status == "stopping",
                                   help="Saves a checkpoint and a usable model at the end of the current step"):
-                    try:
-                        stop_job(path, job_id)
-                    except (JobError, WorkspaceError) as exc:
-                        st.error(str(exc))
-                    st.rerun(scope="fragment")
+                    act(stop_job, job_id, "fragment")
                 fraction = float(progress.get("fraction", -1.0))
                 eta = progress.get("eta_s")
                 st.progress(min(max(fraction, 0.0), 1.0),
@@ -134,11 +141,7 @@ def job_panel(job_id: str) -> None:
             elif current.status in ("stopped", "failed") and buttons.button(
                     "Resume", icon=":material/play_circle:", key=f"resume_{job_id}",
                     help="Continue from the last checkpoint"):
-                try:
-                    resume_job(path, job_id)
-                except (JobError, WorkspaceError) as exc:
-                    st.error(str(exc))
-                st.rerun(scope="app")
+                act(resume_job, job_id, "app")
             card = model_card(current)
             if current.status == "failed" and current.error:
                 st.error(current.error.splitlines()[0], icon=":material/error:")

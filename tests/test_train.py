@@ -316,6 +316,28 @@ def test_ewc_holds_the_weights_near_the_base(tiny: dict[str, Path], tmp_path: Pa
     assert penalties[0] == 0.0 and min(penalties[1:]) > 0  # zero at the anchor, positive once the weights move
 
 
+def test_a_mix_is_found_by_its_name_in_the_workspace(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from core.train.data import resolve_export
+
+    ws_path = tmp_path / "named"
+    with Workspace.open(ws_path) as ws:
+        with ws.run("mix", {"name": "tiny"}) as run:
+            ws.con.execute("INSERT INTO mixes (mix_id, name, export_dir) VALUES (?, 'tiny', ?)",
+                           [run.run_id, str(tiny["export"])])
+        assert resolve_export("tiny", ws) == tiny["export"].resolve()  # an open workspace (the demo's case)
+    assert resolve_export("tiny", ws_path) == tiny["export"].resolve()
+    assert available_mixes_of(ws_path) == ["tiny"]
+    with pytest.raises(ConfigError, match="neither an export folder"):
+        resolve_export("other", ws_path)
+
+
+def available_mixes_of(ws_path: Path) -> list[str]:
+    from core.train.launch import available_mixes
+
+    with Workspace.open(ws_path, read_only=True) as ws:
+        return [m["name"] for m in available_mixes(ws)]
+
+
 def test_dry_run_estimate(tiny: dict[str, Path]) -> None:
     est = estimate(tiny["ws"], tiny_config(tiny, max_steps=0, epochs=2.0))
     assert est.tokens == 12_000 and est.steps == 2 * 188  # 375 blocks of 32 tokens, 2 a step, 2 epochs

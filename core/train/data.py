@@ -22,20 +22,25 @@ from core.train.config import ConfigError
 VALIDATION_SETS = ("domain", "general")
 
 
-def resolve_export(mix: str, workspace_path: Path | None = None) -> Path:
-    """The export folder of `mix`: a folder holding manifest.json, or the newest export of that mix name."""
+def resolve_export(mix: str, workspace: Any = None) -> Path:
+    """The export folder of `mix`: a folder holding manifest.json, or the newest export of that mix name in
+    `workspace` (an open Workspace, or its folder)."""
     candidate = Path(mix).expanduser()
     if (candidate / "manifest.json").exists():
         return candidate.resolve()
-    if workspace_path is not None:
+    if workspace is not None:
         from core.mix import latest_mix
         from core.workspace import Workspace, WorkspaceError
 
-        try:
-            with Workspace.open(workspace_path, create=False, read_only=True) as ws:
-                found = latest_mix(ws, mix)
-        except WorkspaceError:
-            found = None
+        found = None
+        if isinstance(workspace, Workspace):
+            found = latest_mix(workspace, mix)
+        else:
+            try:
+                with Workspace.open(workspace, create=False, read_only=True) as ws:
+                    found = latest_mix(ws, mix)
+            except WorkspaceError:
+                found = None
         if found and found.get("export_dir") and (Path(found["export_dir"]) / "manifest.json").exists():
             return Path(found["export_dir"]).resolve()
     raise ConfigError(f"mix {mix!r} is neither an export folder (with manifest.json) nor a mix of this workspace")

@@ -52,7 +52,7 @@ def model_context(path: str, trust_remote_code: bool) -> int | None:
     return getattr(cfg, "max_position_embeddings", None)
 
 
-def resolve(config: TrainConfig, workspace: Path | None) -> dict[str, Any]:
+def resolve(config: TrainConfig, workspace: Workspace | Path | None) -> dict[str, Any]:
     """Paths the training process needs, resolved and checked here so bad input is refused before launch."""
     try:
         model_path = resolve_lm(config.model, with_model=True)
@@ -133,8 +133,7 @@ def launch_argv() -> list[str]:
 def launch_training(ws: Workspace | str | Path, config_text: str, *, env: dict[str, str] | None = None) -> Job:
     """Check `config_text` (TOML) and start it as a `train` job; ConfigError with the reason when it cannot run."""
     config = parse_config(config_text)
-    workspace = _workspace_path(ws)
-    resolved = resolve(config, workspace)
+    resolved = resolve(config, ws if isinstance(ws, Workspace) else _workspace_path(ws))
 
     def prepare(folder: Path) -> None:
         (folder / RESOLVED_NAME).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
@@ -180,7 +179,7 @@ def estimate(ws: Workspace | str | Path, config_text: str) -> Estimate:
     from core.train.recipes import steps_for
 
     config = parse_config(config_text)
-    workspace = _workspace_path(ws)
+    workspace = ws if isinstance(ws, Workspace) else _workspace_path(ws)
     tokens = examples = None
     if config.stage == "cpt":
         export = resolve_export(config.mix, workspace)
