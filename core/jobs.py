@@ -199,12 +199,8 @@ def _workspace(ws: Workspace | str | Path, write: bool) -> Iterator[Workspace]:
     if isinstance(ws, Workspace):
         yield ws
         return
-    try:
-        opened = Workspace.open(ws, create=False, read_only=not write, wait_s=5.0 if write else None)
-    except WorkspaceError:
-        if write:
-            raise
-        opened = Workspace.open(ws, create=False, read_only=True)
+    # Another process (the app's page, a CLI look) may hold the file for a moment: wait a little, as writers do.
+    opened = Workspace.open(ws, create=False, read_only=not write, wait_s=5.0)
     with opened:
         yield opened
 

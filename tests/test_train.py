@@ -398,18 +398,17 @@ def test_train_page_in_a_browser_launch_watch_reload_stop_resume(tiny: dict[str,
 
     ws = tmp_path / "ws"
     Workspace.open(ws).close()
-    monkeypatch.setenv("STUDIO_TRAIN_STEP_DELAY", "1.5")  # jobs the app launches inherit it: time to watch
+    monkeypatch.setenv("STUDIO_TRAIN_STEP_DELAY", "2.0")  # jobs the app launches inherit it: time to watch
     url = app_server(ws)
     page = browser_page(url)
     open_studio_page(page, url, "Train")
     page.wait_for_selector("text=New training job")
     editor = page.get_by_label("Config (TOML): launched as shown; edits here win until the form changes")
-    editor.fill(tiny_config(tiny, max_steps=12, eval_steps=3))
+    editor.fill(tiny_config(tiny, max_steps=40, eval_steps=5))
     editor.press("Control+Enter")
     wait_for_app(page)
     page.get_by_role("button", name="Launch").click()
-    page.wait_for_selector("text=Running", timeout=120_000)
-    page.wait_for_selector("text=/step [3-9] of 12/", timeout=300_000)  # live progress, curves drawn
+    page.wait_for_selector("text=/step [3-9] of 40/", timeout=300_000)  # live progress, curves drawn
     assert page.locator(".js-plotly-plot").count() >= 4
     page.screenshot(path="/tmp/studio-train-live.png", full_page=True)
     job_id = list_jobs(ws)[0].job_id
@@ -419,18 +418,17 @@ def test_train_page_in_a_browser_launch_watch_reload_stop_resume(tiny: dict[str,
     page = browser_page(url)
     open_studio_page(page, url, "Train")
     page.wait_for_selector(f"text={job_id}", timeout=60_000)
-    page.wait_for_selector("text=Running")
-    page.get_by_role("button", name="Stop").click()
+    page.locator(f".st-key-stop_{job_id} button").first.click(timeout=60_000)
     assert sleep_until(lambda: get_job(ws, job_id).status == "stopped", 300)
     page.reload()
     wait_for_app(page)
     open_studio_page(page, url, "Train")
     page.wait_for_selector("text=Past jobs", timeout=60_000)
     page.wait_for_selector("text=usable, and resumable")
-    page.get_by_role("button", name="Resume").click()
+    page.locator(f".st-key-resume_{job_id} button").first.click(timeout=60_000)
     assert sleep_until(lambda: get_job(ws, job_id).status == "finished", 400)
     done = get_job(ws, job_id)
-    assert done.attempts == 2 and max(r["step"] for r in read_metrics(Path(done.output_dir))) == 12
+    assert done.attempts == 2 and max(r["step"] for r in read_metrics(Path(done.output_dir))) == 40
     page.reload()
     wait_for_app(page)
     open_studio_page(page, url, "Train")
