@@ -35,6 +35,7 @@ STEP_RUNNERS: dict[str, str] = {
     "recall": "core.recall:demo_step",
     "decontam": "core.decontam:demo_step",
     "mix": "core.mix:demo_step",
+    "train": "core.train.launch:demo_step",
 }
 
 

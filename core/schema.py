@@ -417,6 +417,31 @@ DEDUP_MIGRATIONS: list[str] = [
     """,
 ]
 
+# Jobs (core/jobs.py): every long step launched as a process of its own (training, evaluation, curation). The
+# launcher writes this table; the job's process writes only files in its output folder, and each look (list/get)
+# reconciles the row with them, so a vanished process is marked failed instead of running forever.
+JOBS_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS jobs (
+        job_id VARCHAR PRIMARY KEY,
+        kind VARCHAR NOT NULL,
+        label VARCHAR,
+        config VARCHAR,
+        argv JSON,
+        status VARCHAR NOT NULL CHECK (status IN ('queued', 'running', 'stopping', 'stopped', 'finished', 'failed')),
+        pid INTEGER,
+        created_at TIMESTAMP DEFAULT current_timestamp,
+        started_at TIMESTAMP,
+        ended_at TIMESTAMP,
+        exit_code INTEGER,
+        output_dir VARCHAR,
+        log_path VARCHAR,
+        error VARCHAR,
+        attempts INTEGER NOT NULL DEFAULT 1
+    );
+    """,
+]
+
 # Later steps register their own tables here under their component name (e.g. "dedup", "quality").
 MIGRATIONS: dict[str, list[str]] = {
     "core": CORE_MIGRATIONS,
@@ -426,4 +451,5 @@ MIGRATIONS: dict[str, list[str]] = {
     "terms": TERMS_MIGRATIONS,
     "mix": MIX_MIGRATIONS,
     "quality": QUALITY_MIGRATIONS,
+    "jobs": JOBS_MIGRATIONS,
 }

@@ -28,6 +28,7 @@ PAGES: list[tuple[str, str, str]] = [
     ("terms.py", "Terminology", ":material/spellcheck:"),
     ("recall.py", "Recall", ":material/target:"),
     ("mix.py", "Mix", ":material/blender:"),
+    ("train.py", "Train", ":material/model_training:"),
 ]
 
 

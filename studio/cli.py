@@ -35,6 +35,7 @@ COMMAND_MODULES = [
     "studio.commands.terms",
     "studio.commands.recall",
     "studio.commands.mix",
+    "studio.commands.train",
     "studio.commands.app",
 ]
 
