@@ -37,9 +37,6 @@ import pyarrow as pa
 
 from core import fastpath
 from core.fastpath import (
-    ONNX_FP32,
-    ONNX_INT8,
-    ONNX_INT8_MIXED,
     ONNX_PATHS,
     TORCH_BF16,
     TORCH_FP32,
@@ -121,24 +118,22 @@ def _onnx_source(name: str) -> Path | None:
     return path if path.is_dir() else None
 
 
-def onnx_files(name: str) -> dict[str, Path] | None:
-    """The fp32, int8 and mixed int8 ONNX exports of a local embedding model (made once, cached under
-    STUDIO_CACHE); None where the model is not a local transformer + mean/cls pooling model."""
+def onnx_file(name: str, path: str) -> Path | None:
+    """The ONNX export of a local embedding model for `path` (onnx-fp32, onnx-int8, onnx-int8-mixed), made on
+    first need and cached under STUDIO_CACHE; None where the model is not a local transformer + mean/cls
+    pooling model or onnxruntime is missing."""
     source = _onnx_source(name)
     model = load_embedder(name)
     mode = _pooling_mode(model)
     if source is None or mode is None or not fastpath.onnx_available():
         return None
     folder = fastpath.onnx_dir("embed-" + source.name, source)
-    files = {ONNX_FP32: folder / "model.onnx", ONNX_INT8: folder / "model.int8.onnx",
-             ONNX_INT8_MIXED: folder / "model.int8-mixed.onnx"}
-    if all(f.exists() for f in files.values()):
-        return files
-    with _export_lock:
-        fastpath.atomic_onnx(files[ONNX_FP32], lambda tmp: _export(model, source, mode, tmp))
-        fastpath.quantize_int8(files[ONNX_FP32], files[ONNX_INT8])
-        fastpath.quantize_int8(files[ONNX_FP32], files[ONNX_INT8_MIXED], _sensitive_matmuls(files[ONNX_FP32]))
-    return files
+    return fastpath.onnx_variant(folder, path, lambda tmp: _export(model, source, mode, tmp), _sensitive_matmuls)
+
+
+def onnx_supported(name: str) -> bool:
+    return _onnx_source(name) is not None and _pooling_mode(load_embedder(name)) is not None \
+        and fastpath.onnx_available()
 
 
 def _sensitive_matmuls(model_path: Path) -> list[str]:
@@ -192,8 +187,8 @@ def _export(model: Any, source: Path, mode: str, target: Path) -> None:
                           input_names=inputs, output_names=["embedding"], dynamic_axes=axes, opset_version=17)
 
 
-def _encode_onnx(model: Any, files: dict[str, Path], path: str, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
-    session = fastpath.onnx_session(str(files[path]))
+def _encode_onnx(model: Any, file: Path, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
+    session = fastpath.onnx_session(str(file))
     wanted = [i.name for i in session.get_inputs()]
     enc = model.tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_tokens, return_tensors="np")
     return session.run(None, {k: enc[k].astype(np.int64) for k in wanted})[0]
@@ -214,8 +209,7 @@ def calibrate(cfg: EmbedConfig, texts: Sequence[str], paths: Sequence[str] | Non
     """Time every candidate path on a sample of `texts` and keep the fastest whose min cosine to fp32 is at
     least AGREEMENT_BOUND (not stored: see `choose_path`)."""
     sample = _calibration_sample(texts)
-    files = onnx_files(cfg.model)
-    paths = list(paths) if paths is not None else fastpath.candidate_paths(files is not None)
+    paths = list(paths) if paths is not None else fastpath.candidate_paths(onnx_supported(cfg.model))
     trials = fastpath.run_trials(
         paths, len(sample), lambda path, warm: encode_uncached(sample[-4:] if warm else sample, cfg, path=path),
         agreement=lambda ref, vec: float((ref * vec).sum(axis=1).min()),
@@ -279,8 +273,8 @@ def encode_uncached(texts: Sequence[str], cfg: EmbedConfig | None = None, progre
         return np.zeros((0, dim), dtype=np.float32)
     if path is None:
         path = choose_path(cfg, texts, progress) if fast else TORCH_FP32
-    files = onnx_files(cfg.model) if path in ONNX_PATHS else None
-    if path in ONNX_PATHS and files is None:
+    file = onnx_file(cfg.model, path) if path in ONNX_PATHS else None
+    if path in ONNX_PATHS and file is None:
         raise ValueError(f"path {path} needs a local transformer + mean/cls pooling model; {cfg.model!r} is not one")
     model.max_seq_length = cfg.max_tokens
     autocast: Any = torch.autocast("cpu", dtype=torch.bfloat16) if path == TORCH_BF16 else nullcontext()
@@ -292,10 +286,10 @@ def encode_uncached(texts: Sequence[str], cfg: EmbedConfig | None = None, progre
     with torch.inference_mode(), autocast:
         for start in range(0, len(texts), chunk):
             idx = order[start:start + chunk]
-            if files is not None:
+            if file is not None:
                 for b in range(0, len(idx), cfg.batch_size):
                     part = idx[b:b + cfg.batch_size]
-                    out[part] = _encode_onnx(model, files, path, [texts[i] for i in part], cfg)
+                    out[part] = _encode_onnx(model, file, [texts[i] for i in part], cfg)
             else:
                 vectors = model.encode([texts[i] for i in idx], batch_size=cfg.batch_size, convert_to_tensor=True,
                                        normalize_embeddings=False, show_progress_bar=False)

@@ -268,6 +268,27 @@ def atomic_onnx(target: Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
+_variant_lock = threading.Lock()
+
+
+def onnx_variant(folder: Path, path: str, export: Callable[[Path], None],
+                 sensitive: Callable[[Path], Sequence[str]]) -> Path:
+    """The ONNX file of one path in `folder`, made on first need: `model.onnx` through `export`, the int8
+    variants quantised from it (`onnx-int8-mixed` leaves the nodes `sensitive` names in fp32)."""
+    files = {ONNX_FP32: folder / "model.onnx", ONNX_INT8: folder / "model.int8.onnx",
+             ONNX_INT8_MIXED: folder / "model.int8-mixed.onnx"}
+    target = files[path]
+    if target.exists():
+        return target
+    with _variant_lock:
+        source = atomic_onnx(files[ONNX_FP32], export)
+        if path == ONNX_INT8:
+            quantize_int8(source, target)
+        elif path == ONNX_INT8_MIXED:
+            quantize_int8(source, target, sensitive(source))
+    return target
+
+
 def quantize_int8(source: Path, target: Path, exclude: Sequence[str] = ()) -> Path:
     """Dynamic int8 quantisation of the weight MatMuls (per output channel, activations quantised per tensor at
     run time). reduce_range stays off: it was measured less accurate here and ORT's AVX2 kernels do not need it."""

@@ -28,9 +28,6 @@ import numpy as np
 
 from core import fastpath
 from core.fastpath import (
-    ONNX_FP32,
-    ONNX_INT8,
-    ONNX_INT8_MIXED,
     ONNX_PATHS,
     PATHS,
     TORCH_BF16,
@@ -117,24 +114,20 @@ def load_lm(name: str = BUNDLED_LM, device: str = "auto") -> LoadedLM:
         return LoadedLM(name, model, tokenizer, dev)
 
 
-def onnx_files(name: str) -> dict[str, Path] | None:
-    """ONNX exports (fp32, int8, int8 with an fp32 head) of a local causal LM, made once under STUDIO_CACHE."""
-    if not fastpath.onnx_available():
+def onnx_file(name: str, path: str) -> Path | None:
+    """The ONNX export of a local causal LM for `path`, made on first need and cached under STUDIO_CACHE (the
+    int8 variants quantised from the fp32 export); None where there is no local folder or no onnxruntime."""
+    if not onnx_supported(name):
         return None
     source = Path(resolve_lm(name, with_model=True))
-    if not source.is_dir():
-        return None
     folder = fastpath.onnx_dir("lm-" + source.name, source)
-    files = {ONNX_FP32: folder / "model.onnx", ONNX_INT8: folder / "model.int8.onnx",
-             ONNX_INT8_MIXED: folder / "model.int8-mixed.onnx"}
-    if all(f.exists() for f in files.values()):
-        return files
-    with _export_lock:
-        fastpath.atomic_onnx(files[ONNX_FP32], lambda tmp: _export(source, tmp))
-        fastpath.quantize_int8(files[ONNX_FP32], files[ONNX_INT8])
-        head = fastpath.weight_matmuls(files[ONNX_FP32])[-1:]  # the vocabulary projection comes last
-        fastpath.quantize_int8(files[ONNX_FP32], files[ONNX_INT8_MIXED], head)
-    return files
+    # onnx-int8-mixed keeps the vocabulary projection (the last weight MatMul) in fp32.
+    return fastpath.onnx_variant(folder, path, lambda tmp: _export(source, tmp),
+                                 lambda src: fastpath.weight_matmuls(src)[-1:])
+
+
+def onnx_supported(name: str) -> bool:
+    return fastpath.onnx_available() and Path(resolve_lm(name, with_model=True)).is_dir()
 
 
 def _export(source: Path, target: Path) -> None:
@@ -192,7 +185,7 @@ def calibrate(model: str, texts: Sequence[str], paths: Sequence[str] | None = No
     """Time every candidate on a sample of `texts` (truncated to CALIBRATION_TOKENS) and keep the fastest whose
     every document's perplexity is within AGREEMENT_BOUND of fp32 (not stored: see `choose_path`)."""
     sample = _calibration_sample(texts)
-    paths = list(paths) if paths is not None else fastpath.candidate_paths(onnx_files(model) is not None)
+    paths = list(paths) if paths is not None else fastpath.candidate_paths(onnx_supported(model))
 
     def compute(path: str, warm: bool) -> list[float | None]:
         cfg = PerplexityConfig(model=model, max_tokens=CALIBRATION_TOKENS, dtype=path, device="cpu")
@@ -252,10 +245,10 @@ def score_texts(texts: Sequence[str], cfg: PerplexityConfig | None = None,
     cfg.validate()
     lm = load_lm(cfg.model, cfg.device)
     path = resolve_dtype(cfg.dtype, lm.device, texts, cfg.model)
-    files = onnx_files(cfg.model) if path in ONNX_PATHS else None
-    if path in ONNX_PATHS and files is None:
+    file = onnx_file(cfg.model, path) if path in ONNX_PATHS else None
+    if path in ONNX_PATHS and file is None:
         raise ValueError(f"path {path} needs a local causal LM folder and onnxruntime; {cfg.model!r} has none")
-    session = fastpath.onnx_session(str(files[path])) if files else None
+    session = fastpath.onnx_session(str(file)) if file else None
     encoded = lm.tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=cfg.max_tokens)
     ids: list[list[int]] = encoded["input_ids"]
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))  # similar lengths share a batch
