@@ -195,20 +195,11 @@ def _encode_onnx(model: Any, file: Path, texts: list[str], cfg: EmbedConfig) -> 
 
 
 # --- choosing and running a path ---------------------------------------------------------------------------------
-def _calibration_sample(texts: Sequence[str]) -> list[str]:
-    """Up to CALIBRATION_TEXTS distinct texts spread evenly over the length range (short and long both count)."""
-    distinct = sorted(set(texts), key=lambda t: (len(t), t))
-    if len(distinct) <= CALIBRATION_TEXTS:
-        return distinct
-    step = len(distinct) / CALIBRATION_TEXTS
-    return [distinct[int(i * step)] for i in range(CALIBRATION_TEXTS)]
-
-
 def calibrate(cfg: EmbedConfig, texts: Sequence[str], paths: Sequence[str] | None = None,
               progress: Progress = no_progress) -> PathChoice:
     """Time every candidate path on a sample of `texts` and keep the fastest whose min cosine to fp32 is at
     least AGREEMENT_BOUND (not stored: see `choose_path`)."""
-    sample = _calibration_sample(texts)
+    sample = fastpath.calibration_sample(texts, CALIBRATION_TEXTS)
     paths = list(paths) if paths is not None else fastpath.candidate_paths(onnx_supported(cfg.model))
     trials = fastpath.run_trials(
         paths, len(sample), lambda path, warm: encode_uncached(sample[-4:] if warm else sample, cfg, path=path),

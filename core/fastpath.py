@@ -201,6 +201,15 @@ def run_trials(paths: Sequence[str], items: int, compute: Callable[[str, bool], 
     return trials
 
 
+def calibration_sample(texts: Sequence[str], size: int) -> list[str]:
+    """Up to `size` distinct texts spread evenly over the length range (short and long both count)."""
+    distinct = sorted(set(texts), key=lambda t: (len(t), t))
+    if len(distinct) <= size:
+        return distinct
+    step = len(distinct) / size
+    return [distinct[int(i * step)] for i in range(size)]
+
+
 def _choices_path() -> Path:
     return cache_dir() / CHOICES_FILE
 

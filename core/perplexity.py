@@ -161,14 +161,6 @@ def _export(source: Path, target: Path) -> None:
                           dynamic_axes=axes, opset_version=17)
 
 
-def _calibration_sample(texts: Sequence[str]) -> list[str]:
-    distinct = sorted(set(texts), key=lambda t: (len(t), t))
-    if len(distinct) <= CALIBRATION_DOCS:
-        return distinct
-    step = len(distinct) / CALIBRATION_DOCS
-    return [distinct[int(i * step)] for i in range(CALIBRATION_DOCS)]
-
-
 def relative_deviation(reference: Sequence[float | None], other: Sequence[float | None]) -> float:
     """The largest |other / reference - 1| over documents both scored (inf where only one did)."""
     worst = 0.0
@@ -184,7 +176,7 @@ def calibrate(model: str, texts: Sequence[str], paths: Sequence[str] | None = No
               progress: Progress = no_progress) -> PathChoice:
     """Time every candidate on a sample of `texts` (truncated to CALIBRATION_TOKENS) and keep the fastest whose
     every document's perplexity is within AGREEMENT_BOUND of fp32 (not stored: see `choose_path`)."""
-    sample = _calibration_sample(texts)
+    sample = fastpath.calibration_sample(texts, CALIBRATION_DOCS)
     paths = list(paths) if paths is not None else fastpath.candidate_paths(onnx_supported(model))
 
     def compute(path: str, warm: bool) -> list[float | None]:
