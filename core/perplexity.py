@@ -7,9 +7,10 @@ same document with another model or length gives another number, so both are sto
 On the 2-core development machines the bundled SmolLM2-135M scores about 360 tokens/s in fp32 and about 580
 with bf16 autocast where bf16 is native (docs/PLATFORM facts); batches are sorted by length so padding costs
 little. bf16 is emulated (slower than fp32) on AVX2-only CPUs, so `dtype="auto"` picks, per model and CPU
-feature set (`core.fastpath`), the fastest of: ONNX Runtime with int8 weight MatMuls (`onnx-int8`), the same
-with the output head kept fp32 (`onnx-int8-mixed`), ONNX Runtime fp32, bf16 autocast where native, torch fp32,
-keeping only paths whose perplexity of every calibration document is within 2 % of fp32. The ONNX graph is
+feature set (`core.fastpath`), the fastest of: ONNX Runtime fp32, bf16 autocast where native, torch fp32 (and,
+with STUDIO_PERPLEXITY_TRY_INT8=1, ONNX Runtime with int8 weight MatMuls, with and without the head in fp32:
+measured far outside the bound on SmolLM2), keeping only paths whose perplexity of every calibration document
+is within 2 % of fp32. The ONNX graph is
 exported locally (torch.onnx) and returns each sequence's summed negative log-likelihood, so the (batch x
 tokens x 49k) logits never leave it.
 """
@@ -17,6 +18,7 @@ tokens x 49k) logits never leave it.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ import numpy as np
 
 from core import fastpath
 from core.fastpath import (
+    ONNX_INT8,
+    ONNX_INT8_MIXED,
     ONNX_PATHS,
     PATHS,
     TORCH_BF16,
@@ -42,6 +46,10 @@ CALIBRATION_DOCS = 12
 MIN_CALIBRATION_DOCS = 16  # fewer documents than this are scored with the reference path, undecided
 CALIBRATION_TOKENS = 128
 PATH_ENV = "STUDIO_PERPLEXITY_PATH"
+# Dynamic int8 (per-channel weights, per-tensor activations) moved SmolLM2-135M's perplexity by 400x even with
+# the FFN down projections and the head kept fp32 (10^6x with every MatMul int8), and quantising takes minutes;
+# so the int8 paths are calibrated only on request (any other model may fare better).
+INT8_ENV = "STUDIO_PERPLEXITY_TRY_INT8"
 DTYPES = ("auto", "bf16", "fp32", *PATHS)
 _load_lock = threading.Lock()
 _export_lock = threading.Lock()
@@ -177,7 +185,9 @@ def calibrate(model: str, texts: Sequence[str], paths: Sequence[str] | None = No
     """Time every candidate on a sample of `texts` (truncated to CALIBRATION_TOKENS) and keep the fastest whose
     every document's perplexity is within AGREEMENT_BOUND of fp32 (not stored: see `choose_path`)."""
     sample = fastpath.calibration_sample(texts, CALIBRATION_DOCS)
-    paths = list(paths) if paths is not None else fastpath.candidate_paths(onnx_supported(model))
+    if paths is None:
+        paths = [p for p in fastpath.candidate_paths(onnx_supported(model))
+                 if os.environ.get(INT8_ENV) == "1" or p not in (ONNX_INT8, ONNX_INT8_MIXED)]
 
     def compute(path: str, warm: bool) -> list[float | None]:
         cfg = PerplexityConfig(model=model, max_tokens=CALIBRATION_TOKENS, dtype=path, device="cpu")
