@@ -213,17 +213,8 @@ def choose_path(cfg: EmbedConfig, texts: Sequence[str] = (), progress: Progress 
     """The path this machine uses for `cfg`: forced by STUDIO_EMBED_PATH, else the cached choice for this model
     and CPU feature set, else a calibration on `texts` (stored); with too few texts to calibrate, the fp32
     reference (not stored, so a later, larger call decides)."""
-    forced = fastpath.forced_path(PATH_ENV)
-    if forced:
-        return forced
-    known = cached_choice(cfg)
-    if known:
-        return known.path
-    if len(set(texts)) < MIN_CALIBRATION_TEXTS:
-        return TORCH_FP32
-    choice = calibrate(cfg, texts, progress=progress)
-    fastpath.store_choice(choice)
-    return choice.path
+    return fastpath.decide(PATH_ENV, "embed", model_key(cfg, "*"), texts, MIN_CALIBRATION_TEXTS,
+                           lambda: calibrate(cfg, texts, progress=progress))
 
 
 def cached_choice(cfg: EmbedConfig) -> PathChoice | None:

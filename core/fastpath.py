@@ -210,6 +210,24 @@ def calibration_sample(texts: Sequence[str], size: int) -> list[str]:
     return [distinct[int(i * step)] for i in range(size)]
 
 
+def decide(env: str, task: str, model: str, texts: Sequence[str], min_texts: int,
+           calibrate: Callable[[], PathChoice]) -> str:
+    """The path to use: named in `env`, else the cached choice for (task, model, this CPU feature set), else
+    `calibrate()` (stored) where `texts` hold at least `min_texts` distinct texts; else the fp32 reference,
+    not stored, so a later, larger call decides."""
+    forced = forced_path(env)
+    if forced:
+        return forced
+    known = cached_choice(task, model)
+    if known:
+        return known.path
+    if len(set(texts)) < min_texts:
+        return TORCH_FP32
+    choice = calibrate()
+    store_choice(choice)
+    return choice.path
+
+
 def _choices_path() -> Path:
     return cache_dir() / CHOICES_FILE
 

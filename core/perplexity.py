@@ -203,17 +203,8 @@ def calibrate(model: str, texts: Sequence[str], paths: Sequence[str] | None = No
 def choose_path(model: str = BUNDLED_LM, texts: Sequence[str] = (), progress: Progress = no_progress) -> str:
     """Forced by STUDIO_PERPLEXITY_PATH, else the cached choice for this model and CPU feature set, else a
     calibration on `texts` (stored); with too few texts to calibrate, the fp32 reference (not stored)."""
-    forced = fastpath.forced_path(PATH_ENV)
-    if forced:
-        return forced
-    known = fastpath.cached_choice("perplexity", model)
-    if known:
-        return known.path
-    if len(set(texts)) < MIN_CALIBRATION_DOCS:
-        return TORCH_FP32
-    choice = calibrate(model, texts, progress=progress)
-    fastpath.store_choice(choice)
-    return choice.path
+    return fastpath.decide(PATH_ENV, "perplexity", model, texts, MIN_CALIBRATION_DOCS,
+                           lambda: calibrate(model, texts, progress=progress))
 
 
 def describe_path(model: str = BUNDLED_LM) -> str:
