@@ -1,6 +1,6 @@
 """Dedup benchmark: MinHash signatures (studio/rensa vs datasketch's fastest path), estimate error, LSH clustering
-in a workspace, peak memory, and embedding throughput (plain sentence-transformers vs the studio's fast path vs
-the cache). Every baseline is measured in the same run, so the ratios hold on a noisy shared machine.
+in a workspace, peak memory, and embedding throughput (plain sentence-transformers vs every inference path of
+the studio, with its agreement to fp32, vs the cache). Every baseline is measured in the same run, so the ratios hold on a noisy shared machine.
 
     flock /tmp/studio-heavy.lock .venv/bin/python bench/dedup.py [--docs 200000] [--baseline-docs 20000]
 
@@ -225,10 +225,21 @@ def bench_clustering(texts: list[str]) -> dict:
         return result
 
 
-def bench_embeddings(n: int) -> dict:
+def bench_embeddings(n: int, chunk: int = 50) -> dict:
+    """Plain sentence-transformers (256 tokens, fp32) against every inference path of the studio, interleaved
+    chunk by chunk (each method sees the same load on a shared machine), then the studio's cache."""
     import torch
 
-    from core.embed import EmbedConfig, embed_texts, encode_uncached, load_embedder
+    from core import fastpath
+    from core.embed import (
+        AGREEMENT_BOUND,
+        EmbedConfig,
+        embed_texts,
+        encode_uncached,
+        load_embedder,
+        onnx_supported,
+    )
+    from core.fastpath import TORCH_BF16, TORCH_FP32, PathTrial
     from core.workspace import Workspace
 
     with open(data_root() / "medquad/corpus_en_medquad_nih_paragraphs.jsonl", encoding="utf-8") as fh:
@@ -236,34 +247,48 @@ def bench_embeddings(n: int) -> dict:
     words = float(np.mean([len(t.split()) for t in texts]))
     cfg = EmbedConfig()
     model = load_embedder(cfg.model)
-    model.encode(texts[:8])  # warm up
-    model.max_seq_length = 256  # the model's own default: what a plain encode does
-    t0 = time.perf_counter()
-    plain = model.encode(texts, batch_size=32, normalize_embeddings=True)
-    plain_s = time.perf_counter() - t0
-    model.max_seq_length = cfg.max_tokens
-    t0 = time.perf_counter()
-    plain128 = model.encode(texts, batch_size=64, normalize_embeddings=True)
-    plain128_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fast = encode_uncached(texts, cfg)
-    fast_s = time.perf_counter() - t0
+    paths = [p for p in fastpath.PATHS if p != TORCH_BF16 or fastpath._bf16_hardware()]
+    if not onnx_supported(cfg.model):
+        paths = [p for p in paths if p not in fastpath.ONNX_PATHS]
+    for path in paths:  # warm up: ONNX export and quantisation (first run only), sessions, allocation
+        encode_uncached(texts[:8], cfg, path=path)
+    model.encode(texts[:8])
+
+    def plain(part: list[str]) -> np.ndarray:
+        model.max_seq_length = 256  # the model's own default: what a plain encode does
+        return model.encode(part, batch_size=32, normalize_embeddings=True)
+
+    seconds = {"plain": 0.0} | {p: 0.0 for p in paths}
+    vectors: dict[str, list[np.ndarray]] = {k: [] for k in seconds}
+    for start in range(0, len(texts), chunk):
+        part = texts[start:start + chunk]
+        for method in seconds:
+            t0 = time.perf_counter()
+            vectors[method].append(plain(part) if method == "plain" else encode_uncached(part, cfg, path=method))
+            seconds[method] += time.perf_counter() - t0
+    stacked = {k: np.concatenate(v) for k, v in vectors.items()}
+    ref = stacked[TORCH_FP32]
+    trials = [PathTrial(p, len(texts), seconds[p], None if p == TORCH_FP32 else float((stacked[p] * ref).sum(1).min()),
+                        p == TORCH_FP32 or float((stacked[p] * ref).sum(1).min()) >= AGREEMENT_BOUND) for p in paths]
+    chosen = fastpath.select_path(trials)
+    chosen_no_bf16 = fastpath.select_path([t for t in trials if t.path != TORCH_BF16])
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp, Workspace.open(Path(tmp) / "ws") as ws:
         t0 = time.perf_counter()
-        embed_texts(ws, texts, cfg)
+        embed_texts(ws, texts, cfg, path=chosen)
         first_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cached = embed_texts(ws, texts, cfg)
+        cached = embed_texts(ws, texts, cfg, path=chosen)
         cached_s = time.perf_counter() - t0
     return {
         "paragraphs": len(texts), "mean_words": words, "threads": torch.get_num_threads(),
-        "plain_256_fp32_per_s": len(texts) / plain_s, "plain_128_fp32_per_s": len(texts) / plain128_s,
-        "fast_per_s": len(texts) / fast_s, "fast_with_cache_write_per_s": len(texts) / first_s,
-        "cached_per_s": len(texts) / cached_s,
-        "cos_fast_vs_plain128_min": float((fast * plain128).sum(1).min()),
-        "cos_fast_vs_plain128_mean": float((fast * plain128).sum(1).mean()),
-        "cos_fast_vs_plain256_mean": float((fast * plain).sum(1).mean()),
-        "cos_cached_vs_fast_min": float((cached * fast).sum(1).min()),
+        "cpu": fastpath.cpu_features(), "plain_256_fp32_per_s": len(texts) / seconds["plain"],
+        "paths": {t.path: {"per_s": t.per_second, "vs_plain": seconds["plain"] / t.seconds,
+                           "min_cos": t.agreement, "mean_cos": float((stacked[t.path] * ref).sum(1).mean()),
+                           "accepted": t.accepted} for t in trials},
+        "chosen": chosen, "chosen_no_bf16": chosen_no_bf16,
+        "fast_with_cache_write_per_s": len(texts) / first_s, "cached_per_s": len(texts) / cached_s,
+        "cos_cached_vs_chosen_min": float((cached * stacked[chosen]).sum(1).min()),
+        "cos_fp32_128_vs_plain256_mean": float((ref * stacked["plain"]).sum(1).mean()),
     }
 
 
@@ -321,15 +346,23 @@ def main() -> None:
               f"({c['dropped_at_0.7']:,} dropped); peak RSS of the dedup process {c['peak_rss_mb']:,.0f} MB")
     if args.only in (None, "embed"):
         e = bench_embeddings(args.embed_paragraphs)
-        print(f"embeddings, {e['paragraphs']} MedQuAD paragraphs ({e['mean_words']:.0f} words avg, "
-              f"{e['threads']} threads): plain sentence-transformers (256 tokens, fp32) {e['plain_256_fp32_per_s']:.1f}/s; "
-              f"plain at 128 tokens {e['plain_128_fp32_per_s']:.1f}/s; studio fast path {e['fast_per_s']:.1f}/s "
-              f"({e['fast_per_s'] / e['plain_256_fp32_per_s']:.1f}x plain); with cache write "
-              f"{e['fast_with_cache_write_per_s']:.1f}/s; cached {e['cached_per_s']:,.0f}/s "
-              f"({e['cached_per_s'] / e['plain_256_fp32_per_s']:,.0f}x plain)")
-        print(f"agreement: cosine fast vs plain at 128 tokens min {e['cos_fast_vs_plain128_min']:.5f} mean "
-              f"{e['cos_fast_vs_plain128_mean']:.5f}; fast (128) vs plain (256) mean {e['cos_fast_vs_plain256_mean']:.4f}; "
-              f"cached vs fast min {e['cos_cached_vs_fast_min']:.6f}")
+        cpu = e["cpu"]
+        print(f"embeddings, {e['paragraphs']} MedQuAD paragraphs ({e['mean_words']:.0f} words avg, {e['threads']} "
+              f"threads), interleaved in chunks; CPU {cpu['cpu']} ({cpu['capability']}, flags "
+              f"{' '.join(cpu['flags']) or '-'}, native bf16 {cpu['bf16_hardware']})")
+        print(f"  plain sentence-transformers (256 tokens, fp32): {e['plain_256_fp32_per_s']:.1f}/s")
+        for path, r in e["paths"].items():
+            agreement = "reference" if r["min_cos"] is None else f"cosine to torch-fp32 min {r['min_cos']:.4f} " \
+                f"mean {r['mean_cos']:.5f} ({'within' if r['accepted'] else 'OUTSIDE'} the 0.99 bound)"
+            print(f"  {path:16s} (128 tokens): {r['per_s']:6.1f}/s, {r['vs_plain']:.2f}x plain; {agreement}")
+        chosen = e["paths"][e["chosen"]]
+        print(f"RATIO chosen path {e['chosen']} / plain (256, fp32): {chosen['vs_plain']:.2f}x; with bf16 forced off "
+              f"(STUDIO_NO_BF16=1, as on an AVX2-only CPU): {e['chosen_no_bf16']}, "
+              f"{e['paths'][e['chosen_no_bf16']]['vs_plain']:.2f}x")
+        print(f"  with cache write {e['fast_with_cache_write_per_s']:.1f}/s; cached {e['cached_per_s']:,.0f}/s "
+              f"({e['cached_per_s'] / e['plain_256_fp32_per_s']:,.0f}x plain); cached vs computed min cosine "
+              f"{e['cos_cached_vs_chosen_min']:.6f}; fp32 at 128 vs plain 256 tokens mean cosine "
+              f"{e['cos_fp32_128_vs_plain256_mean']:.4f}")
     print(f"peak RSS of the bench process: {peak_rss_mb():,.0f} MB")
 
 

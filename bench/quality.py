@@ -1,5 +1,5 @@
 """Quality benchmark: heuristic scoring throughput on >= 200,000 documents, threshold moves from stored values,
-language-model perplexity on CPU (fp32 against bf16 autocast), then the terminology bench (`bench/terms.py`:
+language-model perplexity on CPU (every inference path against torch fp32, with its agreement), then the terminology bench (`bench/terms.py`:
 Aho-Corasick against a regex alternation with a 1,000-term lexicon). Baselines are measured in the same run, so
 the ratios hold on a noisy shared machine.
 
@@ -26,6 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from core.config import data_root  # noqa: E402
 from core.ingest import IngestConfig, ingest  # noqa: E402
+from core.models import BUNDLED_LM  # noqa: E402
 from core.quality import (  # noqa: E402
     QualityFilterConfig,
     QualityScoreConfig,
@@ -97,27 +98,68 @@ def bench_heuristics(texts: list[str], n_docs: int, baseline_docs: int, workdir:
     return {"single_docs_per_s": single, "studio_docs_per_s": rate, "apply_s": apply_s}
 
 
-def bench_perplexity(n_docs: int, max_tokens: int) -> dict[str, float]:
-    from core.perplexity import PerplexityConfig, load_lm, score_texts
+def bench_perplexity(n_docs: int, max_tokens: int, chunk: int = 8,
+                     paths: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Every inference path against torch fp32, interleaved batch by batch (each path sees the same load on a
+    shared machine): tokens/s, ratio to fp32, and the worst relative perplexity deviation of any document."""
+    from core import fastpath
+    from core.fastpath import TORCH_BF16, TORCH_FP32, PathTrial
+    from core.perplexity import (
+        AGREEMENT_BOUND,
+        PerplexityConfig,
+        load_lm,
+        onnx_supported,
+        relative_deviation,
+        score_texts,
+    )
 
     with open(data_root() / "medquad" / "corpus_en_medquad_nih_paragraphs.jsonl", encoding="utf-8") as fh:
         texts = [json.loads(line)["text"] for line in fh]
     texts = [t for t in texts if len(t.split()) >= 80][:n_docs]
     started = time.perf_counter()
     load_lm()
+    cpu = fastpath.cpu_features()
     print(f"perplexity: SmolLM2-135M loaded in {time.perf_counter() - started:.1f} s; {len(texts)} MedQuAD "
-          f"paragraphs truncated to {max_tokens} tokens, batch 8, CPU", flush=True)
-    rates = {}
-    for dtype in ("fp32", "bf16"):
+          f"paragraphs truncated to {max_tokens} tokens, batch 8, interleaved in chunks of {chunk}; CPU {cpu['cpu']} "
+          f"({cpu['capability']}, flags {' '.join(cpu['flags']) or '-'}, native bf16 {cpu['bf16_hardware']})",
+          flush=True)
+    if paths is None:
+        paths = [p for p in fastpath.PATHS if p != TORCH_BF16 or fastpath._bf16_hardware()]
+        if not onnx_supported(BUNDLED_LM):
+            paths = [p for p in paths if p not in fastpath.ONNX_PATHS]
+    paths = [TORCH_FP32] + [p for p in paths if p != TORCH_FP32]
+    for path in paths:  # warm up: ONNX export / quantisation on the first run only, sessions, allocation
         started = time.perf_counter()
-        out = score_texts(texts, PerplexityConfig(max_tokens=max_tokens, batch_size=8, dtype=dtype, device="cpu"))
-        seconds = time.perf_counter() - started
-        tokens = sum(n for _, n in out)
-        rates[dtype] = tokens / seconds
-        print(f"  {dtype}: {rates[dtype]:>7,.0f} tokens/s, {len(texts) / seconds:5.1f} docs/s "
-              f"(median perplexity {statistics.median(p for p, _ in out if p):.2f})", flush=True)
-    print(f"  ratio bf16 / fp32: {rates['bf16'] / rates['fp32']:.2f}x", flush=True)
-    return rates
+        score_texts(texts[:2], PerplexityConfig(max_tokens=max_tokens, dtype=path, device="cpu"))
+        print(f"  {path}: ready in {time.perf_counter() - started:.1f} s", flush=True)
+    seconds = dict.fromkeys(paths, 0.0)
+    scores: dict[str, list] = {p: [] for p in paths}
+    for start in range(0, len(texts), chunk):
+        part = texts[start:start + chunk]
+        for path in paths:
+            started = time.perf_counter()
+            scores[path] += score_texts(part, PerplexityConfig(max_tokens=max_tokens, batch_size=8, dtype=path,
+                                                               device="cpu"))
+            seconds[path] += time.perf_counter() - started
+    tokens = sum(n for _, n in scores[TORCH_FP32])
+    ref = [p for p, _ in scores[TORCH_FP32]]
+    trials = []
+    out = {}
+    for path in paths:
+        worst = None if path == TORCH_FP32 else relative_deviation(ref, [p for p, _ in scores[path]])
+        accepted = worst is None or worst <= AGREEMENT_BOUND
+        trials.append(PathTrial(path, len(texts), seconds[path], worst, accepted))
+        out[path] = {"tokens_per_s": tokens / seconds[path], "vs_fp32": seconds[TORCH_FP32] / seconds[path],
+                     "max_deviation": worst, "accepted": accepted}
+        agreement = "reference" if worst is None else (
+            f"worst document perplexity deviation {worst:.2%} ({'within' if accepted else 'OUTSIDE'} the 2% bound)")
+        print(f"  {path:16s}: {out[path]['tokens_per_s']:>7,.0f} tokens/s, {out[path]['vs_fp32']:.2f}x torch fp32; "
+              f"median perplexity {statistics.median(p for p, _ in scores[path] if p):.2f}; {agreement}", flush=True)
+    chosen = fastpath.select_path(trials)
+    no_bf16 = fastpath.select_path([t for t in trials if t.path != TORCH_BF16])
+    print(f"  RATIO chosen path {chosen} / torch fp32: {out[chosen]['vs_fp32']:.2f}x; with bf16 forced off "
+          f"(STUDIO_NO_BF16=1, as on an AVX2-only CPU): {no_bf16}, {out[no_bf16]['vs_fp32']:.2f}x", flush=True)
+    return out
 
 
 def main() -> None:
@@ -125,14 +167,17 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=200_000)
     parser.add_argument("--baseline-docs", type=int, default=20_000)
     parser.add_argument("--ppl-docs", type=int, default=48)
+    parser.add_argument("--ppl-paths", default="", help="comma-separated inference paths (default: every one)")
+    parser.add_argument("--only-perplexity", action="store_true", help="skip the heuristics and terms benches")
     parser.add_argument("--ppl-tokens", type=int, default=128)
     parser.add_argument("--skip-terms", action="store_true", help="leave out the terminology bench")
     args = parser.parse_args()
-    texts = shared_paragraphs()
-    with tempfile.TemporaryDirectory(prefix="quality-bench-") as tmp:
-        bench_heuristics(texts, args.docs, args.baseline_docs, Path(tmp))
-    bench_perplexity(args.ppl_docs, args.ppl_tokens)
-    if not args.skip_terms:
+    if not args.only_perplexity:
+        texts = shared_paragraphs()
+        with tempfile.TemporaryDirectory(prefix="quality-bench-") as tmp:
+            bench_heuristics(texts, args.docs, args.baseline_docs, Path(tmp))
+    bench_perplexity(args.ppl_docs, args.ppl_tokens, paths=[p for p in args.ppl_paths.split(",") if p] or None)
+    if not args.skip_terms and not args.only_perplexity:
         from bench.terms import run_terms_bench
 
         run_terms_bench()

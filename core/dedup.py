@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from core.embed import EmbedConfig, embed_documents, register_arrow
+from core.embed import EmbedConfig, active_path, embed_documents, register_arrow
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.text import NormalisationConfig, content_hash, detect_language, normalise
@@ -649,8 +649,8 @@ def _semantic_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
     import faiss
 
     doc_ids = docs.column("doc_id").to_pylist()
-    vectors = embed_documents(ws, doc_ids, EmbedConfig(model=cfg.embed_model, max_tokens=cfg.max_tokens),
-                              lambda f, m: progress(0.8 * f, m))
+    embed_cfg = EmbedConfig(model=cfg.embed_model, max_tokens=cfg.max_tokens)
+    vectors = embed_documents(ws, doc_ids, embed_cfg, lambda f, m: progress(0.8 * f, m))
     n, dim = vectors.shape
     k = min(cfg.neighbours + 1, n)
     groups = np.asarray(docs.column("grp").to_pylist(), dtype=object)
@@ -683,7 +683,8 @@ def _semantic_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
     def similarity_to(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return np.clip((vectors[x] * vectors[y]).sum(axis=1).astype(np.float64), -1.0, 1.0)
 
-    return _Pairs(a, b, np.clip(s.astype(np.float64), -1.0, 1.0)), similarity_to, {"index": kind}
+    return _Pairs(a, b, np.clip(s.astype(np.float64), -1.0, 1.0)), similarity_to, {"index": kind,
+                                                                                "embed_path": active_path(embed_cfg)}
 
 
 # --- the step -----------------------------------------------------------------------------------------------
@@ -708,6 +709,8 @@ def deduplicate(ws: Workspace, cfg: DedupConfig | None = None, progress: Progres
             pairs, similarity_to, extra = _semantic_pairs(ws, cfg, docs, progress)
         result = _cluster_and_record(ws, run, cfg, docs, pairs, similarity_to, progress)
         run.counts |= extra
+        if "embed_path" in extra:  # the inference path the vectors came from (core.fastpath)
+            run.params["embed_path"] = extra["embed_path"]
         result.details = extra
     return result
 

@@ -5,16 +5,20 @@ manages ~30 paragraphs/s on 2 cores), so this module makes it fast in three ways
 
 - truncation to `max_tokens=128` word pieces: all-MiniLM-L6-v2 was trained on sequences of at most 128 tokens
   (its model card), so the default 256 costs twice the attention for text the model never learnt to read;
-- bf16 autocast where the CPU computes bf16 natively (AVX512-BF16 / AMX, checked through oneDNN): ~2.5x faster,
-  cosine to the fp32 vectors > 0.9999 (tested); fp32 elsewhere, where bf16 would be emulated and slower;
-- length-sorted batches (sentence-transformers sorts by length) so little compute goes to padding.
+- the fastest inference path that keeps every vector of a calibration sample within cosine 0.99 of the fp32
+  vector (`core.fastpath`): ONNX Runtime with int8 weights, ONNX Runtime fp32, bf16 autocast where the CPU has it
+  natively, or torch fp32. The model is exported to ONNX locally (torch.onnx, cached under STUDIO_CACHE) and
+  quantised with onnxruntime's dynamic int8 quantisation; nothing is fetched. On MedQuAD and Chinese paragraphs
+  int8 everywhere fell to cosine 0.97 (Chinese) and 0.986 (English); keeping the first layer and the FFN output
+  projections in fp32 (`onnx-int8-mixed`) keeps it above 0.99 on the samples measured;
+- length-sorted batches so little compute goes to padding.
 
-Dynamic int8 quantisation (torch.ao) was measured too and rejected: ~2.3x faster than fp32 but the cosine to
-fp32 fell to 0.91 on MedQuAD paragraphs (0.97 per-channel). ONNX export needs the `onnx` package, not installed.
+Dynamic int8 quantisation in torch (torch.ao) was measured too and rejected: cosine to fp32 0.91 (0.97 per channel).
 
-Vectors are stored in the workspace table `embeddings` keyed by (model_key, text_hash) where the model key
-includes `max_tokens` and the text hash is `core.text.raw_hash`, so a re-run, a threshold change or another step
-(semantic dedup, recall) never embeds an unchanged text twice.
+Vectors are stored in the workspace table `embeddings` keyed by (model_key, text_hash): the model key names
+the model, `max_tokens` and the inference path (vectors from different paths never mix), the text hash is
+`core.text.raw_hash`, so a re-run, a threshold change or another step (semantic dedup, recall) never embeds an
+unchanged text twice.
 """
 
 from __future__ import annotations
@@ -25,19 +29,32 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from core import fastpath
+from core.fastpath import (
+    ONNX_PATHS,
+    TORCH_BF16,
+    TORCH_FP32,
+    PathChoice,
+)
 from core.models import BUNDLED_EMBEDDER, ModelUnavailable, minilm_path, offline_by_default
 from core.progress import Progress, no_progress
 from core.text import raw_hash
 from core.workspace import Workspace
 
 # Bump when the way vectors are computed changes in a way that changes them (pooling, precision policy).
-EMBED_SCHEME = "v1"
+EMBED_SCHEME = "v2"
+AGREEMENT_BOUND = 0.99  # min cosine to the fp32 vector over the calibration sample
+CALIBRATION_TEXTS = 48  # texts timed and compared per path at first use
+MIN_CALIBRATION_TEXTS = 16  # fewer texts than this are embedded with the reference path, undecided
+PATH_ENV = "STUDIO_EMBED_PATH"  # names a path to skip the calibration (benches, tests, a user overriding)
 _load_lock = threading.Lock()
+_export_lock = threading.Lock()
 
 
 @dataclass
@@ -47,9 +64,9 @@ class EmbedConfig:
     batch_size: int = 64
 
 
-def model_key(cfg: EmbedConfig) -> str:
-    """The cache key of a configuration: a vector is reusable only for the same model and truncation."""
-    return f"{cfg.model}|max_tokens={cfg.max_tokens}|{EMBED_SCHEME}"
+def model_key(cfg: EmbedConfig, path: str) -> str:
+    """The cache key of a configuration: a vector is reusable only for the same model, truncation and path."""
+    return f"{cfg.model}|max_tokens={cfg.max_tokens}|{path}|{EMBED_SCHEME}"
 
 
 def resolve_embedder(name: str) -> str:
@@ -79,48 +96,188 @@ def embedding_dimension(model: Any) -> int:
     return int(getter() or 0)
 
 
-@cache
 def bf16_is_native() -> bool:
-    """True where oneDNN runs bf16 matmuls in hardware; elsewhere bf16 is emulated and slower than fp32."""
-    import torch
+    return fastpath.bf16_is_native()
 
-    if os.environ.get("STUDIO_EMBED_FP32") == "1":
-        return False
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+
+# --- ONNX --------------------------------------------------------------------------------------------------------
+def _pooling_mode(model: Any) -> str | None:
+    """'mean' or 'cls' for a plain transformer + pooling (+ normalize) model, the shapes the export reproduces;
+    None for anything else (those models keep the torch paths)."""
+    modules = list(model)
+    names = [type(m).__name__ for m in modules]
+    if len(modules) < 2 or names[0] != "Transformer" or names[1] != "Pooling" \
+            or any(n != "Normalize" for n in names[2:]):
+        return None
+    mode = getattr(modules[1], "pooling_mode", None) or modules[1].get_pooling_mode_str()
+    return mode if mode in ("mean", "cls") else None
+
+
+def _onnx_source(name: str) -> Path | None:
+    path = Path(resolve_embedder(name))
+    return path if path.is_dir() else None
+
+
+def onnx_file(name: str, path: str) -> Path | None:
+    """The ONNX export of a local embedding model for `path` (onnx-fp32, onnx-int8, onnx-int8-mixed), made on
+    first need and cached under STUDIO_CACHE; None where the model is not a local transformer + mean/cls
+    pooling model or onnxruntime is missing."""
+    source = _onnx_source(name)
+    model = load_embedder(name)
+    mode = _pooling_mode(model)
+    if source is None or mode is None or not fastpath.onnx_available():
+        return None
+    folder = fastpath.onnx_dir("embed-" + source.name, source)
+    return fastpath.onnx_variant(folder, path, lambda tmp: _export(model, source, mode, tmp), _sensitive_matmuls)
+
+
+def onnx_supported(name: str) -> bool:
+    return _onnx_source(name) is not None and _pooling_mode(load_embedder(name)) is not None \
+        and fastpath.onnx_available()
+
+
+def _sensitive_matmuls(model_path: Path) -> list[str]:
+    """The weight MatMuls int8 hurts most (measured on all-MiniLM-L6-v2): those of the first layer (everything
+    before the first FFN output projection) and every FFN output projection (input wider than output: its
+    input, after GELU, has the outliers that per-tensor activation quantisation handles worst)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    names = set(fastpath.weight_matmuls(model_path))
+    out, first_layer = [], True
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        k, n = (shapes[node.input[1]] + (0, 0))[:2]
+        down = k > n
+        if first_layer or down:
+            out.append(node.name)
+        first_layer = first_layer and not down
+    return out
+
+
+def _export(model: Any, source: Path, mode: str, target: Path) -> None:
+    """torch.onnx (TorchScript exporter: the dynamo one needs onnxscript) of encoder + pooling + L2 norm."""
+    import torch
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(str(source), attn_implementation="eager").eval()
+    inputs = list(model.tokenizer.model_input_names)
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            kwargs = dict(zip(inputs, args, strict=True))
+            hidden = self.encoder(**kwargs).last_hidden_state
+            if mode == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = kwargs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, dim=-1)
+
+    sample = model.tokenizer(["an example sentence", "two"], padding=True, return_tensors="pt")
+    axes = {k: {0: "batch", 1: "tokens"} for k in inputs} | {"embedding": {0: "batch"}}
+    with torch.inference_mode():
+        torch.onnx.export(Pooled().eval(), tuple(sample[k] for k in inputs), str(target), dynamo=False,
+                          input_names=inputs, output_names=["embedding"], dynamic_axes=axes, opset_version=17)
+
+
+def _encode_onnx(model: Any, file: Path, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
+    session = fastpath.onnx_session(str(file))
+    wanted = [i.name for i in session.get_inputs()]
+    enc = model.tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_tokens, return_tensors="np")
+    return session.run(None, {k: enc[k].astype(np.int64) for k in wanted})[0]
+
+
+# --- choosing and running a path ---------------------------------------------------------------------------------
+def calibrate(cfg: EmbedConfig, texts: Sequence[str], paths: Sequence[str] | None = None,
+              progress: Progress = no_progress) -> PathChoice:
+    """Time every candidate path on a sample of `texts` and keep the fastest whose min cosine to fp32 is at
+    least AGREEMENT_BOUND (not stored: see `choose_path`)."""
+    sample = fastpath.calibration_sample(texts, CALIBRATION_TEXTS)
+    paths = list(paths) if paths is not None else fastpath.candidate_paths(onnx_supported(cfg.model))
+    trials = fastpath.run_trials(
+        paths, len(sample), lambda path, warm: encode_uncached(sample[-4:] if warm else sample, cfg, path=path),
+        agreement=lambda ref, vec: float((ref * vec).sum(axis=1).min()),
+        accept=lambda cosine: cosine >= AGREEMENT_BOUND, progress=lambda m: progress(-1.0, m))
+    return PathChoice("embed", model_key(cfg, "*"), fastpath.select_path(trials),
+                      f"min cosine >= {AGREEMENT_BOUND}", fastpath.cpu_feature_key(), trials)
+
+
+def choose_path(cfg: EmbedConfig, texts: Sequence[str] = (), progress: Progress = no_progress) -> str:
+    """The path this machine uses for `cfg`: forced by STUDIO_EMBED_PATH, else the cached choice for this model
+    and CPU feature set, else a calibration on `texts` (stored); with too few texts to calibrate, the fp32
+    reference (not stored, so a later, larger call decides)."""
+    return fastpath.decide(PATH_ENV, "embed", model_key(cfg, "*"), texts, MIN_CALIBRATION_TEXTS,
+                           lambda: calibrate(cfg, texts, progress=progress))
+
+
+def cached_choice(cfg: EmbedConfig) -> PathChoice | None:
+    return fastpath.cached_choice("embed", model_key(cfg, "*"))
+
+
+def active_path(cfg: EmbedConfig) -> str:
+    """The path the last `embed_texts` call for `cfg` used (and the next one will): what run params record."""
+    return choose_path(cfg)
+
+
+def describe_path(cfg: EmbedConfig) -> str:
+    """One line for the UI: the path in use, why, and how fast it was at calibration."""
+    forced = fastpath.forced_path(PATH_ENV)
+    if forced:
+        return f"{forced} (forced by {PATH_ENV})"
+    known = cached_choice(cfg)
+    if known:
+        return known.describe()
+    return (f"not calibrated yet on this CPU ({fastpath.cpu_feature_key()}): the first embedding of "
+            f"{MIN_CALIBRATION_TEXTS}+ texts times each path and keeps the fastest with min cosine >= "
+            f"{AGREEMENT_BOUND} to fp32")
 
 
 def encode_uncached(texts: Sequence[str], cfg: EmbedConfig | None = None, progress: Progress = no_progress,
-                    *, fast: bool = True) -> np.ndarray:
+                    *, fast: bool = True, path: str | None = None) -> np.ndarray:
     """Embed `texts` without the workspace cache: (n, dim) float32, L2-normalised rows, in input order.
 
-    `fast=False` is the plain fp32 encode at the same truncation (the reference the fast path is tested and
-    benchmarked against)."""
+    `path` names the inference path; by default the one chosen for this machine (`choose_path`). `fast=False`
+    is the plain torch fp32 encode at the same truncation (the reference paths are compared with)."""
     import torch
 
     cfg = cfg or EmbedConfig()
+    texts = list(texts)
     model = load_embedder(cfg.model)
     dim = embedding_dimension(model)
     if not texts:
         return np.zeros((0, dim), dtype=np.float32)
+    if path is None:
+        path = choose_path(cfg, texts, progress) if fast else TORCH_FP32
+    file = onnx_file(cfg.model, path) if path in ONNX_PATHS else None
+    if path in ONNX_PATHS and file is None:
+        raise ValueError(f"path {path} needs a local transformer + mean/cls pooling model; {cfg.model!r} is not one")
     model.max_seq_length = cfg.max_tokens
-    autocast: Any = torch.autocast("cpu", dtype=torch.bfloat16) if fast and bf16_is_native() else nullcontext()
-    # sentence-transformers sorts by length inside one encode call; chunks of a few batches keep progress
-    # moving while still sorting within each chunk. Sort globally first so chunks hold similar lengths.
+    autocast: Any = torch.autocast("cpu", dtype=torch.bfloat16) if path == TORCH_BF16 else nullcontext()
+    # Sort globally by length so each batch holds similar lengths (little padding); chunks of a few batches
+    # keep progress moving.
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), dim), dtype=np.float32)
     chunk = cfg.batch_size * 8
     with torch.inference_mode(), autocast:
         for start in range(0, len(texts), chunk):
             idx = order[start:start + chunk]
-            vectors = model.encode([texts[i] for i in idx], batch_size=cfg.batch_size, convert_to_tensor=True,
-                                   normalize_embeddings=False, show_progress_bar=False)
-            vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
-            out[idx] = vectors.numpy()
+            if file is not None:
+                for b in range(0, len(idx), cfg.batch_size):
+                    part = idx[b:b + cfg.batch_size]
+                    out[part] = _encode_onnx(model, file, [texts[i] for i in part], cfg)
+            else:
+                vectors = model.encode([texts[i] for i in idx], batch_size=cfg.batch_size, convert_to_tensor=True,
+                                       normalize_embeddings=False, show_progress_bar=False)
+                out[idx] = torch.nn.functional.normalize(vectors.float(), dim=-1).numpy()
             done = min(start + chunk, len(texts))
-            progress(done / len(texts), f"embedded {done:,} / {len(texts):,} texts")
+            progress(done / len(texts), f"embedded {done:,} / {len(texts):,} texts ({path})")
     return out
 
 
@@ -167,15 +324,17 @@ def _store_vectors(ws: Workspace, key: str, hashes: list[str], vectors: np.ndarr
 
 
 def embed_texts(ws: Workspace | None, texts: Sequence[str], cfg: EmbedConfig | None = None,
-                progress: Progress = no_progress) -> np.ndarray:
-    """(n, dim) float32 L2-normalised embeddings of `texts`, in input order. With a workspace, vectors are
-    read from and written to its `embeddings` table: only texts never embedded with this model and truncation
-    are computed (each distinct text once)."""
+                progress: Progress = no_progress, *, path: str | None = None) -> np.ndarray:
+    """(n, dim) float32 L2-normalised embeddings of `texts`, in input order, from `path` (default: the path
+    chosen for this machine, see `choose_path`). With a workspace, vectors are
+    read from and written to its `embeddings` table: only texts never embedded with this model, truncation and
+    path are computed (each distinct text once)."""
     cfg = cfg or EmbedConfig()
     texts = list(texts)
+    path = path or choose_path(cfg, texts, progress)
     if ws is None or not texts:
-        return encode_uncached(texts, cfg, progress)
-    key = model_key(cfg)
+        return encode_uncached(texts, cfg, progress, path=path)
+    key = model_key(cfg, path)
     hashes = [raw_hash(t) for t in texts]
     known = _cached_vectors(ws, key, hashes)
     missing: dict[str, str] = {}
@@ -194,15 +353,15 @@ def embed_texts(ws: Workspace | None, texts: Sequence[str], cfg: EmbedConfig | N
                 progress((start + fraction * n) / len(new_hashes),
                          f"embedded {start + int(fraction * n):,} / {len(new_hashes):,} new texts")
 
-            vectors = encode_uncached([missing[h] for h in part], cfg, sub)
+            vectors = encode_uncached([missing[h] for h in part], cfg, sub, path=path)
             _store_vectors(ws, key, part, vectors)
             known.update(zip(part, vectors, strict=True))
-    progress(1.0, f"{len(texts):,} embeddings ready ({len(missing):,} computed)")
+    progress(1.0, f"{len(texts):,} embeddings ready ({len(missing):,} computed, {path})")
     return np.stack([known[h] for h in hashes]).astype(np.float32, copy=False)
 
 
 def embed_documents(ws: Workspace, doc_ids: Sequence[str], cfg: EmbedConfig | None = None,
-                    progress: Progress = no_progress) -> np.ndarray:
+                    progress: Progress = no_progress, *, path: str | None = None) -> np.ndarray:
     """Embeddings of documents by id, in the order given (cached like `embed_texts`)."""
     doc_ids = list(doc_ids)
     register_arrow(ws, "embed_docs", pa.table({"doc_id": pa.array(doc_ids, pa.string()),
@@ -218,4 +377,4 @@ def embed_documents(ws: Workspace, doc_ids: Sequence[str], cfg: EmbedConfig | No
                                    [doc_ids]).fetchall())
         unknown = [d for d in doc_ids if (d,) not in found][:5]
         raise ValueError(f"unknown document ids: {', '.join(unknown)}")
-    return embed_texts(ws, table.column("text").to_pylist(), cfg, progress)
+    return embed_texts(ws, table.column("text").to_pylist(), cfg, progress, path=path)

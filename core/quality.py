@@ -365,7 +365,9 @@ def compute_perplexity_for(ws: Workspace, run_id: str, cfg: QualityScoreConfig,
     from core.perplexity import load_lm
 
     progress(-1.0, f"loading {cfg.lm}")
-    dtype = resolve_dtype(cfg.dtype, load_lm(cfg.lm).device)
+    # One path for the whole pass (calibrated here on the first documents where none is chosen yet).
+    dtype = resolve_dtype(cfg.dtype, load_lm(cfg.lm).device, [r[1] for r in rows[:256]], cfg.lm)
+    pcfg.dtype = dtype
     scores: list[tuple[float | None, int]] = []
     chunk = max(cfg.lm_batch_size * 8, 64)  # store as we go, so an interrupted pass keeps what it measured
     for start in range(0, len(rows), chunk):
@@ -441,6 +443,8 @@ def score_quality(ws: Workspace, cfg: QualityScoreConfig | None = None,
         if cfg.perplexity:
             n_ppl, n_tok, dtype = compute_perplexity_for(
                 ws, run.run_id, cfg, lambda f, m: progress(0.5 + 0.5 * max(f, 0.0), m))
+            if dtype:
+                run.params["perplexity_path"] = dtype  # the inference path (core.fastpath)
         t2 = time.perf_counter()
         set_weights(ws, weights)
         composite = composite_summary(ws)

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
 from core.decontam import pool_corpora
-from core.embed import EmbedConfig, embed_documents, embed_texts
+from core.embed import EmbedConfig, active_path, embed_documents, embed_texts
 from core.flow import scope_sql
 from core.models import BUNDLED_EMBEDDER
 from core.progress import Progress, no_progress
@@ -202,11 +202,15 @@ def run_recall(ws: Workspace, cfg: RecallConfig | None = None, progress: Progres
         t0 = time.perf_counter()
         n_items, n_pool = items.num_rows, pool.num_rows
         share = n_items / (n_items + n_pool)
-        item_vecs = embed_texts(ws, items.column("text").to_pylist(), embed_cfg,
-                                lambda f, m: progress(0.7 * share * max(f, 0), f"items: {m}"))
         doc_ids = pool.column("doc_id").to_pylist()
+        # The pool first: its texts calibrate the inference path where none is chosen yet, and the items then
+        # take the same path, so item and pool vectors always come from one path.
         pool_vecs = embed_documents(ws, doc_ids, embed_cfg,
-                                    lambda f, m: progress(0.7 * (share + (1 - share) * max(f, 0)), f"pool: {m}"))
+                                    lambda f, m: progress(0.7 * (1 - share) * max(f, 0), f"pool: {m}"))
+        run.params["embed_path"] = active_path(embed_cfg)
+        item_vecs = embed_texts(ws, items.column("text").to_pylist(), embed_cfg,
+                                lambda f, m: progress(0.7 * ((1 - share) + share * max(f, 0)), f"items: {m}"),
+                                path=run.params["embed_path"])
         embed_seconds = time.perf_counter() - t0
         progress(0.72, f"searching {n_items:,} items against {n_pool:,} documents")
         t0 = time.perf_counter()

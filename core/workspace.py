@@ -366,9 +366,9 @@ class Workspace:
                 self.con.execute("UPDATE runs SET active = FALSE WHERE step = ? AND run_id <> ?",
                                  [step, run.run_id])
             self.con.execute(
-                "UPDATE runs SET status = 'ok', active = TRUE, ended_at = current_timestamp, counts = ? "
-                "WHERE run_id = ?",
-                [json.dumps(run.counts, default=str), run.run_id],
+                "UPDATE runs SET status = 'ok', active = TRUE, ended_at = current_timestamp, counts = ?, "
+                "params = ? WHERE run_id = ?",  # params again: a step may add what it resolved (a model path)
+                [json.dumps(run.counts, default=str), json.dumps(run.params, default=str), run.run_id],
             )
 
     def record_decisions(self, run: Run, decisions: pa.Table) -> int:

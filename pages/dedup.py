@@ -24,6 +24,8 @@ from core.dedup import (
     stored_pairs,
     what_if,
 )
+from core.embed import EmbedConfig
+from core.embed import describe_path as describe_embed_path
 from core.models import BUNDLED_EMBEDDER
 from core.text import NormalisationConfig
 from core.workspace import ROLES
@@ -119,8 +121,9 @@ with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
                               key="dedup_sem_model")
         max_tokens = s3.number_input("Truncate at tokens", 16, 512, int(previous.get("max_tokens", 128)),
                                      key="dedup_sem_tokens")
-        st.caption("Embeddings are cached per model and text: only documents never embedded are computed. "
-                   "On 2 cores expect about 100 new paragraphs a second.")
+        st.caption("Embeddings are cached per model, text and inference path: only documents never embedded are "
+                   "computed. Inference path on this CPU: "
+                   f"{describe_embed_path(EmbedConfig(model=model, max_tokens=int(max_tokens)))}.")
         argv += ["--threshold", f"{threshold:g}", "--model", model, "--max-tokens", str(int(max_tokens))]
     if st.button(f"Run {method} dedup", type="primary", icon=":material/play_arrow:", key="dedup_run"):
         w.start_job(argv, f"{METHOD_LABELS[method]} dedup")

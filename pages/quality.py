@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from core.perplexity import describe_path as describe_perplexity_path
 from core.quality import (
     DEFAULT_PRESETS,
     DEFAULT_ROLES,
@@ -61,6 +62,8 @@ with st.expander("Compute signals and perplexity", expanded=not scored):
                              help="About 500 tokens/s on 2 CPU cores: 32 documents of 256 tokens per corpus take "
                                   "about 15 s per corpus. 0 measures every document.")
     max_tokens = c3.number_input("Truncate to tokens", 16, 4096, 256, step=16, key="quality_max_tokens")
+    if with_ppl:
+        st.caption(f"Perplexity inference path on this CPU: {describe_perplexity_path()}.")
     if st.button("Score documents", type="primary" if not scored else "secondary", key="quality_score_button"):
         argv = ["score"]
         for role in score_roles or list(DEFAULT_ROLES):

@@ -42,7 +42,8 @@ def test_cache_computes_only_misses(data_dir: Path, empty_ws: Workspace, monkeyp
     cfg = EmbedConfig(batch_size=16)
     first = embed_texts(empty_ws, texts, cfg)
     distinct = len(set(texts))
-    assert empty_ws.scalar("SELECT count(*) FROM embeddings WHERE model_key = ?", [model_key(cfg)]) == distinct
+    assert empty_ws.scalar("SELECT count(*) FROM embeddings WHERE model_key = ?",
+                           [model_key(cfg, embed.active_path(cfg))]) == distinct
 
     computed: list[int] = []
     real = embed.encode_uncached

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from core.models import BUNDLED_LM
+from core.perplexity import DTYPES as PERPLEXITY_DTYPES
 from core.quality import (
     DEFAULT_PRESETS,
     DEFAULT_ROLES,
@@ -51,8 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="causal LM for perplexity: a local path or hub id (default: the bundled SmolLM2-135M)")
     p.add_argument("--max-tokens", type=int, default=256, help="truncate documents to this many tokens (256)")
     p.add_argument("--lm-batch-size", type=int, default=8, help="documents per forward pass (8)")
-    p.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: bf16 autocast where the CPU/GPU runs it natively")
+    p.add_argument("--dtype", choices=PERPLEXITY_DTYPES, default="auto",
+                   help="auto: the fastest path within 2%% of fp32 perplexity on this CPU (calibrated once); "
+                        "bf16/fp32: torch; or a path name (onnx-int8, onnx-fp32, ...)")
     p.add_argument("--sample-per-corpus", type=int, default=None, metavar="N",
                    help="perplexity on at most N documents per corpus (a fixed hash-ordered sample; default all)")
     p.add_argument("--weights", default="",

@@ -1,0 +1,363 @@
+"""Picking, on the machine at hand, the fastest inference path that still agrees with fp32.
+
+bf16 autocast is fast only where the CPU computes bf16 natively (AVX-512 BF16 / AMX); on AVX2-only CPUs (most
+laptops, many AMD servers) it is emulated and slower than fp32. ONNX Runtime, in fp32 and with dynamic int8
+quantisation of the matrix multiplications, is fast on every x86 CPU, but int8 can move the results too far.
+So each model task (embeddings, perplexity) lists its candidate paths, times them on a small calibration sample
+at first use, measures their agreement with the fp32 reference (a worst case over the sample, not a mean), and
+keeps the fastest one within the bound. The choice is cached in a small JSON file under `STUDIO_CACHE`, keyed by
+task, model and CPU feature set, so another CPU (or `STUDIO_NO_BF16=1`) decides again.
+
+Path names: `torch-fp32` (the reference), `torch-bf16` (autocast, only where native), `onnx-fp32`, `onnx-int8`
+(every weight MatMul int8, per channel), `onnx-int8-mixed` (int8 except the layers measured to be sensitive).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from core.models import cache_dir
+
+TORCH_FP32 = "torch-fp32"
+TORCH_BF16 = "torch-bf16"
+ONNX_FP32 = "onnx-fp32"
+ONNX_INT8 = "onnx-int8"
+ONNX_INT8_MIXED = "onnx-int8-mixed"
+PATHS = (ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32, TORCH_BF16, TORCH_FP32)
+ONNX_PATHS = (ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32)
+# The CPU flags that change which path is fastest or even available.
+RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+                  "amx_int8", "amx_tile", "asimd", "sve", "bf16", "i8mm")
+CHOICES_FILE = "fastpath_choices.json"
+
+_choice_lock = threading.Lock()
+
+
+def bf16_forced_off() -> bool:
+    """`STUDIO_NO_BF16=1` (or the older `STUDIO_EMBED_FP32=1`) makes the studio behave as on an AVX2-only CPU."""
+    return os.environ.get("STUDIO_NO_BF16") == "1" or os.environ.get("STUDIO_EMBED_FP32") == "1"
+
+
+def bf16_is_native() -> bool:
+    """True where oneDNN runs bf16 matmuls in hardware; elsewhere bf16 is emulated and slower than fp32."""
+    return not bf16_forced_off() and _bf16_hardware()
+
+
+@cache
+def _bf16_hardware() -> bool:
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@cache
+def _cpu_info() -> tuple[str, tuple[str, ...], str]:
+    """(model name, relevant flags present, torch's CPU capability) of this machine."""
+    import torch
+
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags |= set(value.split())
+    except OSError:
+        pass
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except (AttributeError, RuntimeError):
+        capability = "unknown"
+    return model, tuple(f for f in RELEVANT_FLAGS if f in flags), capability
+
+
+def cpu_features() -> dict[str, Any]:
+    """What the choice of path depends on, as recorded with every choice (and shown in the bench output)."""
+    model, flags, capability = _cpu_info()
+    return {"cpu": model, "capability": capability, "flags": list(flags), "cores": os.cpu_count(),
+            "bf16_hardware": _bf16_hardware(), "bf16_forced_off": bf16_forced_off(),
+            "bf16_native": bf16_is_native()}
+
+
+def cpu_feature_key() -> str:
+    """A short key for this CPU feature set: choices made on another feature set are never reused."""
+    f = cpu_features()
+    digest = hashlib.sha1(",".join(f["flags"]).encode()).hexdigest()[:8]
+    return f"{f['capability']}-{'bf16' if f['bf16_native'] else 'nobf16'}-{digest}"
+
+
+def candidate_paths(onnx_available: bool = True) -> list[str]:
+    """The paths worth trying here: bf16 only where native (emulated bf16 is slower than fp32)."""
+    out = list(ONNX_PATHS) if onnx_available else []
+    if bf16_is_native():
+        out.append(TORCH_BF16)
+    return out + [TORCH_FP32]
+
+
+@dataclass
+class PathTrial:
+    path: str
+    items: int
+    seconds: float
+    agreement: float | None  # the worst case over the calibration sample (cosine, or relative deviation)
+    accepted: bool
+    error: str | None = None
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class PathChoice:
+    task: str  # "embed" | "perplexity"
+    model: str
+    path: str
+    bound: str  # the agreement rule, in words
+    cpu_key: str
+    trials: list[PathTrial] = field(default_factory=list)
+    decided_at: str = ""
+
+    def trial(self, path: str) -> PathTrial | None:
+        return next((t for t in self.trials if t.path == path), None)
+
+    def speedup(self) -> float | None:
+        """How much faster the chosen path ran than the fp32 reference during calibration."""
+        chosen, ref = self.trial(self.path), self.trial(TORCH_FP32)
+        if not chosen or not ref or not chosen.seconds:
+            return None
+        return ref.seconds / chosen.seconds * (chosen.items / max(ref.items, 1))
+
+    def describe(self) -> str:
+        chosen = self.trial(self.path)
+        parts = [self.path]
+        if chosen and chosen.agreement is not None and self.path != TORCH_FP32:
+            parts.append(f"agreement {chosen.agreement:.4f} ({self.bound})")
+        speed = self.speedup()
+        if speed and self.path != TORCH_FP32:
+            parts.append(f"{speed:.1f}x torch fp32 at calibration")
+        return ", ".join(parts) + f"; chosen on {self.cpu_key}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PathChoice:
+        trials = [PathTrial(**t) for t in data.get("trials", [])]
+        return cls(**{**data, "trials": trials})
+
+
+def select_path(trials: Sequence[PathTrial]) -> str:
+    """The fastest accepted trial's path; the fp32 reference when nothing else was accepted."""
+    accepted = [t for t in trials if t.accepted and t.error is None and t.seconds > 0]
+    if not accepted:
+        return TORCH_FP32
+    return max(accepted, key=lambda t: t.per_second).path
+
+
+def run_trials(paths: Sequence[str], items: int, compute: Callable[[str, bool], Any],
+               agreement: Callable[[Any, Any], float], accept: Callable[[float], bool],
+               progress: Callable[[str], None] = lambda message: None) -> list[PathTrial]:
+    """Time `compute(path, False)` for every path (the fp32 reference first; each after a warm-up call
+    `compute(path, True)` on a few items) and measure each result's agreement with the reference's. A path
+    that fails is recorded with its error, never chosen."""
+    ordered = [TORCH_FP32] + [p for p in paths if p != TORCH_FP32]
+    reference: Any = None
+    trials = []
+    for path in ordered:
+        progress(f"calibrating {path}")
+        try:
+            compute(path, True)  # warm-up: first-call costs (session creation, allocation) are not steady state
+            start = time.perf_counter()
+            result = compute(path, False)
+            seconds = time.perf_counter() - start
+        except Exception as exc:  # noqa: BLE001 - a path that cannot run here is simply not a candidate
+            if path == TORCH_FP32:
+                raise
+            trials.append(PathTrial(path, items, 0.0, None, False, f"{type(exc).__name__}: {exc}"[:300]))
+            continue
+        if path == TORCH_FP32:
+            reference = result
+            trials.append(PathTrial(path, items, seconds, None, True))
+            continue
+        score = float(agreement(reference, result))
+        trials.append(PathTrial(path, items, seconds, score, bool(accept(score))))
+    return trials
+
+
+def calibration_sample(texts: Sequence[str], size: int) -> list[str]:
+    """Up to `size` distinct texts spread evenly over the length range (short and long both count)."""
+    distinct = sorted(set(texts), key=lambda t: (len(t), t))
+    if len(distinct) <= size:
+        return distinct
+    step = len(distinct) / size
+    return [distinct[int(i * step)] for i in range(size)]
+
+
+def decide(env: str, task: str, model: str, texts: Sequence[str], min_texts: int,
+           calibrate: Callable[[], PathChoice]) -> str:
+    """The path to use: named in `env`, else the cached choice for (task, model, this CPU feature set), else
+    `calibrate()` (stored) where `texts` hold at least `min_texts` distinct texts; else the fp32 reference,
+    not stored, so a later, larger call decides."""
+    forced = forced_path(env)
+    if forced:
+        return forced
+    known = cached_choice(task, model)
+    if known:
+        return known.path
+    if len(set(texts)) < min_texts:
+        return TORCH_FP32
+    choice = calibrate()
+    store_choice(choice)
+    return choice.path
+
+
+def _choices_path() -> Path:
+    return cache_dir() / CHOICES_FILE
+
+
+def choice_key(task: str, model: str) -> str:
+    return f"{task}|{model}|{cpu_feature_key()}"
+
+
+def _read_choices() -> dict[str, Any]:
+    try:
+        return json.loads(_choices_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def cached_choice(task: str, model: str) -> PathChoice | None:
+    data = _read_choices().get(choice_key(task, model))
+    if not data:
+        return None
+    try:
+        return PathChoice.from_dict(data)
+    except TypeError:  # written by another version of this module: decide again
+        return None
+
+
+def store_choice(choice: PathChoice) -> None:
+    choice.decided_at = choice.decided_at or datetime.now(UTC).isoformat(timespec="seconds")
+    with _choice_lock:
+        data = _read_choices()
+        data[choice_key(choice.task, choice.model)] = choice.to_dict()
+        target = _choices_path()
+        tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        tmp.replace(target)  # atomic: a concurrent reader sees the old or the new file, never half of one
+
+
+def forced_path(env: str) -> str | None:
+    """A path named in an environment variable (benches, tests, a user overriding the calibration)."""
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return None
+    if value not in PATHS:
+        raise ValueError(f"{env}={value!r}: the paths are {', '.join(PATHS)}")
+    return value
+
+
+# --- ONNX export and quantisation -------------------------------------------------------------------------------
+def onnx_dir(name: str, source: Path) -> Path:
+    """Where the exports of a local model folder live: named by the model and a hash of its weights' size and
+    time, so a changed model is exported again."""
+    stamp = "|".join(f"{p.name}:{p.stat().st_size}:{int(p.stat().st_mtime)}"
+                     for p in sorted(source.glob("*.safetensors")) + sorted(source.glob("*.bin")))
+    digest = hashlib.sha1(f"{source}|{stamp}".encode()).hexdigest()[:10]
+    return cache_dir() / "onnx" / f"{name}-{digest}"
+
+
+def atomic_onnx(target: Path, write: Callable[[Path], None]) -> Path:
+    """Write an ONNX file through a temporary name, so a concurrent process never loads half a file."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.stem}.tmp{os.getpid()}{target.suffix}")
+    write(tmp)
+    tmp.replace(target)
+    return target
+
+
+_variant_lock = threading.Lock()
+
+
+def onnx_variant(folder: Path, path: str, export: Callable[[Path], None],
+                 sensitive: Callable[[Path], Sequence[str]]) -> Path:
+    """The ONNX file of one path in `folder`, made on first need: `model.onnx` through `export`, the int8
+    variants quantised from it (`onnx-int8-mixed` leaves the nodes `sensitive` names in fp32)."""
+    files = {ONNX_FP32: folder / "model.onnx", ONNX_INT8: folder / "model.int8.onnx",
+             ONNX_INT8_MIXED: folder / "model.int8-mixed.onnx"}
+    target = files[path]
+    if target.exists():
+        return target
+    with _variant_lock:
+        source = atomic_onnx(files[ONNX_FP32], export)
+        if path == ONNX_INT8:
+            quantize_int8(source, target)
+        elif path == ONNX_INT8_MIXED:
+            quantize_int8(source, target, sensitive(source))
+    return target
+
+
+def quantize_int8(source: Path, target: Path, exclude: Sequence[str] = ()) -> Path:
+    """Dynamic int8 quantisation of the weight MatMuls (per output channel, activations quantised per tensor at
+    run time). reduce_range stays off: it was measured less accurate here and ORT's AVX2 kernels do not need it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    skip = set(exclude)
+    nodes = [n for n in weight_matmuls(source) if n not in skip]
+
+    def write(tmp: Path) -> None:
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
+
+    return atomic_onnx(target, write)
+
+
+def weight_matmuls(model_path: Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is a stored weight matrix, in graph order: the ones worth
+    quantising. Small or non-2-D constants are left out: a rotary embedding's `inv_freq @ positions` is a
+    MatMul with a constant too, and int8 there wrecks every position (perplexity off by orders of magnitude)."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    matrices = {t.name for t in model.graph.initializer if len(t.dims) == 2 and min(t.dims) >= 64}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in matrices]
+
+
+@cache
+def onnx_session(path: str, threads: int = 0):  # -> onnxruntime.InferenceSession
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True

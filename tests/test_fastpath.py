@@ -1,0 +1,124 @@
+"""Fast inference paths (core.fastpath): the choice honours the agreement bound, is cached per model and CPU
+feature set, the vector cache key names the path, and the ONNX paths agree with fp32 on real paragraphs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import embed, fastpath
+from core.embed import EmbedConfig, embed_texts, encode_uncached, model_key
+from core.fastpath import ONNX_FP32, ONNX_INT8, ONNX_INT8_MIXED, TORCH_BF16, TORCH_FP32, PathChoice, PathTrial
+from core.workspace import Workspace
+
+MEDQUAD = "medquad/corpus_en_medquad_nih_paragraphs.jsonl"
+DIALOGUE_ZH = "chinese_medical_dialogue/corpus_zh_medical_dialogue_answers.jsonl"
+
+
+def _paragraphs(data_dir: Path, name: str, n: int, skip: int = 0) -> list[str]:
+    with open(data_dir / name, encoding="utf-8") as fh:
+        return [json.loads(line)["text"] for _, line in zip(range(skip + n), fh, strict=False)][skip:]
+
+
+@pytest.fixture
+def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A choice file of its own (the ONNX exports stay in the shared cache: copying them would cost minutes)."""
+    monkeypatch.setattr(fastpath, "_choices_path", lambda: tmp_path / fastpath.CHOICES_FILE)
+    monkeypatch.delenv(embed.PATH_ENV, raising=False)
+    return tmp_path
+
+
+def test_choice_is_cached_per_model_and_cpu_feature_set(private_cache: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    trials = [PathTrial(TORCH_FP32, 10, 2.0, None, True), PathTrial(ONNX_INT8, 10, 0.5, 0.995, True)]
+    choice = PathChoice("embed", "m|max_tokens=128|*|v2", fastpath.select_path(trials), "min cosine >= 0.99",
+                        fastpath.cpu_feature_key(), trials)
+    assert choice.path == ONNX_INT8 and choice.speedup() == pytest.approx(4.0)
+    fastpath.store_choice(choice)
+    again = fastpath.cached_choice("embed", "m|max_tokens=128|*|v2")
+    assert again is not None and again.path == ONNX_INT8 and again.trials == trials
+    assert fastpath.cached_choice("embed", "another model") is None
+    assert fastpath.cached_choice("perplexity", "m|max_tokens=128|*|v2") is None
+
+    # Another CPU feature set (here: AVX-512 VNNI present) decides again.
+    model, flags, capability = fastpath._cpu_info()
+    monkeypatch.setattr(fastpath, "_cpu_info", lambda: (model, (*flags, "avx512_vnni"), "AVX512"))
+    assert fastpath.cpu_feature_key() != choice.cpu_key
+    assert fastpath.cached_choice("embed", "m|max_tokens=128|*|v2") is None
+
+    # Native bf16 is a candidate and part of the key; STUDIO_NO_BF16=1 makes the machine an AVX2-only one.
+    monkeypatch.setattr(fastpath, "_bf16_hardware", lambda: True)
+    assert TORCH_BF16 in fastpath.candidate_paths() and "-bf16-" in fastpath.cpu_feature_key()
+    monkeypatch.setenv("STUDIO_NO_BF16", "1")
+    assert TORCH_BF16 not in fastpath.candidate_paths() and "-nobf16-" in fastpath.cpu_feature_key()
+    assert fastpath.cpu_features()["bf16_forced_off"] is True
+
+
+def test_selection_keeps_the_fastest_accepted_path() -> None:
+    trials = [PathTrial(TORCH_FP32, 10, 2.0, None, True), PathTrial(ONNX_INT8, 10, 0.4, 0.97, False),
+              PathTrial(ONNX_INT8_MIXED, 10, 0.8, 0.992, True), PathTrial(ONNX_FP32, 10, 1.0, 0.99999, True),
+              PathTrial(TORCH_BF16, 10, 0.0, None, False, "RuntimeError: no bf16")]
+    assert fastpath.select_path(trials) == ONNX_INT8_MIXED
+    assert fastpath.select_path(trials[:2]) == TORCH_FP32  # nothing else within the bound
+
+
+@pytest.mark.slow
+def test_calibration_rejects_paths_below_the_bound(data_dir: Path, private_cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = _paragraphs(data_dir, MEDQUAD, 24) + _paragraphs(data_dir, DIALOGUE_ZH, 12)
+    cfg = EmbedConfig()
+    choice = embed.calibrate(cfg, texts, paths=[ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32])
+    by_path = {t.path: t for t in choice.trials}
+    assert set(by_path) == {TORCH_FP32, ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32}
+    for trial in choice.trials[1:]:
+        assert trial.error is None and trial.accepted == (trial.agreement >= embed.AGREEMENT_BOUND)
+    assert by_path[ONNX_FP32].agreement > 0.9999  # same arithmetic, another runtime
+    chosen = by_path[choice.path]
+    assert chosen.accepted and all(chosen.per_second >= t.per_second for t in choice.trials if t.accepted)
+    # The same real vectors against a bound no int8 path can meet: they must be rejected.
+    monkeypatch.setattr(embed, "AGREEMENT_BOUND", 0.99999)
+    strict = embed.calibrate(cfg, texts, paths=[ONNX_INT8, ONNX_INT8_MIXED])
+    assert not any(t.accepted for t in strict.trials if t.path != TORCH_FP32)
+    assert strict.path == TORCH_FP32
+
+
+@pytest.mark.slow
+def test_cache_key_names_the_path(data_dir: Path, empty_ws: Workspace, private_cache: Path) -> None:
+    texts = _paragraphs(data_dir, MEDQUAD, 6)
+    cfg = EmbedConfig(batch_size=4)
+    assert ONNX_INT8 in model_key(cfg, ONNX_INT8) and model_key(cfg, ONNX_INT8) != model_key(cfg, TORCH_FP32)
+    reference = embed_texts(empty_ws, texts, cfg, path=TORCH_FP32)
+    onnx = embed_texts(empty_ws, texts, cfg, path=ONNX_FP32)
+    counts = dict(empty_ws.query("SELECT model_key, count(*) FROM embeddings GROUP BY 1"))
+    assert counts == {model_key(cfg, TORCH_FP32): 6, model_key(cfg, ONNX_FP32): 6}
+    assert (reference * onnx).sum(axis=1).min() > 0.9999
+
+
+@pytest.mark.slow
+def test_chosen_path_agrees_with_fp32_on_held_out_paragraphs(data_dir: Path, private_cache: Path) -> None:
+    """Calibrate on one set of English and Chinese paragraphs, then check the chosen path on others."""
+    cfg = EmbedConfig()
+    calibration = _paragraphs(data_dir, MEDQUAD, 32) + _paragraphs(data_dir, DIALOGUE_ZH, 16)
+    path = embed.choose_path(cfg, calibration)
+    assert embed.cached_choice(cfg) is not None and embed.active_path(cfg) == path
+    held_out = _paragraphs(data_dir, MEDQUAD, 32, skip=200) + _paragraphs(data_dir, DIALOGUE_ZH, 16, skip=200)
+    fast = encode_uncached(held_out, cfg)
+    plain = encode_uncached(held_out, cfg, fast=False)
+    cosine = (fast * plain).sum(axis=1)
+    print(f"path {path}: min cosine {cosine.min():.4f} on {len(held_out)} held-out paragraphs")
+    assert cosine.min() >= embed.AGREEMENT_BOUND - 0.002, f"{path} drifted: min cosine {cosine.min():.4f}"
+    np.testing.assert_allclose(np.linalg.norm(fast, axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_onnx_perplexity_agrees_with_fp32(data_dir: Path, private_cache: Path) -> None:
+    from core.perplexity import PerplexityConfig, relative_deviation, score_texts
+
+    texts = [t for t in _paragraphs(data_dir, MEDQUAD, 60) if len(t.split()) >= 40][:6]
+    reference = [p for p, _ in score_texts(texts, PerplexityConfig(max_tokens=64, dtype=TORCH_FP32))]
+    onnx = [p for p, _ in score_texts(texts, PerplexityConfig(max_tokens=64, dtype=ONNX_FP32))]
+    assert relative_deviation(reference, onnx) < 1e-3
+    assert relative_deviation(reference, [p * 1.03 for p in reference]) == pytest.approx(0.03)
