@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "studio.commands.terms",
     "studio.commands.recall",
     "studio.commands.mix",
+    "studio.commands.evaluate",
     "studio.commands.app",
 ]
 
