@@ -28,6 +28,8 @@ PAGES: list[tuple[str, str, str]] = [
     ("terms.py", "Terminology", ":material/spellcheck:"),
     ("recall.py", "Recall", ":material/target:"),
     ("mix.py", "Mix", ":material/blender:"),
+    ("evaluate.py", "Evaluate", ":material/fact_check:"),
+    ("report.py", "Report", ":material/summarize:"),
 ]
 
 

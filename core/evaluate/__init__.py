@@ -10,10 +10,14 @@ from core.evaluate.evaluation import (
     compare_perplexity,
     evaluate_model,
     export_items,
+    item_table,
+    perplexity_table,
     run,
+    score_table,
     validation_files,
 )
 from core.evaluate.models import ModelSpec, resolve_model
 
 __all__ = ["RETENTION_TARGET", "EvalConfig", "EvalResult", "ModelScores", "ModelSpec", "compare",
-           "compare_perplexity", "evaluate_model", "export_items", "resolve_model", "run", "validation_files"]
+           "compare_perplexity", "evaluate_model", "export_items", "item_table", "perplexity_table", "resolve_model", "run", "score_table",
+           "validation_files"]

@@ -615,3 +615,29 @@ def export_items(models: list[ModelScores], path: str | Path) -> Path:
                         row["pred_norm"] = i.pred_norm
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+# --- reading back (pages) ------------------------------------------------------------------------------------
+def score_table(ws: Workspace, limit: int = 200):  # -> pandas.DataFrame
+    """The cached scores, newest first: model, benchmark, formulation, shots, items, acc, acc_norm."""
+    return ws.df(
+        "SELECT s.model, left(s.model_fingerprint, 12) AS fingerprint, s.benchmark, s.formulation, s.shots, s.items, "
+        "avg(CASE WHEN i.pred = i.gold THEN 1.0 ELSE 0.0 END) AS acc, "
+        "avg(CASE WHEN i.pred_norm = i.gold THEN 1.0 ELSE 0.0 END) FILTER (WHERE i.pred_norm IS NOT NULL) AS acc_norm, "
+        "s.created_at, s.cache_key FROM eval_scores s JOIN eval_items i USING (cache_key) "
+        "GROUP BY ALL ORDER BY s.created_at DESC, s.benchmark, s.formulation LIMIT ?", [limit])
+
+
+def perplexity_table(ws: Workspace, limit: int = 100):  # -> pandas.DataFrame
+    """The cached perplexity figures, newest first."""
+    return ws.df("SELECT model, left(model_fingerprint, 12) AS fingerprint, validation_set, documents, tokens, "
+                 "token_perplexity, bits_per_byte, byte_perplexity, word_perplexity, created_at FROM eval_perplexity "
+                 "ORDER BY created_at DESC LIMIT ?", [limit])
+
+
+def item_table(ws: Workspace, key: str):  # -> pandas.DataFrame
+    """Per-item results of one cached score, with the question."""
+    return ws.df("SELECT i.item_id, i.subject, i.formulation, i.gold, i.pred, i.pred_norm, i.pred = i.gold AS correct, "
+                 "b.question, i.loglikelihoods, i.context FROM eval_items i "
+                 "LEFT JOIN benchmark_items b ON b.doc_id = i.item_doc_id WHERE i.cache_key = ? ORDER BY i.position",
+                 [key])
