@@ -213,7 +213,7 @@ def test_perplexity_and_bits_per_byte_follow_the_rolling_loglikelihood(bundled_e
     assert set(sets) == {"domain", "general"}
     for vset, p in sets.items():
         texts = [json.loads(line)["text"] for line in (folder / f"validation_{vset}.jsonl").read_text().splitlines()]
-        # short documents: one window, the first token predicted from the end-of-text token (lm-eval's prefix)
+        # short documents: one window, the first token predicted from lm-eval's prefix token (BOS, else EOS)
         lls = [_rolling_one_window(model, tokenizer, t) for t in texts]
         assert np.allclose(p.doc_loglikelihoods, lls, atol=1e-3)
         n_tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
@@ -228,7 +228,8 @@ def _rolling_one_window(model, tokenizer, text: str) -> float:
     import torch
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    inputs = torch.tensor([[tokenizer.eos_token_id] + ids[:-1]])
+    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    inputs = torch.tensor([[prefix] + ids[:-1]])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(inputs).logits[0].double(), dim=-1)
     return float(sum(logprobs[k, t] for k, t in enumerate(ids)))

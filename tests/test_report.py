@@ -123,3 +123,23 @@ def test_report_command_writes_html_and_json(report_setup, tmp_path: Path, capsy
     assert printed["ok"] and Path(printed["html"]).is_file() and Path(printed["json"]).is_file()
     assert any(c["title"] == "Retention" for c in printed["cards"])
     assert cli_main(["report", str(ws), "--jobs", "nope", "--out", str(out)]) == 2
+
+
+def test_evaluate_and_report_pages_show_the_cached_scores_and_the_report(report_setup) -> None:
+    from conftest import run_page
+
+    ws, _, _, _, result = report_setup
+    at = run_page("evaluate.py", ws)
+    assert not at.exception
+    frames = [d.value for d in at.dataframe]
+    scores = frames[0]
+    assert {"mmlu_med", "mmlu_gen"} <= set(scores["benchmark"]) and {"letter", "cloze"} <= set(scores["formulation"])
+    assert scores["acc"].between(0, 1).all()
+    assert len(frames[1]) == 6  # the items of the first score listed
+    reports = ws / "artifacts" / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "r.html").write_text(Path(result.html_path).read_text())
+    (reports / "r.json").write_text(Path(result.json_path).read_text())
+    at = run_page("report.py", ws)
+    assert not at.exception
+    assert [b.label for b in at.download_button] == ["Download HTML", "Download JSON"]

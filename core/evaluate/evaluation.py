@@ -255,13 +255,14 @@ class _Harness:
                             batch_size=self.cfg.batch_size, max_length=self.cfg.max_length)
         return self._lm
 
-    def evaluate(self, folder: Path, task_names: list[str]) -> dict[str, Any]:
+    def evaluate(self, folders: list[Path], task_names: list[str]) -> dict[str, Any]:
         import lm_eval
         from lm_eval.tasks import TaskManager
 
-        return lm_eval.simple_evaluate(model=self.lm, tasks=task_names, task_manager=TaskManager(include_path=str(folder)),
-                                       log_samples=True, bootstrap_iters=0, apply_chat_template=False,
-                                       verbosity="ERROR")
+        # Only the generated tasks are indexed: lm-eval's thousands of built-in task YAMLs are not scanned.
+        manager = TaskManager(include_path=[str(f) for f in folders], include_defaults=False)
+        return lm_eval.simple_evaluate(model=self.lm, tasks=task_names, task_manager=manager, log_samples=True,
+                                       bootstrap_iters=0, apply_chat_template=False, verbosity="ERROR")
 
 
 def items_from_samples(samples: list[dict[str, Any]], formulation: str) -> list[ItemResult]:
@@ -347,53 +348,67 @@ def score_benchmarks(ws: Workspace, spec: ModelSpec, cfg: EvalConfig, harness: _
     if cfg.shots:
         fewshot = read_fewshot(cfg.fewshot or default_fewshot_file())
     settings = cfg.scoring_settings()
-    scores: list[BenchmarkScore] = []
-    for b_index, benchmark in enumerate(names):
+    plans = []
+    for benchmark in names:
         items = benchmark_items(ws, benchmark, cfg.limit, cfg.seed)
         if not items:
             raise WorkspaceError(f"benchmark {benchmark!r} has no multiple-choice items with an answer")
-        kind = benchmark_kind(ws, benchmark)
-        flagged = flagged_items(ws, benchmark)
         bench_hash = content_hash(items, fewshot, cfg.shots)
         keys = {f: cache_key(spec.fingerprint, bench_hash, f, cfg.shots, settings) for f in cfg.formulations()}
         missing = [f for f, k in keys.items()
                    if not scalar(ws, "SELECT count(*) FROM eval_scores WHERE cache_key = ?", [k])]
-        fresh: dict[str, tuple[list[ItemResult], dict[str, Any]]] = {}
-        if missing:
-            progress(b_index / len(names), f"{spec.name}: {benchmark} ({len(items):,} items, "
-                     f"{'/'.join(missing)}, {cfg.shots}-shot) with lm-eval")
-            fresh = _run_tasks(ws, harness, items, missing, cfg.shots, fewshot, bench_hash)
-            for formulation, (new_items, figures) in fresh.items():
+        plans.append((benchmark, items, bench_hash, keys, missing))
+    todo = [p for p in plans if p[4]]
+    fresh: dict[tuple[str, str], tuple[list[ItemResult], dict[str, Any]]] = {}
+    if todo:
+        what = ", ".join(f"{b} ({len(i):,} items, {'/'.join(m)})" for b, i, _, _, m in todo)
+        progress(0.0, f"{spec.name}: {what}, {cfg.shots}-shot, with lm-eval")
+        fresh = _run_tasks(ws, harness, [(items, missing, bench_hash) for _, items, bench_hash, _, missing in todo],
+                           cfg.shots, fewshot)
+        for benchmark, _, bench_hash, keys, missing in todo:
+            for formulation in missing:
+                new_items, figures = fresh[(benchmark, formulation)]
                 _store_items(ws, keys[formulation], spec, benchmark, bench_hash, formulation, cfg.shots, settings,
                              new_items, figures, run_id)
+    scores: list[BenchmarkScore] = []
+    for benchmark, _, _, keys, _ in plans:
+        kind = benchmark_kind(ws, benchmark)
+        flagged = flagged_items(ws, benchmark)
         for formulation, key in keys.items():
-            if formulation in fresh:
-                got, figures = fresh[formulation]
+            if (benchmark, formulation) in fresh:
+                got, figures = fresh[(benchmark, formulation)]
             else:
                 got = _load_items(ws, key)
                 figures = json.loads(scalar(ws, "SELECT lm_eval FROM eval_scores WHERE cache_key = ?", [key]) or "{}")
-            scores.append(_summarise(ws, benchmark, kind, formulation, cfg.shots, key, formulation not in fresh,
-                                     got, figures, flagged))
+            scores.append(_summarise(ws, benchmark, kind, formulation, cfg.shots, key,
+                                     (benchmark, formulation) not in fresh, got, figures, flagged))
+    progress(1.0, f"{spec.name}: scored")
     return scores
 
 
-def _run_tasks(ws: Workspace, harness: _Harness, items: list[BenchmarkItem], formulations: list[str], shots: int,
-               fewshot: dict[str, list[dict[str, Any]]], bench_hash: str
-               ) -> dict[str, tuple[list[ItemResult], dict[str, Any]]]:
-    folder = ws.artifacts / "eval" / "tasks" / bench_hash[:16]
-    taskset = write_tasks(folder, items, formulations, shots, fewshot, f"studio_{bench_hash[:8]}")
-    result = harness.evaluate(folder, [t.name for t in taskset.tasks])
-    by_name = taskset.by_name()
-    order = {i.item_doc_id: k for k, i in enumerate(items)}
-    out: dict[str, tuple[list[ItemResult], dict[str, Any]]] = {f: ([], {}) for f in formulations}
+def _run_tasks(ws: Workspace, harness: _Harness, plans: list[tuple[list[BenchmarkItem], list[str], str]], shots: int,
+               fewshot: dict[str, list[dict[str, Any]]]) -> dict[tuple[str, str], tuple[list[ItemResult], dict[str, Any]]]:
+    """One lm-eval run over every (benchmark, formulation) to score: per-item results and lm-eval's own figures."""
+    folders, names, specs, orders = [], [], {}, {}
+    for items, formulations, bench_hash in plans:
+        folder = ws.artifacts / "eval" / "tasks" / bench_hash[:16]
+        taskset = write_tasks(folder, items, formulations, shots, fewshot, f"studio_{bench_hash[:8]}")
+        folders.append(folder)
+        names += [t.name for t in taskset.tasks]
+        specs.update(taskset.by_name())
+        orders[items[0].benchmark] = ({i.item_doc_id: k for k, i in enumerate(items)}, len(items))
+    result = harness.evaluate(folders, names)
+    out: dict[tuple[str, str], tuple[list[ItemResult], dict[str, Any]]] = {}
     for task, samples in result["samples"].items():
-        spec = by_name[task]
-        out[spec.formulation][0].extend(items_from_samples(samples, spec.formulation))
-        out[spec.formulation][1][spec.subject] = lm_eval_figures(result["results"], task)
-    for formulation, (got, figures) in out.items():
+        spec = specs[task]
+        got, figures = out.setdefault((spec.benchmark, spec.formulation), ([], {}))
+        got.extend(items_from_samples(samples, spec.formulation))
+        figures[spec.subject] = lm_eval_figures(result["results"], task)
+    for (benchmark, formulation), (got, figures) in out.items():
+        order, n = orders[benchmark]
         got.sort(key=lambda i: order[i.item_doc_id])
-        if len(got) != len(items):
-            raise RuntimeError(f"lm-eval scored {len(got)} of {len(items)} items ({formulation})")
+        if len(got) != n:
+            raise RuntimeError(f"lm-eval scored {len(got)} of {n} items of {benchmark} ({formulation})")
         _check_against_lm_eval(got, figures, formulation)
     return out
 
@@ -474,7 +489,7 @@ def score_perplexity(ws: Workspace, spec: ModelSpec, cfg: EvalConfig, harness: _
                             encoding="utf-8")
             name = f"studio_ppl_{text_hash[:12]}"
             _perplexity_task(folder, name, data)
-            result = harness.evaluate(folder, [name])
+            result = harness.evaluate([folder], [name])
             samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
             lls = [float(s["filtered_resps"][0]) if not isinstance(s["filtered_resps"][0], list | tuple)
                    else float(s["filtered_resps"][0][0]) for s in samples]
