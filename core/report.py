@@ -400,7 +400,7 @@ def render_html(data: dict[str, Any], entries: list[dict[str, Any]]) -> str:
                      f"{' + adapter ' + esc(str(e['model']['adapter'])) if e['model']['adapter'] else ''} "
                      f"versus base {esc(str(e['base']['name']))}</p>")
         # Headline
-        parts.append(f"<section id='headline-{n}' data-section='Headline'><h2>Headline</h2><div class='cards'>")
+        parts.append(f"<section id='section-headline-{n}' data-section='Headline'><h2>Headline</h2><div class='cards'>")
         for c in e["cards"]:
             parts.append(f"<div class='card {'pass' if c['passed'] else 'flag'}'><div>{esc(c['title'])}"
                          f"{' (' + esc(c['formulation']) + ' ' + esc(c['metric']) + ')' if 'metric' in c else ''}"
@@ -422,14 +422,14 @@ def render_html(data: dict[str, Any], entries: list[dict[str, Any]]) -> str:
                      "<th>trained</th><th>gain (points)</th><th>retention</th><th>gain, clean subset</th>"
                      f"<th>McNemar p</th><th></th></tr>{rows}</table></section>")
         # Scores by subject
-        parts.append(f"<section id='subjects-{n}' data-section='Scores by subject'><h2>Scores by subject</h2>")
+        parts.append(f"<section id='section-subjects-{n}' data-section='Scores by subject'><h2>Scores by subject</h2>")
         for k, fig in enumerate(e["_subject_figures"]):
             parts.append(_fig_html(fig, js, f"subjects-{n}-{k}"))
         if not e["_subject_figures"]:
             parts.append(_fig_html(None, js, ""))
         parts.append("</section>")
         # Perplexity
-        parts.append(f"<section id='perplexity-{n}' data-section='Perplexity'><h2>Perplexity</h2>")
+        parts.append(f"<section id='section-perplexity-{n}' data-section='Perplexity'><h2>Perplexity</h2>")
         parts.append(_fig_html(e["_perplexity_figure"], js, f"perplexity-{n}"))
         prow = "".join(
             f"<tr><td>{esc(p['validation_set'])}</td><td>{p['documents']:,}</td><td>{p['base_token_perplexity']:.2f}</td>"
@@ -440,10 +440,10 @@ def render_html(data: dict[str, Any], entries: list[dict[str, Any]]) -> str:
                      "<th>change [95 %]</th><th>base bits/byte</th><th>trained bits/byte</th></tr>"
                      f"{prow}</table></section>")
         # Training curves
-        parts.append(f"<section id='curves-{n}' data-section='Training curves'><h2>Training curves</h2>")
+        parts.append(f"<section id='section-curves-{n}' data-section='Training curves'><h2>Training curves</h2>")
         parts.append(_fig_html(e["_curves_figure"], js, f"curves-{n}") + "</section>")
         # Flipped items
-        parts.append(f"<section id='flips-{n}' data-section='Flipped items'><h2>Flipped items</h2>")
+        parts.append(f"<section id='section-flips-{n}' data-section='Flipped items'><h2>Flipped items</h2>")
         if e["flips"]:
             frows = "".join(
                 f"<tr><td>{'wrong → right' if f['direction'] == 'wrong_to_right' else 'right → wrong'}</td>"
@@ -462,7 +462,7 @@ def render_html(data: dict[str, Any], entries: list[dict[str, Any]]) -> str:
         crow = "".join(f"<tr><td>{esc(c['step'])}</td><td>{esc(c['run_id'])}</td><td>{c['dropped']:,}</td>"
                        f"<td>{esc(json.dumps(c['counts'], default=str)[:200])}</td></tr>" for c in lin["curation"])
         parts.append(
-            f"<section id='lineage-{n}' data-section='Lineage'><h2>Lineage</h2>"
+            f"<section id='section-lineage-{n}' data-section='Lineage'><h2>Lineage</h2>"
             f"<p>Mix <b>{esc(str(mix.get('name', '–')))}</b> ({esc(str(mix.get('mix_id', '–')))}), manifest sha256 "
             f"<code>{esc(str(lin['manifest_sha256'] or '–'))}</code>, {mix.get('train_tokens') or 0:,} training "
             f"tokens. Job output: <code>{esc(lin['output_dir'])}</code></p>"

@@ -79,7 +79,7 @@ def test_report_json_has_gain_retention_perplexity_flips_and_lineage(report_setu
 def test_report_html_opens_offline_with_every_section_and_chart(report_setup, _browser) -> None:
     _, _, _, _, result = report_setup
     html_text = Path(result.html_path).read_text()
-    assert "cdn.plot.ly" not in html_text and "<script src=" not in html_text
+    assert "<script src=" not in html_text and "<link " not in html_text  # plotly.js is inline
     context = _browser.new_context(viewport={"width": 1400, "height": 1000})
     requests: list[str] = []
 
