@@ -126,10 +126,10 @@ def _independent_loglikelihood(model, tokenizer, context: str, continuation: str
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
     continuation_ids = whole[len(context_ids):]
     ids = torch.tensor([context_ids + continuation_ids])
-    with torch.no_grad():
-        logprobs = torch.log_softmax(model(ids).logits[0].double(), dim=-1)
     start = len(context_ids)
-    return float(sum(logprobs[start - 1 + k, t] for k, t in enumerate(continuation_ids)))
+    with torch.no_grad():  # only the positions that predict the continuation
+        logprobs = torch.log_softmax(model(ids).logits[0, start - 1:-1].double(), dim=-1)
+    return float(sum(logprobs[k, t] for k, t in enumerate(continuation_ids)))
 
 
 @pytest.mark.slow
