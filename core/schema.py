@@ -438,6 +438,63 @@ JOBS_MIGRATIONS: list[str] = [
         log_path VARCHAR,
         error VARCHAR,
         attempts INTEGER NOT NULL DEFAULT 1
+# Evaluation (core/evaluate/): lm-eval scores cached by model fingerprint, benchmark content hash and settings
+# (cache_key); every item's per-choice log-likelihoods and exact prompt; perplexity per validation set.
+EVAL_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE IF NOT EXISTS eval_scores (
+        cache_key VARCHAR PRIMARY KEY,
+        model VARCHAR NOT NULL,
+        model_path VARCHAR,
+        adapter VARCHAR,
+        model_fingerprint VARCHAR NOT NULL,
+        benchmark VARCHAR NOT NULL,
+        benchmark_hash VARCHAR NOT NULL,
+        formulation VARCHAR NOT NULL CHECK (formulation IN ('letter', 'cloze')),
+        shots INTEGER NOT NULL,
+        settings JSON,
+        items INTEGER,
+        lm_eval JSON,
+        run_id VARCHAR,
+        created_at TIMESTAMP DEFAULT current_timestamp
+    );
+    CREATE TABLE IF NOT EXISTS eval_items (
+        cache_key VARCHAR NOT NULL,
+        position INTEGER NOT NULL,
+        item_doc_id VARCHAR NOT NULL,
+        item_id VARCHAR,
+        benchmark VARCHAR,
+        subject VARCHAR,
+        formulation VARCHAR,
+        loglikelihoods DOUBLE[],
+        choice_chars INTEGER[],
+        pred INTEGER,
+        pred_norm INTEGER,
+        gold INTEGER,
+        context VARCHAR
+    );
+    CREATE TABLE IF NOT EXISTS eval_perplexity (
+        cache_key VARCHAR PRIMARY KEY,
+        model VARCHAR NOT NULL,
+        model_fingerprint VARCHAR NOT NULL,
+        validation_set VARCHAR NOT NULL,
+        file VARCHAR,
+        text_hash VARCHAR,
+        settings JSON,
+        documents INTEGER,
+        tokens BIGINT,
+        bytes BIGINT,
+        words BIGINT,
+        loglikelihood DOUBLE,
+        token_perplexity DOUBLE,
+        byte_perplexity DOUBLE,
+        word_perplexity DOUBLE,
+        bits_per_byte DOUBLE,
+        doc_loglikelihoods DOUBLE[],
+        doc_tokens INTEGER[],
+        doc_bytes INTEGER[],
+        run_id VARCHAR,
+        created_at TIMESTAMP DEFAULT current_timestamp
     );
     """,
 ]
@@ -452,4 +509,5 @@ MIGRATIONS: dict[str, list[str]] = {
     "mix": MIX_MIGRATIONS,
     "quality": QUALITY_MIGRATIONS,
     "jobs": JOBS_MIGRATIONS,
+    "eval": EVAL_MIGRATIONS,
 }

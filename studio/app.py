@@ -29,6 +29,8 @@ PAGES: list[tuple[str, str, str]] = [
     ("recall.py", "Recall", ":material/target:"),
     ("mix.py", "Mix", ":material/blender:"),
     ("train.py", "Train", ":material/model_training:"),
+    ("evaluate.py", "Evaluate", ":material/fact_check:"),
+    ("report.py", "Report", ":material/summarize:"),
 ]
 
 

@@ -36,6 +36,7 @@ COMMAND_MODULES = [
     "studio.commands.recall",
     "studio.commands.mix",
     "studio.commands.train",
+    "studio.commands.evaluate",
     "studio.commands.app",
 ]
 
