@@ -438,6 +438,10 @@ JOBS_MIGRATIONS: list[str] = [
         log_path VARCHAR,
         error VARCHAR,
         attempts INTEGER NOT NULL DEFAULT 1
+    );
+    """,
+]
+
 # Evaluation (core/evaluate/): lm-eval scores cached by model fingerprint, benchmark content hash and settings
 # (cache_key); every item's per-choice log-likelihoods and exact prompt; perplexity per validation set.
 EVAL_MIGRATIONS: list[str] = [
