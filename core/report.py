@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import tomllib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,12 +114,12 @@ def job_model_dir(ws: Workspace, job: str) -> JobModels:
     elif _table_exists(ws, "jobs"):
         row = ws.query("SELECT output_dir, config FROM jobs WHERE job_id = ?", [job])
         if not row:
-            raise WorkspaceError(f"no job {job!r} in this workspace")
+            raise WorkspaceError(f"{job!r} is neither a job output folder nor a job of this workspace")
         if not row[0][0]:
             raise WorkspaceError(f"job {job!r} has no output folder")
         output_dir = Path(row[0][0])
         raw = row[0][1]
-        config = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+        config = tomllib.loads(raw) if isinstance(raw, str) and raw else {}  # the job's TOML (core.jobs)
     else:
         raise WorkspaceError(f"{job!r} is neither a job output folder nor a job of this workspace")
     models = {}
@@ -130,6 +131,8 @@ def job_model_dir(ws: Workspace, job: str) -> JobModels:
     if not models:
         raise ModelUnavailable(f"job {job}: {output_dir} holds no model/ folder (has the job finished?)")
     meta = _read_json(output_dir / "model" / "studio_model.json")
+    if not config and (output_dir / "config.toml").is_file():  # a training job's folder (core.train)
+        config = tomllib.loads((output_dir / "config.toml").read_text(encoding="utf-8"))
     config = config or _read_json(output_dir / "config.json")
     return JobModels(job=meta.get("job") or (job if not Path(job).is_dir() else output_dir.name),
                      output_dir=output_dir, models=models, metrics=read_metrics(output_dir / "metrics.jsonl"),

@@ -159,3 +159,15 @@ def open_studio_page(page, base_url: str, title: str) -> None:
     page.get_by_role("link", name=title).first.click()
     page.wait_for_timeout(500)
     wait_for_app(page)
+
+
+def replicated_jsonl(source: Path, target: Path, copies: int) -> Path:
+    """`copies` numbered copies of every record of a JSONL file: a file long enough to kill an ingest midway."""
+    lines = source.read_bytes().splitlines()
+    with open(target, "wb") as fh:
+        for copy in range(copies):
+            for line in lines:
+                record = json.loads(line)
+                record["text"] = f"[{copy}] {record['text']}"
+                fh.write(json.dumps(record).encode() + b"\n")
+    return target

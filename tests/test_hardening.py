@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from conftest import replicated_jsonl
 
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
 from core.decontam import contamination_index
@@ -276,14 +277,7 @@ def test_token_count_raises_no_library_warning(small_ws: Path) -> None:
 
 # --- 6: a killed ingest's partial file is never current to read-only readers ---------------------------------
 def test_readers_never_see_a_half_ingested_file(tmp_path: Path, data_dir: Path) -> None:
-    lines = (data_dir / MEDQUAD).read_bytes().splitlines()
-    big = tmp_path / "big.jsonl"
-    with open(big, "wb") as fh:
-        for copy in range(25):  # ~120k lines: long enough to be killed in the middle
-            for line in lines:
-                rec = json.loads(line)
-                rec["text"] = f"[{copy}] {rec['text']}"
-                fh.write(json.dumps(rec).encode() + b"\n")
+    big = replicated_jsonl(data_dir / MEDQUAD, tmp_path / "big.jsonl", copies=25)  # ~120k lines
     ws_path = tmp_path / "ws"
     assert cli_main(["init", str(ws_path)]) == 0
     progress = tmp_path / "progress.jsonl"

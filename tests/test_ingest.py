@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from conftest import replicated_jsonl
 
 from core.config import REPO_ROOT
 from core.ingest import IngestConfig, ingest
@@ -203,14 +204,7 @@ def test_reingest_adds_nothing_and_a_changed_file_adds_only_new(empty_ws: Worksp
 
 
 def test_killed_ingest_leaves_nothing_half_written(tmp_path: Path, data_dir: Path) -> None:
-    lines = jsonl_lines(data_dir / MEDQUAD)
-    big = tmp_path / "big.jsonl"
-    with open(big, "wb") as fh:
-        for copy in range(60):  # ~290k lines: long enough to be killed in the middle
-            for line in lines:
-                rec = orjson.loads(line)
-                rec["text"] = f"[{copy}] {rec['text']}"
-                fh.write(orjson.dumps(rec) + b"\n")
+    big = replicated_jsonl(data_dir / MEDQUAD, tmp_path / "big.jsonl", copies=60)  # ~290k lines
     ws_path = tmp_path / "ws"
     Workspace.open(ws_path).close()
     progress = tmp_path / "progress.jsonl"

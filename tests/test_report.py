@@ -43,13 +43,13 @@ def test_job_lookup_accepts_a_folder_or_a_job_id_and_refuses_what_is_not_a_job(r
         empty.mkdir()
         with pytest.raises(ModelUnavailable, match="no model/ folder"):
             job_model_dir(w, str(empty))
-        # the training step's jobs table (issue 12): a job id resolves to its output folder
-        w.con.execute("CREATE TABLE jobs (job_id VARCHAR, kind VARCHAR, config JSON, status VARCHAR, "
-                      "output_dir VARCHAR)")
-        w.con.execute("INSERT INTO jobs VALUES ('cpt-1', 'cpt', '{\"lr\": 0.0001}', 'done', ?)", [str(job)])
+        # the training step's jobs table (core.jobs): a job id resolves to its output folder, its TOML config read
+        w.con.execute("INSERT INTO jobs (job_id, kind, config, status, output_dir) "
+                      "VALUES ('cpt-1', 'train', 'learning_rate = 0.0001', 'finished', ?)", [str(job)])
         by_id = job_model_dir(w, "cpt-1")
         assert by_id.output_dir == job.resolve() and set(by_id.models) == {"trained", "averaged"}
-        w.con.execute("DROP TABLE jobs")
+        assert by_id.config == {"learning_rate": 0.0001}
+        w.con.execute("DELETE FROM jobs WHERE job_id = 'cpt-1'")
 
 
 def test_report_json_has_gain_retention_perplexity_flips_and_lineage(report_setup) -> None:
