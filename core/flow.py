@@ -104,7 +104,7 @@ def scope_sql(ws: Workspace, step: str | None, roles: Sequence[str] | None = Non
     if corpora:
         where.append("d.corpus IN (SELECT unnest(?::VARCHAR[]))")
         params.append(list(corpora))
-    sql = (f"SELECT d.*, c.role FROM documents d JOIN corpora c ON c.name = d.corpus "
+    sql = (f"SELECT d.*, c.role FROM complete_documents d JOIN corpora c ON c.name = d.corpus "
            f"WHERE {' AND '.join(where)}")
     return sql, params
 
@@ -197,7 +197,7 @@ def funnel(ws: Workspace, roles: Sequence[str] = ("domain", "general", "instruct
             FROM active_drops x GROUP BY x.doc_id)
         SELECT coalesce(f.pos, -1) AS pos, count(*), coalesce(sum(d.token_count), 0),
                count(*) - count(d.token_count)
-        FROM documents d JOIN corpora c ON c.name = d.corpus LEFT JOIN first_drop f USING (doc_id)
+        FROM complete_documents d JOIN corpora c ON c.name = d.corpus LEFT JOIN first_drop f USING (doc_id)
         WHERE c.role IN (SELECT unnest(?::VARCHAR[]))
         GROUP BY ALL
         """, [list(order), list(roles)])
