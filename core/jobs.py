@@ -320,7 +320,10 @@ def _ended_state(job: Job) -> dict[str, Any]:
     code = _exit_code(job)
     status = result.get("status")
     tail = job.log_tail()
-    if status in ("finished", "stopped") and code in (0, None):
+    # A stop request races a job that is already on its way out: Python restores the default SIGTERM action while
+    # it shuts down, so a job that wrote its last word and then met the stop signal still ended as it said.
+    stop_met_exit = code == 128 + signal.SIGTERM and (job.folder / STOP_NAME).exists()
+    if status in ("finished", "stopped") and (code in (0, None) or stop_met_exit):
         return {"status": status, "exit_code": code, "error": None}
     if status is None and job.status == "stopping" and not (job.folder / PIDS_DIR).exists():
         return {"status": "stopped", "exit_code": code,

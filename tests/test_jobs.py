@@ -133,6 +133,25 @@ def test_stop_then_resume_continues_and_several_jobs_run_at_once(ws_path: Path, 
     assert [j.job_id for j in list_jobs(ws_path)][:2] == [other.job_id, slow.job_id]
 
 
+def test_a_stop_signal_met_during_exit_keeps_the_jobs_own_last_word(ws_path: Path) -> None:
+    # The race CI met: the job sees `stop_requested`, writes its result and exits; Python's shutdown restores the
+    # default SIGTERM action and the stop signal, sent just after the file, kills it (exit 143, "Terminated").
+    script = ("import os, signal, sys; from pathlib import Path; from core.jobs import register_process, write_result;"
+              "job = Path(os.environ['STUDIO_JOB_DIR']); register_process(job); print('working', flush=True);"
+              "import time; [time.sleep(0.05) for _ in range(400) if not (job / 'stop_requested').exists()];"
+              "write_result(job, 'stopped', count=1); signal.signal(signal.SIGTERM, signal.SIG_DFL);"
+              "os.kill(os.getpid(), signal.SIGTERM)")
+    job = launch_job(ws_path, "race", "", [sys.executable, "-c", script])
+    assert sleep_until(lambda: "working" in get_job(ws_path, job.job_id).log_tail(), 60)
+    (Path(job.output_dir) / "stop_requested").write_text("now")  # what stop_job writes before its signal
+    done = wait_job(ws_path, job.job_id, poll_s=0.1, timeout_s=60)
+    assert done.exit_code == 143 and done.status == "stopped" and done.error is None, done
+    # Without a stop request, a job killed by SIGTERM after its result is still a failure.
+    crash = launch_job(ws_path, "race", "", [sys.executable, "-c", script.replace(
+        "[time.sleep(0.05) for _ in range(400) if not (job / 'stop_requested').exists()];", "")])
+    assert wait_job(ws_path, crash.job_id, poll_s=0.1, timeout_s=60).status == "failed"
+
+
 def test_cli_jobs_stop_resume(ws_path: Path, counter: Path, capsys: pytest.CaptureFixture) -> None:
     job = launch_job(ws_path, "count", "", [sys.executable, str(counter), "400", "0.05"])
     assert sleep_until(lambda: "counting from" in get_job(ws_path, job.job_id).log_tail(), 60)
@@ -141,7 +160,8 @@ def test_cli_jobs_stop_resume(ws_path: Path, counter: Path, capsys: pytest.Captu
     assert listed[0]["job_id"] == job.job_id and listed[0]["status"] == "running"
     assert {"job_id", "kind", "status", "output_dir"} <= set(listed[0])
     assert cli_main(["stop", str(ws_path), job.job_id, "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["status"] in ("stopping", "stopped")
+    stopped_out = json.loads(capsys.readouterr().out)
+    assert stopped_out["status"] in ("stopping", "stopped"), stopped_out
     assert wait_job(ws_path, job.job_id, poll_s=0.1, timeout_s=60).status == "stopped"
     assert cli_main(["resume", str(ws_path), job.job_id, "--detach", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
