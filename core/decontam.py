@@ -31,6 +31,7 @@ import pyarrow as pa
 from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
+from core.steps import Step, param
 from core.workspace import Workspace, WorkspaceError
 
 _CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -45,15 +46,20 @@ _SCAN_BATCH = 4096
 
 @dataclass
 class DecontamConfig:
-    n: int = 13
-    benchmarks: list[str] | None = None  # benchmark corpus names, None = all
-    mode: str = "drop"  # drop | cut
-    margin_chars: int = 200  # cut mode: characters removed on each side of an overlap
-    max_pieces: int = 10  # cut mode: a text cut into more pieces is dropped
-    min_piece_chars: int = 200  # cut mode: shorter pieces are discarded (NeMo's min_document_length)
-    min_item_tokens: int = 8  # items shorter than n are matched whole when at least this long
-    corpora: list[str] | None = None  # the step over the workspace: corpora to check, None = all but benchmarks
-    batch_size: int = 2_000
+    n: int = param(13, flag="-n", aliases=("--n",), minimum=2, show_default=False,
+                   help="n-gram length in words, characters for Chinese")
+    benchmarks: list[str] | None = param(None, help="comma-separated benchmark names (default: all)")
+    mode: str = param("drop", choices=DECONTAM_MODES, show_default=False,
+                      help="drop contaminated documents, or cut the overlaps with a margin")
+    margin_chars: int = param(200, flag="--margin", minimum=0, show_default=False,
+                              help="cut mode: characters removed each side")
+    max_pieces: int = param(10, minimum=1, show_default=False, help="cut mode: drop a document cut into more pieces")
+    min_piece_chars: int = param(200, minimum=0, cli=False,
+                                 help="cut mode: shorter pieces are discarded (NeMo's min_document_length)")
+    min_item_tokens: int = param(8, minimum=1, show_default=False,
+                                 help="items shorter than n are matched whole when at least this long")
+    corpora: list[str] | None = param(None, help="comma-separated corpora to check (default: all but benchmarks)")
+    batch_size: int = param(2_000, minimum=1, cli=False, help="documents read per batch")
 
     def validate(self) -> None:
         if self.mode not in DECONTAM_MODES:
@@ -480,9 +486,10 @@ def check_texts(index: ContaminationIndex, texts: list[str]) -> list[dict[str, A
     return out
 
 
-def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """The demo's decontamination over every non-benchmark corpus (parameters: those of DecontamConfig)."""
-    result = run_decontam(ws, DecontamConfig(**params), progress)
+def _summary(result: DecontamResult) -> dict[str, Any]:
     return {"run_id": result.run_id, "documents_checked": result.documents_checked,
             "documents_contaminated": result.documents_contaminated, "documents_dropped": result.documents_dropped,
             "items_flagged": result.items_flagged}
+
+
+REGISTERED_STEP = Step("decontam", DecontamConfig, run_decontam, command="decontam", summary=_summary)

@@ -34,12 +34,15 @@ import pyarrow as pa
 from core.embed import EmbedConfig, active_path, embed_documents, register_arrow
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
+from core.steps import Step, config_from_recipe, param, validate_fields
 from core.text import NormalisationConfig, content_hash, detect_language, normalise
 from core.workspace import ROLES, Workspace, WorkspaceError
 
 Method = Literal["exact", "minhash", "semantic"]
 METHODS: tuple[str, ...] = ("exact", "minhash", "semantic")
 DEMO_METHODS: tuple[str, ...] = ("exact", "minhash")  # a recipe's dedup step without `methods`
+# The similarity at or above which two documents are duplicates, when the config names none.
+DEFAULT_THRESHOLDS = {"exact": 1.0, "minhash": 0.8, "semantic": 0.95}
 SCOPES = ("all", "role", "corpus")  # which documents may be duplicates of each other
 # Which member of a cluster is kept (of those the steps before this one left): the first ingested, the longest,
 # or the best by the stored quality composite (DataTrove and NeMo Curator offer the same choices).
@@ -64,26 +67,45 @@ def step_name(method: str) -> str:
 
 @dataclass
 class DedupConfig:
-    method: Method = "minhash"
-    threshold: float | None = None  # exact: unused; minhash: Jaccard (0.8); semantic: cosine (0.95)
-    floor: float | None = None  # pairs down to here are stored for the movable threshold
-    scope: str = "all"
-    policy: str = "first"  # which member a cluster keeps: one of POLICIES
-    keep: str | None = None  # the same choice under its recipe / `--keep` name; wins over `policy` when given
-    roles: Sequence[str] = DEFAULT_ROLES
-    corpora: Sequence[str] = ()  # empty: every corpus of the chosen roles
-    limit: int | None = None  # at most this many documents (in ingest order); for demos on small machines
+    method: Method = param("minhash", help="which duplicates: exact, near (minhash) or semantic", choices=METHODS,
+                           required=True)
+    threshold: float | None = param(
+        None, minimum=0.0, maximum=1.0,
+        help="minhash: Jaccard similarity (default {minhash:g}); semantic: cosine (default {semantic:g})".format(
+            **DEFAULT_THRESHOLDS))
+    floor: float | None = param(
+        None, minimum=0.0, maximum=1.0,
+        help="store pairs down to this similarity for the review page's movable threshold "
+             "(default threshold − 0.2 for minhash, − 0.1 for semantic)")
+    scope: str = param("all", choices=SCOPES,
+                       help="which documents may duplicate each other: all (across roles), within a role, "
+                            "within a corpus")
+    policy: str = param("first", flag="--keep", aliases=("--policy",), choices=(*POLICIES, *POLICY_ALIASES),
+                        help="which member of a cluster is kept, of those the steps before this one in the flow "
+                             "left: first ingested, longest, or best_quality (the stored quality composite; needs "
+                             "`studio score` first)")
+    keep: str | None = param(None, help="the same choice as policy under its recipe / `--keep` name; wins over "
+                                        "`policy` when given", cli=False)
+    roles: Sequence[str] = param(DEFAULT_ROLES, choices=ROLES,
+                                 help=f"comma-separated roles to include (of {', '.join(ROLES)})")
+    corpora: Sequence[str] = param((), help="comma-separated corpora to include (default: all of the roles)")
+    limit: int | None = param(None, minimum=1, help="at most this many documents, in ingest order")
     # exact
     normalisation: NormalisationConfig = field(default_factory=NormalisationConfig)
     # minhash
-    num_perm: int = 128
-    ngram: int = 5
-    bands: int | None = None  # with rows: override the bands × rows solved for the threshold
-    rows: int | None = None
+    num_perm: int = param(128, minimum=8, group="minhash", help="permutations per signature")
+    ngram: int = param(5, minimum=1, group="minhash",
+                       help="shingle size: words, or characters for Chinese/Japanese documents")
+    bands: int | None = param(None, minimum=1, group="minhash",
+                              help="LSH bands (with --rows; default: solved for the threshold)")
+    rows: int | None = param(None, minimum=1, group="minhash", help="LSH rows per band")
     # semantic
-    embed_model: str = EmbedConfig().model
-    max_tokens: int = EmbedConfig().max_tokens
-    neighbours: int = 10
+    embed_model: str = param(EmbedConfig().model, flag="--model", group="semantic", show_default=False,
+                             help="sentence-transformers model id or path (default: the bundled all-MiniLM-L6-v2)")
+    max_tokens: int = param(EmbedConfig().max_tokens, minimum=1, group="semantic",
+                            help="truncation in word pieces")
+    neighbours: int = param(10, minimum=1, group="semantic", help="nearest neighbours examined per document",
+                            show_default=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.normalisation, dict):  # from a recipe or JSON
@@ -98,7 +120,7 @@ class DedupConfig:
     def resolved_threshold(self) -> float:
         if self.threshold is not None:
             return float(self.threshold)
-        return {"exact": 1.0, "minhash": 0.8, "semantic": 0.95}[self.method]
+        return DEFAULT_THRESHOLDS[self.method]
 
     def resolved_floor(self) -> float:
         t = self.resolved_threshold()
@@ -107,22 +129,12 @@ class DedupConfig:
         return {"exact": 1.0, "minhash": max(t - 0.2, 0.3), "semantic": max(t - 0.1, 0.5)}[self.method]
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {self.scope!r}")
+        validate_fields(self)  # choices and bounds of every field
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, not {self.policy!r}")
-        bad = [r for r in self.roles if r not in ROLES]
-        if bad:
-            raise ValueError(f"unknown roles {bad}; roles are {', '.join(ROLES)}")
         t = self.resolved_threshold()
         if not 0 < t <= 1:
             raise ValueError(f"threshold must be in (0, 1], not {t}")
-        if self.num_perm < 8:
-            raise ValueError("num_perm must be at least 8")
-        if self.ngram < 1:
-            raise ValueError("ngram must be at least 1")
         if (self.bands is None) != (self.rows is None):
             raise ValueError("give both bands and rows, or neither")
         if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
@@ -162,7 +174,7 @@ class DedupResult:
     by_role: dict[str, int]
     details: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -782,17 +794,20 @@ def normalisation_preview(text: str, cfg: NormalisationConfig | None = None) -> 
 
 
 # --- the demo -----------------------------------------------------------------------------------------------
-def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Runs each method named in params['methods'] (a table per method with its DedupConfig fields)."""
-    methods = params.get("methods", DEMO_METHODS)
-    out: dict[str, Any] = {}
-    for i, method in enumerate(methods):
-        options = dict(params.get(method, {}))
+def recipe_configs(table: dict[str, Any]) -> dict[str, DedupConfig]:
+    """A recipe's dedup table: `methods` (default exact and minhash) and a table of DedupConfig fields per method."""
+    table = {k: v for k, v in table.items() if k != "name"}
+    methods = table.pop("methods", DEMO_METHODS)
+    unknown = sorted(set(table) - set(METHODS))
+    if unknown:
+        raise ValueError(f"step dedup: unknown keys {unknown} (known: methods, {', '.join(METHODS)})")
+    return {m: config_from_recipe(DedupConfig, {**table.get(m, {}), "method": m}, step=f"dedup.{m}") for m in methods}
 
-        def sub(f: float, m: str, i: int = i, method: str = method) -> None:
-            progress((i + max(f, 0.0)) / len(methods), f"{method}: {m}")
 
-        result = deduplicate(ws, DedupConfig(method=method, **options), sub)
-        out[method] = {"run_id": result.run_id, "documents": result.documents, "dropped": result.dropped,
-                       "clusters": result.clusters}
-    return out
+def _summary(result: DedupResult) -> dict[str, Any]:
+    return {"run_id": result.run_id, "documents": result.documents, "dropped": result.dropped,
+            "clusters": result.clusters}
+
+
+REGISTERED_STEP = Step("dedup", DedupConfig, lambda ws, cfg, progress: deduplicate(ws, cfg, progress), command="dedup",
+            recipe_configs=recipe_configs, summary=_summary)

@@ -1,15 +1,14 @@
 """The demo workspace: built from a recipe (`data/demo.toml`) over a folder of real public data.
 
 The recipe names the corpora (files, role, reader options) and the steps to run after ingesting. Each step
-name maps to a function `(workspace, params, progress) -> counts` in `STEP_RUNNERS`; later steps of the flow
-add themselves there and to the recipe.
+table names a step of the registry (`core.steps.REGISTRY`, which `STEP_RUNNERS` is) and holds fields of its
+config, read by the same field list the CLI's options come from; later steps of the flow register there and add
+a table to the recipe.
 """
 
 from __future__ import annotations
 
-import importlib
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,24 +18,13 @@ from core.config import REPO_ROOT, data_root
 from core.flow import FLOW, check_recipe_order, set_flow_order, validate_order
 from core.ingest import IngestConfig, ingest
 from core.progress import Progress, no_progress
+from core.steps import REGISTRY, get_step, run_step
 from core.workspace import Workspace, WorkspaceError
 
 DEFAULT_RECIPE = REPO_ROOT / "data" / "demo.toml"
 INGEST_KEYS = {"text_field", "template", "layout", "fmt", "txt_unit", "encoding", "pattern"}
 
-StepRunner = Callable[[Workspace, dict[str, Any], Progress], dict[str, Any]]
-
-# step name -> "module:function"; imported only when the recipe asks for the step.
-STEP_RUNNERS: dict[str, str] = {
-    "tokens": "core.tokens:demo_step",
-    "dedup": "core.dedup:demo_step",
-    "quality": "core.quality:demo_step",
-    "terms": "core.terms:demo_step",
-    "recall": "core.recall:demo_step",
-    "decontam": "core.decontam:demo_step",
-    "mix": "core.mix:demo_step",
-    "train": "core.train.launch:demo_step",
-}
+STEP_RUNNERS = REGISTRY  # step name -> its Step (a name the recipe may use)
 
 
 @dataclass
@@ -64,6 +52,10 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> dict[str, Any]:
     for step in recipe.get("step", []):
         if step.get("name") not in STEP_RUNNERS:
             raise ValueError(f"{path}: unknown step {step.get('name')!r} (known: {', '.join(STEP_RUNNERS)})")
+        try:  # every key must be a field of the step's config: a misspelt parameter is an error, not ignored
+            get_step(step["name"]).configs_from_recipe(step)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
     try:
         order = validate_order(recipe.get("flow", {}).get("order", FLOW))
         check_recipe_order(recipe.get("step", []), order)
@@ -72,22 +64,23 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> dict[str, Any]:
     return recipe
 
 
-def step_runner(name: str) -> StepRunner:
-    module, func = STEP_RUNNERS[name].split(":")
-    return getattr(importlib.import_module(module), func)
-
-
 def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress = no_progress
               ) -> list[dict[str, Any]]:
-    """Run a recipe's steps in order (each a table with `name` and its parameters); their counts, in order."""
+    """Run a recipe's steps in order (each a table with `name` and its config's fields); their counts, in order."""
     out = []
-    for index, step in enumerate(planned):
-        params = {k: v for k, v in step.items() if k != "name"}
+    for index, table in enumerate(planned):
+        step = get_step(table["name"])
+        configs = step.configs_from_recipe(table)
+        counts: dict[str, Any] = {}
+        for part, (label, config) in enumerate(configs.items()):
+            def step_progress(fraction: float, message: str, index: int = index, name: str = step.name,
+                              part: int = part, label: str | None = label, parts: int = len(configs)) -> None:
+                within = (part + max(fraction, 0.0)) / parts
+                progress((index + within) / len(planned), f"{name}: {label + ': ' if label else ''}{message}")
 
-        def step_progress(fraction: float, message: str, index: int = index, name: str = step["name"]) -> None:
-            progress((index + max(fraction, 0.0)) / len(planned), f"{name}: {message}")
-
-        out.append({"step": step["name"], **step_runner(step["name"])(ws, params, step_progress)})
+            summary = step.summarise(run_step(ws, step.name, config, step_progress))
+            counts.update(summary if label is None else {label: summary})
+        out.append({"step": step.name, **counts})
     return out
 
 

@@ -38,7 +38,7 @@ import shutil
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -51,6 +51,7 @@ import tomli_w
 from core.ingest import file_sha256
 from core.progress import Progress, no_progress
 from core.readers import sharegpt_turns
+from core.steps import Step, config_from_recipe, param, recipe_keys, validate_fields
 from core.workspace import Workspace, WorkspaceError, code_version
 
 DRAWABLE_ROLES = ("domain", "general", "instruction")
@@ -1307,16 +1308,45 @@ def latest_mix(ws: Workspace, name: str | None = None) -> dict[str, Any] | None:
     return dict(zip(keys, row, strict=True))
 
 
-def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """The demo's mix: a preset over the demo corpora, exported into the workspace."""
-    params = dict(params)
-    preset = params.pop("preset", "MIP 80/10/10")
-    total = int(params.pop("total_tokens", 1_000_000))
-    validation = params.pop("validation", {})
-    name = params.pop("mix_name", "demo-mix")  # `name` is the step's own key in the demo recipe
-    recipe = preset_recipe(preset, total, name=name, validation=ValidationConfig(**validation), **params)
+@dataclass
+class PresetMixConfig:
+    """A mix from a preset, as a recipe asks for it; any other MixRecipe field (seed, ...) is an override."""
+
+    preset: str = param("MIP 80/10/10", choices=tuple(PRESETS), help="the preset's shares of the roles")
+    total_tokens: int = param(1_000_000, minimum=1, help="training tokens the mix holds")
+    mix_name: str = param("demo-mix", help="the mix's name (`name` is the step's own key in a recipe)")
+    validation: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={"recipe": False})
+
+    def recipe(self) -> MixRecipe:
+        return preset_recipe(self.preset, self.total_tokens, name=self.mix_name,
+                             validation=ValidationConfig(**self.validation), **self.overrides)
+
+    def validate(self) -> None:
+        validate_fields(self)
+        self.recipe()
+
+
+def run_preset_mix(ws: Workspace, cfg: PresetMixConfig, progress: Progress = no_progress) -> MixResult:
+    """The mix step of a recipe: the preset's recipe saved among the workspace's recipes, then built."""
+    recipe = cfg.recipe()
     save_recipe(recipe, recipes_folder(ws) / f"{recipe.name}.toml")
-    result = build_mix(ws, recipe, progress=progress)
-    return {"run_id": result.run_id, "out_dir": result.out_dir, "train_documents": result.train_documents,
-            "train_tokens": result.train_tokens, "decontam_dropped": result.decontamination["dropped_documents"],
-            "decontam_cut": result.decontamination["cut_documents"]}
+    return build_mix(ws, recipe, progress=progress)
+
+
+def _recipe_configs(table: dict[str, Any]) -> dict[None, PresetMixConfig]:
+    own = set(recipe_keys(PresetMixConfig))
+    overrides = {k: v for k, v in table.items() if k not in own and k != "name"}
+    unknown = sorted(set(overrides) - {f.name for f in fields(MixRecipe)} - {"name", "components"})
+    if unknown:
+        raise ValueError(f"step mix: unknown keys {unknown}")
+    config = config_from_recipe(PresetMixConfig, {k: v for k, v in table.items() if k in own}, step="mix")
+    config.overrides = overrides
+    return {None: config}
+
+
+REGISTERED_STEP = Step("mix", PresetMixConfig, run_preset_mix, recipe_configs=_recipe_configs,
+            summary=lambda r: {"run_id": r.run_id, "out_dir": r.out_dir, "train_documents": r.train_documents,
+                               "train_tokens": r.train_tokens,
+                               "decontam_dropped": r.decontamination["dropped_documents"],
+                               "decontam_cut": r.decontamination["cut_documents"]})

@@ -44,6 +44,7 @@ from core.parallel import default_workers, process_pool
 from core.perplexity import PerplexityConfig, resolve_dtype, score_texts
 from core.progress import Progress, no_progress
 from core.quality_signals import SIGNAL_NAMES, SIGNALS_VERSION, compute_batch, language_group
+from core.steps import Step, split_recipe
 from core.workspace import Workspace, WorkspaceError
 
 SCORE_STEP = "quality_score"
@@ -632,18 +633,42 @@ def active_filter_params(ws: Workspace) -> dict[str, Any] | None:
 
 
 # --- the demo -------------------------------------------------------------------------------------------------
-def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Heuristics on every domain and general document, perplexity on a bounded sample per corpus
-    (`sample_per_corpus`, truncated to `max_tokens`), then the filter with the recipe's rules and thresholds."""
-    params = dict(params)
-    filter_keys = {"rules", "thresholds", "keep_share", "seed"}
-    fcfg = QualityFilterConfig(**{k: params.pop(k) for k in list(params) if k in filter_keys})
-    if "roles" in params:
-        fcfg.roles = list(params["roles"])
-    scfg = QualityScoreConfig(**params)
-    scored = score_quality(ws, scfg, lambda f, m: progress(0.9 * max(f, 0.0), m))
-    applied = apply_filters(ws, fcfg, lambda f, m: progress(0.9 + 0.1 * max(f, 0.0), m))
+@dataclass
+class QualityStepConfig:
+    """The quality step as a recipe runs it: score (heuristics; perplexity on a bounded sample per corpus with
+    `perplexity`, `sample_per_corpus`, `max_tokens`), then filter with the rules and thresholds. One table holds
+    both configs' fields; `roles` and `corpora` go to both."""
+
+    score: QualityScoreConfig = field(default_factory=QualityScoreConfig)
+    filter: QualityFilterConfig = field(default_factory=QualityFilterConfig)
+
+    def validate(self) -> None:
+        self.filter.validate()
+
+
+@dataclass
+class QualityStepResult:
+    score: QualityScoreResult
+    filter: QualityFilterResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": self.score.to_dict(), "filter": self.filter.to_dict()}
+
+
+def run_quality_step(ws: Workspace, cfg: QualityStepConfig, progress: Progress = no_progress) -> QualityStepResult:
+    scored = score_quality(ws, cfg.score, lambda f, m: progress(0.9 * max(f, 0.0), m))
+    applied = apply_filters(ws, cfg.filter, lambda f, m: progress(0.9 + 0.1 * max(f, 0.0), m))
+    return QualityStepResult(scored, applied)
+
+
+def _summary(result: QualityStepResult) -> dict[str, Any]:
+    scored, applied = result.score, result.filter
     return {"score_run": scored.run_id, "filter_run": applied.run_id, "documents_scored": scored.documents_scored,
             "perplexity_scored": scored.perplexity_scored, "documents": applied.documents,
             "dropped": applied.dropped, "randomly_kept": applied.randomly_kept,
             "relevance_available": scored.composite["relevance_available"]}
+
+
+REGISTERED_STEP = Step("quality", QualityStepConfig, run_quality_step, summary=_summary,
+            recipe_configs=lambda table: {None: QualityStepConfig(*split_recipe(
+                table, QualityScoreConfig, QualityFilterConfig, step="quality", shared=("roles", "corpora")))})

@@ -41,6 +41,7 @@ from core.embed import EmbedConfig, active_path, embed_documents, embed_texts
 from core.flow import scope_sql
 from core.models import BUNDLED_EMBEDDER
 from core.progress import Progress, no_progress
+from core.steps import Step, param, validate_fields
 from core.workspace import Workspace, WorkspaceError
 
 STEP = "recall"  # as recorded in `runs.step`
@@ -49,23 +50,28 @@ ITEM_TEXTS = ("question", "question_choices", "question_answer")
 
 @dataclass
 class RecallConfig:
-    benchmarks: list[str] | None = None  # benchmark corpus names; None = every benchmark
-    pool: list[str] | None = None  # corpora to recall from; None = every corpus that is not a benchmark
-    k: int = 50
-    floor: float = 0.75
-    cap: float = 0.95
-    item_text: str = "question_choices"  # question | question_choices | question_answer
-    exact_limit: int = 100_000  # pools above this size are searched with an approximate IVF index
-    nprobe: int = 32
-    seed: int = 0
-    max_items_per_benchmark: int | None = None  # a seeded sample of each benchmark (bounds embedding work)
-    pool_sample: int | None = None  # a seeded sample of the pool (bounds embedding work)
-    embed_model: str = BUNDLED_EMBEDDER
-    embed_max_tokens: int = 128
+    benchmarks: list[str] | None = param(None, help="comma-separated benchmark names (default: all)")
+    pool: list[str] | None = param(None, help="comma-separated corpora to recall from (default: all but benchmarks)")
+    k: int = param(50, flag="-k", aliases=("--k",), minimum=1, help="neighbours per item")
+    floor: float = param(0.75, minimum=-1.0, maximum=1.0, help="lowest cosine recalled")
+    cap: float = param(0.95, minimum=-1.0, maximum=1.0,
+                       help="leakage cap: documents at or above this cosine to any item are dropped")
+    item_text: str = param("question_choices", choices=ITEM_TEXTS, show_default=False,
+                           help="what of an item is embedded (default: question with its choices)")
+    exact_limit: int = param(100_000, minimum=0, show_default=False,
+                             help="pools larger than this are searched with an approximate IVF index")
+    nprobe: int = param(32, minimum=1, cli=False, help="IVF lists searched per query")
+    seed: int = param(0, help="seed of the control set and the samples", show_default=False)
+    max_items_per_benchmark: int | None = param(None, flag="--max-items", minimum=1,
+                                                help="a seeded sample of at most this many items per benchmark")
+    pool_sample: int | None = param(None, minimum=1, help="a seeded sample of at most this many pool documents")
+    embed_model: str = param(BUNDLED_EMBEDDER, cli=False, help="sentence-transformers model id or path")
+    embed_max_tokens: int = param(128, minimum=1, cli=False, help="truncation in word pieces")
 
     def validate(self) -> None:
         if self.k < 1:
             raise ValueError("k must be at least 1")
+        validate_fields(self)
         if not -1.0 <= self.floor < self.cap <= 1.0:
             raise ValueError(f"need -1 <= floor < cap <= 1 (floor {self.floor}, cap {self.cap})")
         if self.item_text not in ITEM_TEXTS:
@@ -387,12 +393,13 @@ def what_if(ws: Workspace, run_id: str, floor: float, cap: float, k: int) -> dic
             "candidates_between": row[3]}
 
 
-def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """The demo's recall (parameters: those of RecallConfig; the recipe bounds the embedding work)."""
-    result = run_recall(ws, RecallConfig(**params), progress)
+def _summary(result: RecallResult) -> dict[str, Any]:
     return {"run_id": result.run_id, "pool_documents": result.pool_documents, "items": result.items,
             "recalled_documents": result.recalled_documents, "control_documents": result.control_documents,
             "excluded_by_cap": result.excluded_by_cap}
+
+
+REGISTERED_STEP = Step("recall", RecallConfig, run_recall, command="recall", summary=_summary)
 
 
 def shared_spans(a: str, b: str, min_tokens: int = 4) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

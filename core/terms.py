@@ -41,7 +41,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ import pyarrow as pa
 from core.config import REPO_ROOT
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
+from core.steps import Step, split_recipe
 from core.text import detect_language
 from core.workspace import ROLES, Workspace
 
@@ -528,13 +529,40 @@ def scored_lexicon_specs(ws: Workspace) -> list[str]:
 
 
 # --- the demo --------------------------------------------------------------------------------------------------
-def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Score every corpus with the bundled medical lexicons, then filter the domain corpora."""
-    params = dict(params)
-    lexicons = params.pop("lexicons", list(DEFAULT_LEXICONS))
-    scored = score_terms(ws, TermScoreConfig(lexicons=lexicons),
-                         lambda f, m: progress(0.9 * max(f, 0.0), m))
-    filtered = apply_term_filter(ws, TermFilterConfig(**params), lambda f, m: progress(0.9 + 0.1 * f, m))
+@dataclass
+class TermsStepConfig:
+    """The terminology step as a recipe runs it: score with the lexicons, then filter (one table, both configs'
+    fields; `lexicons`, `batch_size`, `rescore` go to scoring, the rest to the filter)."""
+
+    score: TermScoreConfig = field(default_factory=TermScoreConfig)
+    filter: TermFilterConfig = field(default_factory=TermFilterConfig)
+
+    def validate(self) -> None:
+        self.filter.validate()
+
+
+@dataclass
+class TermsStepResult:
+    score: TermScoreResult
+    filter: TermFilterResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": asdict(self.score), "filter": asdict(self.filter)}
+
+
+def run_terms_step(ws: Workspace, cfg: TermsStepConfig, progress: Progress = no_progress) -> TermsStepResult:
+    scored = score_terms(ws, cfg.score, lambda f, m: progress(0.9 * max(f, 0.0), m))
+    filtered = apply_term_filter(ws, cfg.filter, lambda f, m: progress(0.9 + 0.1 * f, m))
+    return TermsStepResult(scored, filtered)
+
+
+def _summary(result: TermsStepResult) -> dict[str, Any]:
+    scored, filtered = result.score, result.filter
     return {"score_run_id": scored.run_id, "run_id": filtered.run_id, "documents_scored": scored.documents,
             "hits": scored.hits, "filtered": filtered.documents, "kept": filtered.kept,
             "dropped": filtered.dropped, **filtered.dropped_by_rule}
+
+
+REGISTERED_STEP = Step("terms", TermsStepConfig, run_terms_step, summary=_summary,
+            recipe_configs=lambda table: {None: TermsStepConfig(*split_recipe(
+                table, TermScoreConfig, TermFilterConfig, step="terms"))})

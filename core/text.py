@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import ftfy
 
+from core.steps import param
+
 # C0/C1 control characters except tab, newline and carriage return; NUL included.
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # UTF-8 bytes decoded as Latin-1/CP1252 leave a lead byte (Â-ô) followed by a continuation-range character.
@@ -67,10 +69,11 @@ def clean_text(text: str) -> CleanResult:
 class NormalisationConfig:
     """How text is folded before exact hashing; shown to the curator in the dedup page."""
 
-    unicode_nfkc: bool = True
-    casefold: bool = True
-    fold_whitespace: bool = True
-    strip_punctuation: bool = True
+    unicode_nfkc: bool = param(True, negate="--no-nfkc", group="exact", help="do not apply Unicode NFKC")
+    casefold: bool = param(True, negate="--keep-case", group="exact", help="do not fold case")
+    fold_whitespace: bool = param(True, negate="--keep-whitespace", group="exact", help="do not collapse whitespace")
+    strip_punctuation: bool = param(True, negate="--keep-punctuation", group="exact",
+                                    help="do not remove punctuation")
 
     def describe(self) -> str:
         parts = []

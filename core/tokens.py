@@ -7,19 +7,23 @@ critical path: ingest stays at tens of thousands of documents per second, and th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 
 from core.models import load_tokenizer
-from core.progress import Progress
+from core.progress import Progress, no_progress
+from core.steps import Step, param, validate_fields
 from core.workspace import Workspace
 
 
 @dataclass
 class TokenCountConfig:
-    batch_size: int = 2_000
-    recount: bool = False  # count again even where a count exists (after changing the tokenizer)
+    batch_size: int = param(2_000, minimum=1, help="documents tokenised per batch")
+    recount: bool = param(False, help="count again even where a count exists (after changing the tokenizer)")
+
+    def validate(self) -> None:
+        validate_fields(self)
 
 
 @dataclass
@@ -29,9 +33,12 @@ class TokenCountResult:
     documents_counted: int
     tokens: int
 
+    def to_dict(self) -> dict:
+        return asdict(self)
+
 
 def count_tokens(ws: Workspace, cfg: TokenCountConfig | None = None,
-                 progress: Progress | None = None) -> TokenCountResult:
+                 progress: Progress = no_progress) -> TokenCountResult:
     cfg = cfg or TokenCountConfig()
     name = ws.tokenizer_name
     if cfg.recount:
@@ -56,14 +63,11 @@ def count_tokens(ws: Workspace, cfg: TokenCountConfig | None = None,
                 ws.con.unregister("token_batch")
                 counted += len(ids)
                 total += sum(counts)
-                if progress:
-                    progress(counted / todo, f"{counted:,} / {todo:,} documents tokenised")
+                progress(counted / todo, f"{counted:,} / {todo:,} documents tokenised")
             cursor.close()
         run.counts = {"documents_counted": counted, "tokens": total}
     return TokenCountResult(run.run_id, name, counted, total)
 
 
-def demo_step(ws: Workspace, params: dict, progress: Progress) -> dict:
-    """The demo's token pass: counts every document not counted yet."""
-    result = count_tokens(ws, TokenCountConfig(**params), progress)
-    return {"run_id": result.run_id, "documents_counted": result.documents_counted, "tokens": result.tokens}
+REGISTERED_STEP = Step("tokens", TokenCountConfig, count_tokens, command="tokens",
+            summary=lambda r: {"run_id": r.run_id, "documents_counted": r.documents_counted, "tokens": r.tokens})

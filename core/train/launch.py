@@ -9,7 +9,7 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import yaml
 
 from core.jobs import Job, launch_job, list_jobs
 from core.models import ModelUnavailable, resolve_lm
+from core.steps import Step
 from core.train.config import ConfigError, TrainConfig, parse_config
 from core.train.data import (
     check_export,
@@ -265,17 +266,50 @@ def metrics_frame(job: Job):  # -> pandas.DataFrame
     return frame
 
 
-def demo_step(ws: Workspace, params: dict[str, Any], progress: Any) -> dict[str, Any]:
-    """The demo's training: a short CPU CPT job on the demo mix, launched as a job the Train page shows live (or
-    waited for with `wait = true`). Keys: any config key; defaults size it to a few minutes on 2 cores."""
-    from core.jobs import wait_job
-    from core.train.config import config_to_toml, preset_config
+@dataclass
+class TrainJobConfig:
+    """Training as a recipe asks for it: a preset, any TrainConfig key as an override, and whether to wait."""
 
-    params = dict(params)
-    wait = bool(params.pop("wait", False))
-    config = preset_config(params.pop("preset", "CPT"), **params)
-    job = launch_training(ws, config_to_toml(config))
+    preset: str = "CPT"
+    wait: bool = False  # wait for the job to end (else the Train page shows it live)
+    overrides: dict[str, Any] = field(default_factory=dict, metadata={"recipe": False})
+
+    def train_config(self) -> Any:
+        from core.train.config import preset_config
+
+        return preset_config(self.preset, **self.overrides)
+
+    def validate(self) -> None:
+        self.train_config()
+
+
+@dataclass
+class TrainJobResult:
+    job_id: str
+    status: str
+    output_dir: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_training_job(ws: Workspace, cfg: TrainJobConfig, progress: Any) -> TrainJobResult:
+    """The demo's training: a short CPU CPT job on the demo mix, launched as a job the Train page shows live (or
+    waited for with `wait = true`); the recipe's defaults size it to a few minutes on 2 cores."""
+    from core.jobs import wait_job
+    from core.train.config import config_to_toml
+
+    job = launch_training(ws, config_to_toml(cfg.train_config()))
     progress(0.5, f"training job {job.job_id} started")
-    if wait:
+    if cfg.wait:
         job = wait_job(ws, job.job_id, poll_s=2.0)
-    return {"job_id": job.job_id, "status": job.status, "output_dir": job.output_dir}
+    return TrainJobResult(job.job_id, job.status, job.output_dir)
+
+
+def _recipe_configs(table: dict[str, Any]) -> dict[None, TrainJobConfig]:
+    table = {k: v for k, v in table.items() if k != "name"}
+    return {None: TrainJobConfig(preset=table.pop("preset", "CPT"), wait=bool(table.pop("wait", False)),
+                                 overrides=table)}
+
+
+REGISTERED_STEP = Step("train", TrainJobConfig, run_training_job, kind="job", recipe_configs=_recipe_configs)

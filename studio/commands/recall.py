@@ -7,15 +7,12 @@ import json
 from pathlib import Path
 
 from core.benchmarks import BENCHMARK_FORMATS, BENCHMARK_KINDS, BenchmarkImportConfig, import_benchmark
-from core.decontam import DECONTAM_MODES, DecontamConfig, check_texts, contamination_index, run_decontam
+from core.decontam import DecontamConfig, check_texts, contamination_index, run_decontam
 from core.readers import ReadOptions, SourceInfo, read_source
-from core.recall import ITEM_TEXTS, RecallConfig, run_recall
+from core.recall import RecallConfig, run_recall
+from core.steps import config_from_args, get_step, step_command_parser
 from core.workspace import Workspace, WorkspaceError
-from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
-
-
-def _names(value: str | None) -> list[str] | None:
-    return comma_list(value) if value else None  # no option: all
+from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,36 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--description", default="")
     p.set_defaults(handler=bench_import_command)
 
-    p = sub.add_parser("recall", help="recall documents close to benchmark items (top-k above a floor, "
-                                      "below a leakage cap) and a random control set")
-    add_workspace_arguments(p)
-    p.add_argument("--benchmarks", help="comma-separated benchmark names (default: all)")
-    p.add_argument("--pool", help="comma-separated corpora to recall from (default: all but benchmarks)")
-    p.add_argument("-k", "--k", type=int, default=50, help="neighbours per item (default 50)")
-    p.add_argument("--floor", type=float, default=0.75, help="lowest cosine recalled (default 0.75)")
-    p.add_argument("--cap", type=float, default=0.95,
-                   help="leakage cap: documents at or above this cosine to any item are dropped (default 0.95)")
-    p.add_argument("--item-text", default="question_choices", choices=ITEM_TEXTS,
-                   help="what of an item is embedded (default: question with its choices)")
-    p.add_argument("--exact-limit", type=int, default=100_000,
-                   help="pools larger than this are searched with an approximate IVF index")
-    p.add_argument("--seed", type=int, default=0, help="seed of the control set and the samples")
-    p.add_argument("--max-items", type=int, help="a seeded sample of at most this many items per benchmark")
-    p.add_argument("--pool-sample", type=int, help="a seeded sample of at most this many pool documents")
+    p = step_command_parser(sub, get_step("recall"),
+                            help="recall documents close to benchmark items (top-k above a floor, "
+                                 "below a leakage cap) and a random control set")
     p.set_defaults(handler=recall_command)
 
-    p = sub.add_parser("decontam", help="n-gram contamination check against benchmark items "
-                                        "(drop or cut; run over corpora or a finished mix file)")
-    add_workspace_arguments(p)
-    p.add_argument("--benchmarks", help="comma-separated benchmark names (default: all)")
-    p.add_argument("--corpora", help="comma-separated corpora to check (default: all but benchmarks)")
-    p.add_argument("-n", "--n", type=int, default=13, help="n-gram length in words, characters for Chinese")
-    p.add_argument("--mode", default="drop", choices=DECONTAM_MODES,
-                   help="drop contaminated documents, or cut the overlaps with a margin")
-    p.add_argument("--margin", type=int, default=200, help="cut mode: characters removed each side")
-    p.add_argument("--max-pieces", type=int, default=10, help="cut mode: drop a document cut into more pieces")
-    p.add_argument("--min-item-tokens", type=int, default=8,
-                   help="items shorter than n are matched whole when at least this long")
+    p = step_command_parser(sub, get_step("decontam"),
+                            help="n-gram contamination check against benchmark items "
+                                 "(drop or cut; run over corpora or a finished mix file)")
     p.add_argument("--file", type=Path,
                    help="check this file (e.g. an exported mix, JSONL with a text field) instead of the workspace's "
                         "corpora; nothing is recorded")
@@ -89,9 +64,8 @@ def bench_import_command(args: argparse.Namespace, report: Reporter) -> CommandR
 
 
 def recall_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    cfg = RecallConfig(benchmarks=_names(args.benchmarks), pool=_names(args.pool), k=args.k, floor=args.floor,
-                       cap=args.cap, item_text=args.item_text, exact_limit=args.exact_limit, seed=args.seed,
-                       max_items_per_benchmark=args.max_items, pool_sample=args.pool_sample)
+    cfg = config_from_args(RecallConfig, args)
+    cfg.benchmarks, cfg.pool = cfg.benchmarks or None, cfg.pool or None  # an empty option: all, as no option
     with Workspace.open(args.workspace, create=False) as ws:
         result = run_recall(ws, cfg, report)
     data = result.to_dict()
@@ -120,9 +94,9 @@ def _file_texts(path: Path) -> list[str]:
 
 
 def decontam_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    cfg = DecontamConfig(n=args.n, benchmarks=_names(args.benchmarks), mode=args.mode, margin_chars=args.margin,
-                         max_pieces=args.max_pieces, min_item_tokens=args.min_item_tokens,
-                         corpora=_names(args.corpora))
+    cfg = config_from_args(DecontamConfig, args)
+    corpora_named = cfg.corpora is not None
+    cfg.benchmarks, cfg.corpora = cfg.benchmarks or None, cfg.corpora or None  # an empty option: all
     if args.file:
         with Workspace.open(args.workspace, create=False, read_only=True) as ws:
             index = contamination_index(ws, cfg)
@@ -137,7 +111,7 @@ def decontam_command(args: argparse.Namespace, report: Reporter) -> CommandResul
             o = f["overlaps"][0]
             lines.append(f"  text {f['index']}: {o['benchmark']} item {o['item_id']}: {o['ngram'][:100]!r}")
         return CommandResult(data, lines, exit_code=1 if findings else 0)
-    if args.corpora is not None and not _names(args.corpora):
+    if corpora_named and not cfg.corpora:
         raise WorkspaceError("--corpora names no corpus")
     with Workspace.open(args.workspace, create=False) as ws:
         result = run_decontam(ws, cfg, report)

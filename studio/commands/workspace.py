@@ -6,6 +6,7 @@ import argparse
 import json
 
 from core.flow import FLOW, flow_order, funnel, set_flow_order, stale_steps
+from core.steps import config_from_args, get_step, step_command_parser
 from core.tokens import TokenCountConfig, count_tokens
 from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
@@ -24,10 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_workspace_arguments(p)
     p.set_defaults(handler=status_command)
 
-    p = sub.add_parser("tokens", help="count tokens with the workspace tokenizer (cached; only new documents)")
-    add_workspace_arguments(p)
-    p.add_argument("--recount", action="store_true", help="count every document again (after a tokenizer change)")
-    p.add_argument("--batch-size", type=int, default=2_000)
+    p = step_command_parser(sub, get_step("tokens"),
+                            help="count tokens with the workspace tokenizer (cached; only new documents)")
     p.set_defaults(handler=tokens_command)
 
 
@@ -92,8 +91,7 @@ def status_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
 
 def tokens_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     with Workspace.open(args.workspace, create=False) as ws:
-        result = count_tokens(ws, TokenCountConfig(batch_size=args.batch_size, recount=args.recount), report)
-    data = {"run_id": result.run_id, "tokenizer": result.tokenizer, "documents_counted": result.documents_counted,
-            "tokens": result.tokens}
+        result = count_tokens(ws, config_from_args(TokenCountConfig, args), report)
+    data = result.to_dict()
     return CommandResult(data, [f"counted {result.documents_counted:,} documents, {result.tokens:,} tokens "
                                 f"with {result.tokenizer} (run {result.run_id})"])
