@@ -37,6 +37,7 @@ COMMAND_MODULES = [
     "studio.commands.mix",
     "studio.commands.train",
     "studio.commands.evaluate",
+    "studio.commands.steps",  # registered steps without a module of their own (after every hand-written one)
     "studio.commands.app",
 ]
 

@@ -1,0 +1,126 @@
+"""The step contract: a parameter is defined once, in the step's config, and reaches the CLI, the page's job
+arguments and the demo recipe from there."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core import steps
+from core.demo import load_recipe, run_steps
+from core.progress import Progress, no_progress
+from core.steps import Step, config_from_recipe, job_argv, param, params_of, register_step, validate_fields
+from core.workspace import Workspace
+from studio.cli import build_parser, main
+
+
+@dataclass
+class EchoConfig:
+    """Echo a word: a throw-away step of this test."""
+
+    word: str = param("hello", help="the word echoed")
+    times: int = param(1, minimum=1, maximum=5, help="how many times")
+
+    def validate(self) -> None:
+        validate_fields(self)
+
+
+@dataclass
+class EchoResult:
+    run_id: str
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "text": self.text}
+
+
+def run_echo(ws: Workspace, config: Any, progress: Progress = no_progress) -> EchoResult:
+    text = " ".join([config.word.upper() if getattr(config, "shout", False) else config.word] * config.times)
+    with ws.run("echo", {"word": config.word, "times": config.times}) as run:
+        run.counts = {"text": text}
+    progress(1.0, "echoed")
+    return EchoResult(run.run_id, text)
+
+
+@pytest.fixture
+def echo_step(monkeypatch: pytest.MonkeyPatch) -> type:
+    """The step registered with one field more than EchoConfig: the only edit a new parameter needs."""
+    monkeypatch.setattr(steps, "REGISTRY", dict(steps.REGISTRY))
+
+    @dataclass
+    class LouderEchoConfig(EchoConfig):
+        shout: bool = param(False, help="echo it in capitals")
+        separator_count: int = param(0, flag="--separators", minimum=0, help="separators between words")
+
+    register_step(Step("echo", LouderEchoConfig, run_echo, command="echo"))
+    return LouderEchoConfig
+
+
+def _help(command: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    return out.getvalue()
+
+
+def test_a_field_added_to_a_step_config_reaches_the_cli_the_job_arguments_and_the_recipe(
+        echo_step: type, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # the CLI's --help: one option per field, help and default from the field
+    text = _help("echo")
+    assert "--shout" in text and "echo it in capitals" in text
+    assert "--separators" in text and "--times" in text and "how many times (default 1)" in text
+
+    # the page's job arguments: only what differs from the defaults, in the CLI's spelling
+    config = echo_step(word="hi", shout=True, separator_count=2)
+    assert job_argv("echo", config) == ["echo", "--word", "hi", "--shout", "--separators", "2"]
+    assert job_argv("echo", echo_step()) == ["echo"]
+
+    # the recipe: the same field list; a misspelt key is an error
+    assert config_from_recipe(echo_step, {"name": "echo", "shout": True, "times": 2}) == echo_step(shout=True,
+                                                                                                   times=2)
+    with pytest.raises(ValueError, match="unknown keys \\['shuot'\\]"):
+        config_from_recipe(echo_step, {"name": "echo", "shuot": True})
+
+    # and all three run the same code: the CLI with the page's arguments, the demo with the recipe's table
+    Workspace.open(tmp_path / "ws").close()
+    argv = job_argv("echo", config)
+    assert main([argv[0], str(tmp_path / "ws"), *argv[1:], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "HI"
+    with Workspace.open(tmp_path / "ws") as ws:
+        out = run_steps(ws, [{"name": "echo", "word": "yo", "times": 2, "shout": True}])
+    assert out == [{"step": "echo", "run_id": out[0]["run_id"], "text": "YO YO"}]
+
+
+def test_bounds_and_choices_come_from_the_field(echo_step: type, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(ValueError, match="times must be at most 5, not 9"):
+        echo_step(times=9).validate()
+    Workspace.open(tmp_path / "ws").close()
+    assert main(["echo", str(tmp_path / "ws"), "--times", "0"]) == 2
+    assert "times must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_every_demo_recipe_table_reads_into_its_steps_config() -> None:
+    recipe = load_recipe()
+    for table in recipe["step"]:
+        configs = steps.get_step(table["name"]).configs_from_recipe(table)
+        assert configs and all(c is not None for c in configs.values())
+    dedup = next(t for t in recipe["step"] if t["name"] == "dedup")
+    semantic = steps.get_step("dedup").configs_from_recipe(dedup)["semantic"]
+    assert semantic.method == "semantic" and semantic.corpora == ("medquad_nih", "fever_textbook_zh")
+
+
+def test_dedup_defaults_live_in_its_config_only() -> None:
+    from core.dedup import DedupConfig
+
+    by_name = {p.name: p for p in params_of(DedupConfig)}
+    assert by_name["num_perm"].default == 128 and by_name["num_perm"].flag == "--num-perm"
+    assert by_name["embed_model"].flag == "--model" and by_name["normalisation.casefold"].flag == "--keep-case"
+    argv = job_argv("dedup", DedupConfig(method="exact", normalisation={"casefold": False}, corpora=["a", "b"]))
+    assert argv == ["dedup", "--method", "exact", "--corpora", "a,b", "--keep-case"]
