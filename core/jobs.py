@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -44,6 +45,9 @@ RESULT_NAME = "result.json"
 PROGRESS_NAME = "progress.json"
 CONFIG_NAME = "config.toml"
 STOP_NAME = "stop_requested"
+STARTED_NAME = "started"  # written when a queued job's command starts
+JOB_FILE = "job.json"  # a step job's record (the workspace it writes is locked while it runs)
+WRITES_NAME = "writes_workspace"  # present when the job writes the workspace: such jobs run one at a time
 PIDS_DIR = "pids"
 # What the job's process finds in its environment.
 JOB_DIR_ENV = "STUDIO_JOB_DIR"
@@ -172,17 +176,24 @@ def job_environment(job: Job, extra: dict[str, str] | None = None, resume: bool 
     return env
 
 
-def _spawn(job: Job, env: dict[str, str]) -> int:
+def _spawn(job: Job, env: dict[str, str], after: Sequence[Job] = ()) -> int:
+    """Start the job's command; with `after`, its shell first waits for those jobs to end (or for a stop)."""
     folder = job.folder
-    for name in (EXIT_NAME, RESULT_NAME, STOP_NAME):
+    for name in (EXIT_NAME, RESULT_NAME, STOP_NAME, STARTED_NAME):
         (folder / name).unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
         for pid_file in (folder / PIDS_DIR).iterdir():
             pid_file.unlink()
-    exit_file = folder / EXIT_NAME
+    exit_file, started, stop = (shlex.quote(str(folder / n)) for n in (EXIT_NAME, STARTED_NAME, STOP_NAME))
     # The shell outlives the command to record its exit code, even when nobody waits for it; a trapped TERM lets
     # it do so after a group-wide stop (traps with a command are reset in the child, so the command still sees it).
-    script = f"trap ':' TERM INT; {shlex.join(job.argv)}; echo $? > {shlex.quote(str(exit_file))}"
+    run = f"touch {started}; {shlex.join(job.argv)}; echo $? > {exit_file}"
+    if after:
+        ahead = " && ".join(f"{{ [ ! -e {shlex.quote(str(j.folder / EXIT_NAME))} ] && kill -0 {j.pid} 2>/dev/null; }}"
+                            for j in after if j.pid)
+        run = (f"while [ ! -e {stop} ] && {{ {ahead or 'false'}; }}; do sleep 0.5; done; "
+               f"if [ -e {stop} ]; then echo {128 + signal.SIGTERM} > {exit_file}; else {run}; fi")
+    script = f"trap ':' TERM INT; {run}"
     with open(job.log_path, "ab") as log:
         log.write(f"\n=== {datetime.now():%Y-%m-%d %H:%M:%S} start (attempt {job.attempts}): "
                   f"{shlex.join(job.argv)}\n".encode())
@@ -322,7 +333,7 @@ def _ended_state(job: Job) -> dict[str, Any]:
     tail = job.log_tail()
     # A stop request races a job that is already on its way out: Python restores the default SIGTERM action while
     # it shuts down, so a job that wrote its last word and then met the stop signal still ended as it said.
-    stop_met_exit = code == 128 + signal.SIGTERM and (job.folder / STOP_NAME).exists()
+    stop_met_exit = code in (128 + signal.SIGTERM, 130) and (job.folder / STOP_NAME).exists()
     if status in ("finished", "stopped") and (code in (0, None) or stop_met_exit):
         return {"status": status, "exit_code": code, "error": None}
     if status is None and job.status == "stopping" and not (job.folder / PIDS_DIR).exists():
@@ -488,3 +499,129 @@ def sleep_until(predicate: Callable[[], bool], timeout_s: float, poll_s: float =
             return True
         time.sleep(poll_s)
     return predicate()
+
+
+# --- step jobs: `studio <command>` on a workspace -----------------------------------------------------------------
+# A curation step holds the workspace's DuckDB file (one writer process) for as long as it runs, so nothing else
+# can read the `jobs` table meanwhile: a step job's record is `job.json` in its folder, reconciled with its files
+# on every look, like a row. The rule for running together: jobs that write the workspace run one at a time, a
+# later one queued (status `queued`) until those before it end; a job that does not write (training writes only
+# its folder while it runs) never waits and never makes one wait.
+def step_jobs_root(ws_path: str | Path) -> Path:
+    return Path(ws_path).expanduser().resolve() / "artifacts" / "jobs"
+
+
+def studio_argv(ws_path: str | Path, argv: Sequence[str]) -> list[str]:
+    """The process a step job runs: `studio ARGV[0] WORKSPACE ARGV[1:] --json`."""
+    return [sys.executable, "-m", "studio.cli", argv[0], str(Path(ws_path).expanduser().resolve()), *argv[1:],
+            "--json"]
+
+
+def writes_workspace(job: Job) -> bool:
+    return (job.folder / WRITES_NAME).exists()
+
+
+def _save_step_job(job: Job) -> None:
+    write_json_atomic(job.folder / JOB_FILE, job.to_dict())
+
+
+def _read_step_job(folder: Path) -> Job | None:
+    data = read_json(folder / JOB_FILE)
+    if not data:
+        return None
+    for key in ("created_at", "started_at", "ended_at"):
+        if data.get(key):
+            data[key] = datetime.fromisoformat(data[key])
+    return Job(**{k: v for k, v in data.items() if k in Job.__dataclass_fields__})
+
+
+def launch_step_job(ws_path: str | Path, argv: Sequence[str], label: str = "", *, writes: bool = True,
+                    env: dict[str, str] | None = None, lock_wait_s: float = 600) -> Job:
+    """Run `studio ARGV` (e.g. `["dedup", "--method", "minhash"]`, as `core.steps.job_argv` gives it) on the
+    workspace as a job. A job that writes the workspace queues behind the active ones that do."""
+    root = step_jobs_root(ws_path)
+    ahead = [j for j in list_step_jobs(ws_path) if j.active and writes_workspace(j)] if writes else []
+    job_id = new_job_id(argv[0])
+    folder = root / job_id
+    folder.mkdir(parents=True)
+    job = Job(job_id=job_id, kind=argv[0], status="queued" if ahead else "running", output_dir=str(folder),
+              config=f"argv = {json.dumps(list(argv))}\n", argv=studio_argv(ws_path, argv), label=label or argv[0],
+              log_path=str(folder / LOG_NAME), created_at=datetime.now())
+    (folder / CONFIG_NAME).write_text(job.config, encoding="utf-8")
+    if writes:
+        (folder / WRITES_NAME).write_text("")
+    if ahead:
+        write_progress(folder, -1.0, f"queued: starts when '{ahead[0].label}' finishes")
+    # A writer also waits for a workspace held by another process (the app's page, a command line) instead of failing.
+    extra = {"STUDIO_LOCK_WAIT_S": str(lock_wait_s), **(env or {})}
+    job.pid = _spawn(job, job_environment(job, extra), after=ahead)
+    if not ahead:
+        job.started_at = job.created_at
+    _save_step_job(job)
+    return job
+
+
+def _refresh_step_job(job: Job) -> Job:
+    changed = False
+    if job.status == "queued" and (job.folder / STARTED_NAME).exists():
+        job.status, job.started_at, changed = "running", datetime.fromtimestamp(
+            (job.folder / STARTED_NAME).stat().st_mtime), True
+    if (changes := reconcile(job)) is not None:
+        job.status, job.exit_code, job.error, job.ended_at = (changes["status"], changes["exit_code"],
+                                                             changes["error"], changes["ended_at"])
+        changed = True
+    if changed:
+        _save_step_job(job)
+    return job
+
+
+def list_step_jobs(ws_path: str | Path, limit: int | None = 200) -> list[Job]:
+    """The workspace's step jobs, newest first, reconciled with their processes and files."""
+    root = step_jobs_root(ws_path)
+    jobs = [job for folder in (root.iterdir() if root.is_dir() else []) if (job := _read_step_job(folder))]
+    jobs.sort(key=lambda j: (j.created_at or datetime.min, j.job_id), reverse=True)
+    return [_refresh_step_job(job) for job in jobs[:limit]]
+
+
+def get_step_job(ws_path: str | Path, job_id: str) -> Job:
+    job = _read_step_job(step_jobs_root(ws_path) / job_id)
+    if job is None:
+        raise JobError(f"no step job {job_id!r} in this workspace")
+    return _refresh_step_job(job)
+
+
+def cancel_step_job(ws_path: str | Path, job_id: str) -> Job:
+    """Stop a running step job (its unfinished work is rolled back) or take a queued one out of the queue."""
+    job = get_step_job(ws_path, job_id)
+    if not job.active:
+        raise JobError(f"job {job_id} is {job.status}, not running")
+    (job.folder / STOP_NAME).write_text(str(time.time()))
+    if job.status == "running" and job.pid is not None:
+        targets = [p for p in registered_pids(job) if _in_group(p, job.pid)]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        if not targets:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(job.pid, signal.SIGTERM)
+    job.status = "stopping"
+    _save_step_job(job)
+    return job
+
+
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def wait_step_job(ws_path: str | Path, job_id: str, *, poll_s: float = 0.5, timeout_s: float | None = None) -> Job:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    job = get_step_job(ws_path, job_id)
+    while job.active:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s:g} s")
+        time.sleep(poll_s)
+        job = get_step_job(ws_path, job_id)
+    return job

@@ -343,19 +343,6 @@ def _format(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def step_command_parser(sub: argparse._SubParsersAction, step: Step, help: str = "",
-                        description: str | None = None) -> argparse.ArgumentParser:
-    """The subparser of a step's `studio` command: the workspace arguments and one option per config field."""
-    from studio.cli import (
-        add_workspace_arguments,  # the CLI's own arguments (core never needs them otherwise)
-    )
-
-    parser = sub.add_parser(step.command, help=help or f"run the {step.name} step", description=description)
-    add_workspace_arguments(parser)
-    add_config_arguments(parser, step.config)
-    return parser
-
-
 # --- the demo recipe ------------------------------------------------------------------------------------------
 def recipe_keys(cls: type) -> list[str]:
     """The keys a recipe table of this config may hold: its fields (a nested config is one table key)."""

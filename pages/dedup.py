@@ -10,10 +10,11 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.dedup import (
-    DEFAULT_ROLES,
+    DEFAULT_THRESHOLDS,
     POLICIES,
     POLICY_ALIASES,
     SCOPES,
+    DedupConfig,
     boundary_pairs,
     candidate_probability,
     cluster_members,
@@ -26,7 +27,7 @@ from core.dedup import (
 )
 from core.embed import EmbedConfig
 from core.embed import describe_path as describe_embed_path
-from core.models import BUNDLED_EMBEDDER
+from core.steps import job_argv
 from core.text import NormalisationConfig
 from core.workspace import ROLES
 from studio import widgets as w
@@ -35,6 +36,7 @@ METHOD_LABELS = {"exact": "Exact (normalised text)", "minhash": "Near-duplicates
                  "semantic": "Semantic (embeddings)"}
 SCOPE_LABELS = {"all": "across all corpora and roles", "role": "within each role", "corpus": "within each corpus"}
 POLICY_LABELS = {"first": "first ingested", "longest": "longest", "best_quality": "best quality score"}
+DEFAULTS = DedupConfig()  # the widgets' initial values, where no run has set them
 
 st.title(":material/content_copy: Deduplication")
 st.caption("Duplicates inflate some content, waste compute and leak evaluation data. Each method finds pairs "
@@ -65,7 +67,6 @@ def s_curve(threshold: float, num_perm: int, bands: int, rows: int) -> go.Figure
 
 
 with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
-    argv = ["dedup", "--method", method]
     c1, c2, c3 = st.columns(3)
     scope = c1.selectbox("Duplicates may be found", SCOPES, format_func=SCOPE_LABELS.get,
                          index=SCOPES.index(previous.get("scope", "all")), key=f"dedup_scope_{method}")
@@ -74,15 +75,13 @@ with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
                           index=POLICIES.index(POLICY_ALIASES.get(previous_policy, previous_policy)),
                           key=f"dedup_policy_{method}",
                           help="'best quality score' needs the quality step to have run")
-    roles = c3.multiselect("Roles", ROLES, default=previous.get("roles", list(DEFAULT_ROLES)),
+    roles = c3.multiselect("Roles", ROLES, default=previous.get("roles", list(DEFAULTS.roles)),
                            key=f"dedup_roles_{method}")
     names = [c["name"] for c in corpora if c["role"] in roles]
     chosen = st.multiselect("Only these corpora (empty: all of the roles)", names,
                             default=[c for c in previous.get("corpora", []) if c in names],
                             key=f"dedup_corpora_{method}")
-    argv += ["--scope", scope, "--policy", policy, "--roles", ",".join(roles)]
-    if chosen:
-        argv += ["--corpora", ",".join(chosen)]
+    config = DedupConfig(method=method, scope=scope, policy=policy, roles=roles, corpora=chosen)
 
     if method == "exact":
         norm = previous.get("normalisation", {})
@@ -95,16 +94,16 @@ with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
         sample = st.text_input("Try the normalisation", "Fever: ＴＲＥＡＴ the cause,  not   the symptom!",
                                key="dedup_norm_sample")
         st.markdown(f"Hashed as: `{normalisation_preview(sample, cfg)}` ({cfg.describe()})")
-        argv += [flag for flag, on in (("--no-nfkc", not nfkc), ("--keep-case", not fold),
-                                       ("--keep-punctuation", not punct), ("--keep-whitespace", not space)) if on]
+        config.normalisation = cfg
     elif method == "minhash":
         m1, m2, m3 = st.columns(3)
-        threshold = m1.slider("Jaccard threshold", 0.5, 0.99, float(previous.get("threshold", 0.8)), 0.01,
+        threshold = m1.slider("Jaccard threshold", 0.5, 0.99,
+                              float(previous.get("threshold", DEFAULT_THRESHOLDS["minhash"])), 0.01,
                               key="dedup_mh_threshold")
-        num_perm = m2.select_slider("Permutations", [64, 128, 256], value=int(previous.get("num_perm", 128)),
+        num_perm = m2.select_slider("Permutations", [64, 128, 256], value=int(previous.get("num_perm", DEFAULTS.num_perm)),
                                     key="dedup_mh_perm")
         ngram = m3.number_input("Shingle size (words; characters for Chinese/Japanese)", 1, 20,
-                                int(previous.get("ngram", 5)), key="dedup_mh_ngram")
+                                int(previous.get("ngram", DEFAULTS.ngram)), key="dedup_mh_ngram")
         bands, rows = optimal_bands_rows(round(threshold, 2), num_perm)
         st.plotly_chart(s_curve(threshold, num_perm, bands, rows), key="dedup_s_curve")
         st.caption(f"{bands} bands × {rows} rows, solved to balance missed pairs above the threshold against "
@@ -112,21 +111,22 @@ with st.expander("Run " + METHOD_LABELS[method], expanded=run is None):
                    f"probability {float(candidate_probability(threshold, bands, rows)):.2f}; every candidate is "
                    "then verified with the signatures' Jaccard estimate, so a band collision alone never drops a "
                    "document.")
-        argv += ["--threshold", f"{threshold:g}", "--num-perm", str(num_perm), "--ngram", str(int(ngram))]
+        config.threshold, config.num_perm, config.ngram = threshold, num_perm, int(ngram)
     else:
         s1, s2, s3 = st.columns(3)
-        threshold = s1.slider("Cosine threshold", 0.80, 0.999, float(previous.get("threshold", 0.95)), 0.005,
+        threshold = s1.slider("Cosine threshold", 0.80, 0.999,
+                              float(previous.get("threshold", DEFAULT_THRESHOLDS["semantic"])), 0.005,
                               key="dedup_sem_threshold")
-        model = s2.text_input("Model (sentence-transformers id or path)", previous.get("embed_model", BUNDLED_EMBEDDER),
+        model = s2.text_input("Model (sentence-transformers id or path)", previous.get("embed_model", DEFAULTS.embed_model),
                               key="dedup_sem_model")
-        max_tokens = s3.number_input("Truncate at tokens", 16, 512, int(previous.get("max_tokens", 128)),
+        max_tokens = s3.number_input("Truncate at tokens", 16, 512, int(previous.get("max_tokens", DEFAULTS.max_tokens)),
                                      key="dedup_sem_tokens")
         st.caption("Embeddings are cached per model, text and inference path: only documents never embedded are "
                    "computed. Inference path on this CPU: "
                    f"{describe_embed_path(EmbedConfig(model=model, max_tokens=int(max_tokens)))}.")
-        argv += ["--threshold", f"{threshold:g}", "--model", model, "--max-tokens", str(int(max_tokens))]
+        config.threshold, config.embed_model, config.max_tokens = threshold, model, int(max_tokens)
     if st.button(f"Run {method} dedup", type="primary", icon=":material/play_arrow:", key="dedup_run"):
-        w.start_job(argv, f"{METHOD_LABELS[method]} dedup")
+        w.start_job(job_argv("dedup", config), f"{METHOD_LABELS[method]} dedup")
 
 if run is None:
     st.info(f"No {METHOD_LABELS[method].lower()} run yet: set the parameters above and run it.",
@@ -158,7 +158,7 @@ with w.read_ws() as ws:
 if method != "exact" and len(pairs):
     st.subheader("Similarity of the stored pairs")
     floor = float(params.get("floor", pairs["similarity"].min()))
-    applied = float(params.get("threshold", 0.8))
+    applied = float(params.get("threshold", DEFAULT_THRESHOLDS[method]))
     moved = st.slider("Move the threshold", floor, 1.0, applied, 0.005, key=f"dedup_moved_{method}",
                       help="Counts below come from the pairs stored by the run (down to the floor); nothing is "
                            "recomputed. Apply the new value with the button to record it.")
@@ -177,16 +177,11 @@ if method != "exact" and len(pairs):
                    "threshold to search them fully.")
     if abs(moved - applied) > 1e-9 and st.button(f"Apply {moved:.3f}", icon=":material/done_all:",
                                                  key="dedup_apply"):
-        again = ["dedup", "--method", method, "--threshold", f"{moved:g}", "--scope", params.get("scope", "all"),
-                 "--policy", params.get("policy", "first"), "--roles", ",".join(params.get("roles", DEFAULT_ROLES))]
-        if params.get("corpora"):
-            again += ["--corpora", ",".join(params["corpora"])]
-        if method == "minhash":
-            again += ["--num-perm", str(params.get("num_perm", 128)), "--ngram", str(params.get("ngram", 5))]
-        else:
-            again += ["--model", params.get("embed_model", BUNDLED_EMBEDDER),
-                      "--max-tokens", str(params.get("max_tokens", 128))]
-        w.start_job(again, f"{METHOD_LABELS[method]} dedup at {moved:g}")
+        # The applied run again at the moved threshold (its LSH shape solved anew for it).
+        again = DedupConfig(method=method, threshold=moved, **{
+            k: params[k] for k in ("scope", "policy", "roles", "corpora", "num_perm", "ngram", "embed_model",
+                                   "max_tokens") if k in params})
+        w.start_job(job_argv("dedup", again), f"{METHOD_LABELS[method]} dedup at {moved:g}")
 
     # --- pairs either side of the line --------------------------------------------------------------------------
     st.subheader("Pairs at the threshold")

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.jobs import JOB_DIR_ENV, RESULT_NAME, register_process, write_json_atomic, write_progress
 from core.models import ModelUnavailable
 from core.readers import SourceError
 from core.workspace import WorkspaceError
@@ -63,6 +65,9 @@ class Reporter:
 
     def __init__(self, quiet: bool, progress_file: str | None) -> None:
         self.quiet = quiet
+        # Run as a job (`core.jobs.launch_step_job`): its progress.json, rewritten at most twice a second.
+        self.job_dir = os.environ.get(JOB_DIR_ENV)
+        self._last_job_write = 0.0
         self.lines = not quiet and not sys.stderr.isatty()
         self.file = open(progress_file, "a", buffering=1, encoding="utf-8") if progress_file else None  # noqa: SIM115
         self._last_draw = 0.0
@@ -78,6 +83,9 @@ class Reporter:
     def __call__(self, fraction: float, message: str) -> None:
         if self.file:
             self.file.write(json.dumps({"t": time.time(), "fraction": fraction, "message": message}) + "\n")
+        if self.job_dir and (fraction >= 1 or time.monotonic() - self._last_job_write >= 0.5):
+            self._last_job_write = time.monotonic()
+            write_progress(Path(self.job_dir), fraction, message)
         if self.quiet:
             return
         if self.lines:
@@ -159,9 +167,23 @@ def format_summary(result: CommandResult) -> str:
     return "\n".join(result.summary) if result.summary else json.dumps(result.data, indent=2, default=str)
 
 
+def _job_result(ok: bool, data: dict[str, Any], stopped: bool = False) -> None:
+    """A job's last word in its folder (the command's --json object with the job's status)."""
+    if job_dir := os.environ.get(JOB_DIR_ENV):
+        status = "stopped" if stopped else "finished" if ok else "failed"
+        write_json_atomic(Path(job_dir) / RESULT_NAME, {**data, "ok": ok, "t": time.time(), "status": status})
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # a job's stop: the step rolls back its unfinished work, as on Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if (job_dir := os.environ.get(JOB_DIR_ENV)) and threading.current_thread() is threading.main_thread():
+        register_process(Path(job_dir))
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     reporter = Reporter(quiet=getattr(args, "json", False), progress_file=getattr(args, "progress_file", None))
     try:
         result: CommandResult = args.handler(args, reporter)
@@ -169,11 +191,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter.close()
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": str(exc)}))
+        _job_result(False, {"error": str(exc)})
         print(f"studio {args.command}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         reporter.close()
+        _job_result(False, {"error": "stopped; the step's unfinished work was rolled back"}, stopped=True)
         print(f"studio {args.command}: interrupted; the step's unfinished work was rolled back", file=sys.stderr)
         return 130
     except Exception as exc:  # an unexpected failure: one line for people, the trace for the log file
@@ -182,10 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+        _job_result(False, {"error": f"{type(exc).__name__}: {exc}"})
         print(f"studio {args.command}: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
         return 1
     reporter.close()
+    _job_result(result.exit_code == 0, json.loads(json.dumps(result.data, default=str)))
     if getattr(args, "json", False):
         print(json.dumps({"ok": result.exit_code == 0, **result.data}, default=str))
     else:

@@ -2,8 +2,8 @@
 
 Pages import this module and core; they hold no logic of their own beyond drawing.
 DuckDB lets one process write a workspace at a time, so every connection here is short-lived, and long steps
-run as `studio` subprocesses (output to a log file, progress to a JSON-lines file) that the page polls: a
-closed tab never stalls a job, and a job never blocks the page's script.
+run as `studio` jobs of `core.jobs` (their own process group, log, progress and result files) that the page
+polls: a closed tab never stalls a job, and a job never blocks the page's script.
 """
 
 from __future__ import annotations
@@ -11,13 +11,10 @@ from __future__ import annotations
 import contextlib
 import difflib
 import html
-import json
 import math
 import os
 import re
-import subprocess
-import sys
-import time
+import tomllib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import REPO_ROOT
+from core import jobs
 from core.workspace import DB_NAME, Workspace, WorkspaceError
 
 WORKSPACE_KEY = "workspace"
@@ -72,134 +69,99 @@ def write_ws() -> Iterator[Workspace]:
 
 
 def _show_busy(path: Path, exc: WorkspaceError) -> None:
-    job = current_job(path)
-    if job and job.running:
+    if any(job.job.active for job in step_jobs(path, limit=10)):
         job_panel()
     else:
         st.error(str(exc), icon=":material/lock:")
     st.stop()
 
 
-# --- background jobs -----------------------------------------------------------------------------------------
+# --- background jobs (run by core.jobs; here only what the page shows of them) ---------------------------------
 @dataclass
-class Job:
-    job_id: str
-    label: str
-    argv: list[str]
-    pid: int
-    folder: Path
+class AppJob:
+    """A step job as the pages show it: its `studio` arguments, and a live look at its files."""
+
+    job: jobs.Job
+    workspace: Path
 
     @property
-    def progress_file(self) -> Path:
-        return self.folder / f"{self.job_id}.progress.jsonl"
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    @property
+    def label(self) -> str:
+        return self.job.label
+
+    @property
+    def argv(self) -> list[str]:
+        """What the page asked for: `studio ARGV` without the workspace."""
+        return tomllib.loads(self.job.config)["argv"]
+
+    @property
+    def folder(self) -> Path:
+        return self.job.folder
 
     @property
     def log_file(self) -> Path:
-        return self.folder / f"{self.job_id}.log"
+        return Path(self.job.log_path)
 
     @property
     def result_file(self) -> Path:
-        return self.folder / f"{self.job_id}.result.json"
+        return self.folder / jobs.RESULT_NAME
 
     @property
     def exit_file(self) -> Path:
-        return self.folder / f"{self.job_id}.exit"
+        return self.folder / jobs.EXIT_NAME
+
+    def refresh(self) -> jobs.Job:
+        self.job = jobs.get_step_job(self.workspace, self.job_id)
+        return self.job
 
     @property
     def running(self) -> bool:
-        if self.exit_file.exists():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except OSError:
-            return False
-        # A zombie child of this process still answers kill(0): reap it if it has ended.
-        with contextlib.suppress(ChildProcessError, OSError):
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            if pid == self.pid:
-                return False
-        return True
+        return self.refresh().active
+
+    @property
+    def queued(self) -> bool:
+        return self.job.status == "queued"
 
     def last_progress(self) -> tuple[float, str]:
-        if not self.progress_file.exists():
-            return -1.0, "starting"
-        with open(self.progress_file, "rb") as fh:
-            fh.seek(max(0, fh.seek(0, 2) - 4096))
-            lines = fh.read().decode("utf-8", "replace").strip().splitlines()
-        for line in reversed(lines):
-            with contextlib.suppress(json.JSONDecodeError):
-                rec = json.loads(line)
-                return float(rec["fraction"]), str(rec["message"])
-        return -1.0, "starting"
+        progress = self.job.progress()
+        return float(progress["fraction"]), str(progress["message"])
 
     def result(self) -> dict[str, Any] | None:
-        if not self.result_file.exists():
-            return None
-        text = self.result_file.read_text(encoding="utf-8").strip()
-        try:
-            return json.loads(text.splitlines()[-1]) if text else None
-        except json.JSONDecodeError:
-            return {"ok": False, "error": text[-500:]}
+        return self.job.result()
 
     def exit_code(self) -> int | None:
         return int(self.exit_file.read_text()) if self.exit_file.exists() else None
 
 
-def _jobs_folder(path: Path) -> Path:
-    folder = path / "artifacts" / "jobs"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def current_job(path: Path | None = None) -> Job | None:
-    """The most recent job launched on the workspace (from its jobs folder, so every session sees it)."""
+def step_jobs(path: Path | None = None, limit: int = 20) -> list[AppJob]:
+    """The workspace's step jobs, newest first (from its jobs folder, so every session sees them)."""
     path = path or workspace_path()
     if path is None:
-        return None
-    latest = _jobs_folder(path) / "latest.json"
-    if not latest.exists():
-        return None
-    rec = json.loads(latest.read_text())
-    return Job(rec["job_id"], rec["label"], rec["argv"], rec["pid"], Path(rec["folder"]))
+        return []
+    return [AppJob(job, path) for job in jobs.list_step_jobs(path, limit=limit)]
 
 
-JOB_LOCK_WAIT_S = 600  # a job waits this long for a workspace another process holds, instead of failing
+def current_job(path: Path | None = None) -> AppJob | None:
+    """The most recent job launched on the workspace."""
+    found = step_jobs(path, limit=1)
+    return found[0] if found else None
 
 
-def launch_job(argv: Sequence[str], label: str) -> Job:
-    """Run `studio ARGV WORKSPACE --json --progress-file F` in the background. While another job runs, the new
-    one is queued: it starts when that one ends. A job waits for a workspace held by another process."""
+def launch_job(argv: Sequence[str], label: str) -> AppJob:
+    """Run `studio ARGV WORKSPACE` as a core job. While another job writes the workspace, this one is queued:
+    it starts when that one ends (DuckDB allows one writer process)."""
     path = require_workspace()
-    running = current_job(path)
-    folder = _jobs_folder(path)
-    job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{argv[0]}"
-    if running and running.job_id == job_id:
-        job_id += f"-{os.getpid()}-{time.monotonic_ns() % 100_000}"
-    job = Job(job_id, label, list(argv), 0, folder)
-    # The shell records the exit code, so a finished job is known even after the app restarts.
-    cmd = [sys.executable, "-m", "studio.cli", argv[0], str(path), *argv[1:], "--json",
-           "--progress-file", str(job.progress_file)]
-    script = (" ".join(_quote(c) for c in cmd) + f" >{_quote(str(job.result_file))} 2>{_quote(str(job.log_file))};"
-              f" echo $? >{_quote(str(job.exit_file))}")
-    if running and running.running:
-        job.progress_file.write_text(json.dumps({"t": time.time(), "fraction": -1.0, "message":
-                                                 f"queued: starts when '{running.label}' finishes"}) + "\n")
-        script = (f"while [ ! -e {_quote(str(running.exit_file))} ] && kill -0 {running.pid} 2>/dev/null; "
-                  f"do sleep 1; done; {script}")
-    proc = subprocess.Popen(["/bin/sh", "-c", script], cwd=REPO_ROOT, start_new_session=True,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1",
-                                                           "STUDIO_LOCK_WAIT_S": str(JOB_LOCK_WAIT_S)})
-    job.pid = proc.pid
-    (folder / "latest.json").write_text(json.dumps(
-        {"job_id": job_id, "label": label, "argv": job.argv, "pid": proc.pid, "folder": str(folder)}))
-    return job
+    return AppJob(jobs.launch_step_job(path, argv, label), path)
 
 
 def start_job(argv: Sequence[str], label: str) -> None:
     """Launch a job from a button and redraw the page with its progress; say why when it cannot start."""
     try:
         launch_job(argv, label)
-    except WorkspaceError as exc:
+    except (WorkspaceError, OSError) as exc:
         st.error(str(exc), icon=":material/error:")
     else:
         st.rerun()
@@ -213,39 +175,46 @@ def apply_filter_button(dropped: int, argv: Sequence[str], label: str, step: str
                f"replaces the previous {step}. Command line: `studio {argv[0]} WORKSPACE {' '.join(argv[1:])}`")
 
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "'\"'\"'") + "'"
-
-
 def job_panel() -> None:
-    """The latest job's progress (polled every second while it runs) and, once finished, its outcome."""
-    job = current_job()
-    if job is None:
+    """The jobs running or queued on the workspace (polled every second, each with a cancel button) and, once the
+    latest has finished, its outcome."""
+    listed = step_jobs(limit=10)
+    if not listed:
         return
+    active = [job for job in listed if job.job.active]
 
-    @st.fragment(run_every=1.0 if job.running else None)
+    @st.fragment(run_every=1.0 if active else None)
     def _panel() -> None:
-        if job.running:
+        now = step_jobs(limit=10)
+        running = [job for job in now if job.job.active]
+        for job in running:
             fraction, message = job.last_progress()
             with st.container(border=True):
-                st.markdown(f"**{job.label}** is running")
-                st.progress(min(max(fraction, 0.0), 1.0), text=message)
+                left, right = st.columns([6, 1])
+                left.markdown(f"**{job.label}** is {job.job.status}")
+                left.progress(min(max(fraction, 0.0), 1.0), text=message)
+                if job.job.status != "stopping" and right.button("Cancel", key=f"cancel_{job.job_id}",
+                                                                 icon=":material/stop_circle:"):
+                    with contextlib.suppress(jobs.JobError):
+                        jobs.cancel_step_job(job.workspace, job.job_id)
+                    st.rerun(scope="fragment")
             st.session_state["_job_seen_running"] = job.job_id
+        if running:
             return
-        outcome = job.result() or {}
-        code = job.exit_code()
-        if code == 0 and outcome.get("ok", True):
-            st.success(f"{job.label}: finished", icon=":material/check_circle:")
+        latest = now[0]
+        outcome = latest.result() or {}
+        if latest.job.status == "finished" and outcome.get("ok", True):
+            st.success(f"{latest.label}: finished", icon=":material/check_circle:")
+        elif latest.job.status == "stopped":
+            st.warning(f"{latest.label}: cancelled", icon=":material/stop_circle:")
         else:
-            log = job.log_file.read_text(encoding="utf-8", errors="replace") if job.log_file.exists() else ""
-            st.error(f"{job.label}: failed (exit {code}). {outcome.get('error') or log.strip().splitlines()[-1:]}",
-                     icon=":material/error:")
+            st.error(f"{latest.label}: failed (exit {latest.exit_code()}). "
+                     f"{outcome.get('error') or (latest.job.error or '').splitlines()[:1]}", icon=":material/error:")
         with st.expander("Job details"):
             st.json(outcome or {})
-            if job.log_file.exists():
-                st.code(job.log_file.read_text(encoding="utf-8", errors="replace")[-3000:] or "(no output)")
-        if st.session_state.get("_job_seen_running") == job.job_id:
-            # The job finished while this page watched it: redraw the whole page with the new data.
+            st.code(latest.job.log_tail(60) or "(no output)")
+        if st.session_state.get("_job_seen_running"):
+            # A job finished while this page watched it: redraw the whole page with the new data.
             st.session_state["_job_seen_running"] = None
             st.rerun(scope="app")
 

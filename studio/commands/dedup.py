@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 from core.dedup import DedupConfig, deduplicate
-from core.steps import config_from_args, get_step, step_command_parser
+from core.steps import config_from_args, get_step
 from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter
+from studio.commands.steps import step_command_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,9 +10,10 @@ from core.benchmarks import BENCHMARK_FORMATS, BENCHMARK_KINDS, BenchmarkImportC
 from core.decontam import DecontamConfig, check_texts, contamination_index, run_decontam
 from core.readers import ReadOptions, SourceInfo, read_source
 from core.recall import RecallConfig, run_recall
-from core.steps import config_from_args, get_step, step_command_parser
+from core.steps import config_from_args, get_step
 from core.workspace import Workspace, WorkspaceError
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
+from studio.commands.steps import step_command_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:

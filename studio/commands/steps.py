@@ -6,9 +6,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from core.steps import REGISTRY, config_from_args, get_step, step_command_parser
+from core.steps import REGISTRY, Step, add_config_arguments, config_from_args, get_step
 from core.workspace import Workspace
-from studio.cli import CommandResult, Reporter
+from studio.cli import CommandResult, Reporter, add_workspace_arguments
+
+
+def step_command_parser(sub: argparse._SubParsersAction, step: Step, help: str = "",
+                        description: str | None = None) -> argparse.ArgumentParser:
+    """The subparser of a step's `studio` command: the workspace arguments and one option per config field."""
+    parser = sub.add_parser(step.command, help=help or f"run the {step.name} step", description=description)
+    add_workspace_arguments(parser)
+    add_config_arguments(parser, step.config)
+    return parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:

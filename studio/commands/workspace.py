@@ -6,10 +6,11 @@ import argparse
 import json
 
 from core.flow import FLOW, flow_order, funnel, set_flow_order, stale_steps
-from core.steps import config_from_args, get_step, step_command_parser
+from core.steps import config_from_args, get_step
 from core.tokens import TokenCountConfig, count_tokens
 from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
+from studio.commands.steps import step_command_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
