@@ -522,7 +522,10 @@ def writes_workspace(job: Job) -> bool:
 
 
 def _save_step_job(job: Job) -> None:
-    write_json_atomic(job.folder / JOB_FILE, job.to_dict())
+    data = asdict(job)  # times to the microsecond: two jobs launched within a second keep their order
+    for key in ("created_at", "started_at", "ended_at"):
+        data[key] = data[key].isoformat() if data[key] is not None else None
+    write_json_atomic(job.folder / JOB_FILE, data)
 
 
 def _read_step_job(folder: Path) -> Job | None:

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import textwrap
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,46 @@ def test_cli_jobs_stop_resume(ws_path: Path, counter: Path, capsys: pytest.Captu
     assert kill_job(ws_path, job.job_id).status == "failed"
     assert cli_main(["stop", str(ws_path), job.job_id]) == 2
     assert "not running" in capsys.readouterr().err
+
+
+# --- step jobs: `studio <command>` as a core job ------------------------------------------------------------------
+MEDQUAD = "medquad/corpus_en_medquad_nih_paragraphs.jsonl"
+
+
+def test_step_jobs_queue_behind_a_writer_and_a_queued_one_can_be_cancelled(tmp_path: Path, data_dir: Path) -> None:
+    from core.jobs import cancel_step_job, launch_step_job, list_step_jobs, wait_step_job
+
+    ws_path = tmp_path / "ws"
+    Workspace.open(ws_path).close()
+    ingest_argv = ["ingest", str(data_dir / MEDQUAD), "--corpus", "medquad", "--role", "domain"]
+    first = launch_step_job(ws_path, ingest_argv, "Ingest MedQuAD")
+    second = launch_step_job(ws_path, ["status"], "Status")  # as a writer would
+    third = launch_step_job(ws_path, ["status"], "Status again")
+    reader = launch_step_job(ws_path, ["status"], "Look", writes=False)
+    assert first.status == "running" and second.status == "queued" and third.status == "queued"
+    assert reader.status == "running"  # a job that does not write never waits
+    assert second.progress()["message"] == "queued: starts when 'Ingest MedQuAD' finishes"
+    assert [j.job_id for j in list_step_jobs(ws_path)][:3] == [reader.job_id, third.job_id, second.job_id]
+    assert cancel_step_job(ws_path, third.job_id).status == "stopping"
+    second = wait_step_job(ws_path, second.job_id, timeout_s=180)
+    first, third = (wait_step_job(ws_path, j.job_id, timeout_s=60) for j in (first, third))
+    assert first.status == "finished" and second.status == "finished", (first.error, second.error)
+    assert third.status == "stopped" and not (third.folder / "started").exists()  # never ran
+    # it ran after the first ended, and saw its documents
+    assert second.started_at >= first.ended_at - timedelta(seconds=1)
+    assert second.result()["documents"] == 4896
+
+
+def test_a_running_step_job_is_cancelled(tmp_path: Path, data_dir: Path) -> None:
+    from core.jobs import cancel_step_job, get_step_job, launch_step_job, wait_step_job
+
+    ws_path = tmp_path / "ws"
+    Workspace.open(ws_path).close()
+    job = launch_step_job(ws_path, ["ingest", str(data_dir / MEDQUAD), "--corpus", "medquad", "--role", "domain"],
+                          "Ingest MedQuAD")
+    assert sleep_until(lambda: get_step_job(ws_path, job.job_id).progress()["fraction"] > 0, 60, 0.05)
+    cancel_step_job(ws_path, job.job_id)
+    job = wait_step_job(ws_path, job.job_id, timeout_s=60)
+    assert job.status == "stopped", job.error
+    assert job.result()["status"] == "stopped" and "rolled back" in job.result()["error"]
+    assert "interrupted" in Path(job.log_path).read_text()
