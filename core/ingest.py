@@ -23,7 +23,7 @@ import orjson
 import pyarrow as pa
 
 from core.parallel import default_workers, process_pool
-from core.progress import Progress
+from core.progress import Progress, no_progress
 from core.readers import (
     CorruptSourceError,
     ReadOptions,
@@ -388,7 +388,7 @@ def remove_partial_file(ws: Workspace, run_id: str, source_file: str) -> None:
     ws.con.execute("DELETE FROM documents WHERE run_id = ? AND source_file = ?", [run_id, source_file])
 
 
-def ingest(ws: Workspace, cfg: IngestConfig, progress: Progress | None = None) -> IngestResult:
+def ingest(ws: Workspace, cfg: IngestConfig, progress: Progress = no_progress) -> IngestResult:
     """Ingest every source of `cfg` into corpus `cfg.corpus`; a file counts once it is wholly in."""
     if not cfg.sources:
         raise WorkspaceError("nothing to ingest: give at least one file, folder or hf:// source")

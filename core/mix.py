@@ -953,7 +953,7 @@ def duckdb_memory_limit(ws: Workspace, limit: str | None) -> Iterator[None]:
 
 
 def build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None = None,
-              progress: Progress | None = None, checker: ContaminationChecker | None = None,
+              progress: Progress = no_progress, checker: ContaminationChecker | None = None,
               memory_limit: str | None = EXPORT_MEMORY_LIMIT) -> MixResult:
     """Sample, order and export the mix; record it as a run and its membership in mix_members.
     `checker` replaces the workspace's contamination index (decontamination always runs unless the recipe

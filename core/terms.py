@@ -51,7 +51,7 @@ import pyarrow as pa
 from core.config import REPO_ROOT
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
-from core.steps import Step, split_recipe
+from core.steps import Step, param, split_recipe
 from core.text import detect_language
 from core.workspace import ROLES, Workspace
 
@@ -292,9 +292,12 @@ def score_texts(matcher: TermMatcher, texts: Sequence[str], languages: Sequence[
 # --- the scoring step ------------------------------------------------------------------------------------------
 @dataclass
 class TermScoreConfig:
-    lexicons: list[str] = field(default_factory=lambda: list(DEFAULT_LEXICONS))  # bundled names or file paths
-    batch_size: int = 5_000
-    rescore: bool = False  # match again even when the active scoring used the same lexicon on every document
+    lexicons: list[str] = param(list(DEFAULT_LEXICONS), flag="--lexicon", repeat=True, metavar="FILE",
+                                show_default=False,
+                                help="a bundled lexicon name (medical_en, medical_zh) or a .txt/.csv file; repeat to "
+                                     f"combine several (default: {' + '.join(DEFAULT_LEXICONS)})")
+    batch_size: int = param(5_000, minimum=1, cli=False, help="documents matched per batch")
+    rescore: bool = param(False, help="match again even if the same lexicon already scored every document")
 
 
 @dataclass
@@ -377,13 +380,18 @@ def score_terms(ws: Workspace, cfg: TermScoreConfig | None = None,
 # --- the filter ------------------------------------------------------------------------------------------------
 @dataclass
 class TermFilterConfig:
-    min_density: float = 0.02
-    min_words: int = 50
-    max_words: int = 2_000
-    min_chars: int = 75  # Chinese/Japanese documents: length in characters (1.5 per English word)
-    max_chars: int = 3_000
-    roles: list[str] = field(default_factory=lambda: ["domain"])
-    corpora: list[str] | None = None  # if given, exactly these corpora (whatever their role)
+    min_density: float = param(0.02, minimum=0.0,
+                               help="keep documents with at least this many (weighted) term hits per word, per "
+                                    "character for Chinese")
+    min_words: int = param(50, minimum=0, help="shortest document kept, in words")
+    max_words: int = param(2_000, minimum=0, help="longest document kept, in words")
+    # Chinese/Japanese documents: length in characters (1.5 per English word)
+    min_chars: int = param(75, minimum=0, help="length bound for Chinese/Japanese documents, in characters")
+    max_chars: int = param(3_000, minimum=0, help="longest Chinese/Japanese document kept, in characters")
+    roles: list[str] = param(["domain"], flag="--role", repeat=True, metavar="ROLE", show_default=False,
+                             help="filter the corpora of this role; repeatable (default: domain)")
+    corpora: list[str] | None = param(None, flag="--corpus", repeat=True, metavar="NAME",
+                                      help="filter exactly these corpora instead of a role; repeatable")
 
     def validate(self) -> None:
         if self.min_density < 0:
@@ -563,6 +571,6 @@ def _summary(result: TermsStepResult) -> dict[str, Any]:
             "dropped": filtered.dropped, **filtered.dropped_by_rule}
 
 
-REGISTERED_STEP = Step("terms", TermsStepConfig, run_terms_step, summary=_summary,
+REGISTERED_STEP = Step("terms", TermsStepConfig, run_terms_step, command="terms", summary=_summary,
             recipe_configs=lambda table: {None: TermsStepConfig(*split_recipe(
                 table, TermScoreConfig, TermFilterConfig, step="terms"))})

@@ -11,8 +11,10 @@ import plotly.express as px
 import streamlit as st
 
 from core.benchmarks import benchmarks
+from core.decontam import DECONTAM_MODES, DecontamConfig
 from core.recall import (
     ITEM_TEXTS,
+    RecallConfig,
     benchmark_stats,
     documents_at_cap,
     latest_run,
@@ -21,7 +23,10 @@ from core.recall import (
     subject_stats,
     what_if,
 )
+from core.steps import job_argv
 from studio import widgets as w
+
+RECALL_DEFAULTS, DECONTAM_DEFAULTS = RecallConfig(), DecontamConfig()  # widgets' initial values
 
 st.title(":material/target: Benchmarks and recall")
 st.caption("Eval-driven selection: training documents close to the benchmark items, above a similarity floor and "
@@ -72,29 +77,25 @@ with st.form("recall_form"):
     chosen_pool = c2.multiselect("Pool (current documents of these corpora)", pool_names,
                                  default=[p for p in previous.get("pool", pool_names) if p in pool_names])
     c1, c2, c3, c4 = st.columns(4)
-    k = c1.number_input("k neighbours per item", 1, 1000, int(previous.get("k", 50)))
-    floor = c2.slider("Floor (cosine)", 0.0, 1.0, float(previous.get("floor", 0.75)), 0.01)
-    cap = c3.slider("Leakage cap (cosine)", 0.0, 1.0, float(previous.get("cap", 0.95)), 0.01)
+    k = c1.number_input("k neighbours per item", 1, 1000, int(previous.get("k", RECALL_DEFAULTS.k)))
+    floor = c2.slider("Floor (cosine)", 0.0, 1.0, float(previous.get("floor", RECALL_DEFAULTS.floor)), 0.01)
+    cap = c3.slider("Leakage cap (cosine)", 0.0, 1.0, float(previous.get("cap", RECALL_DEFAULTS.cap)), 0.01)
     item_text = c4.selectbox("Item text embedded", ITEM_TEXTS,
-                             index=ITEM_TEXTS.index(previous.get("item_text", "question_choices")))
+                             index=ITEM_TEXTS.index(previous.get("item_text", RECALL_DEFAULTS.item_text)))
     c1, c2, c3 = st.columns(3)
     max_items = c1.number_input("Items per benchmark (0 = all)", 0, 1_000_000,
                                 int(previous.get("max_items_per_benchmark") or 0))
     pool_sample = c2.number_input("Pool sample (0 = all)", 0, 10_000_000, int(previous.get("pool_sample") or 0),
                                   help="Embedding is the slow part (~30-60 documents/s on 2 cores; cached)")
-    seed = c3.number_input("Seed (control set, samples)", 0, 2**31 - 1, int(previous.get("seed", 0)))
+    seed = c3.number_input("Seed (control set, samples)", 0, 2**31 - 1, int(previous.get("seed", RECALL_DEFAULTS.seed)))
     if st.form_submit_button("Run recall", icon=":material/play_arrow:", type="primary"):
         if not chosen_bench or not chosen_pool or floor >= cap:
             st.error("Choose at least one benchmark and one pool corpus, with the floor below the cap.")
         else:
-            argv = ["recall", "--benchmarks", ",".join(chosen_bench), "--pool", ",".join(chosen_pool),
-                    "--k", str(k), "--floor", str(floor), "--cap", str(cap), "--item-text", item_text,
-                    "--seed", str(seed)]
-            if max_items:
-                argv += ["--max-items", str(max_items)]
-            if pool_sample:
-                argv += ["--pool-sample", str(pool_sample)]
-            w.start_job(argv, "Recall")
+            config = RecallConfig(benchmarks=chosen_bench, pool=chosen_pool, k=int(k), floor=floor, cap=cap,
+                                  item_text=item_text, seed=int(seed), max_items_per_benchmark=int(max_items) or None,
+                                  pool_sample=int(pool_sample) or None)
+            w.start_job(job_argv("recall", config), "Recall")
 
 # --- the latest recall -----------------------------------------------------------------------------------------
 st.subheader("Recall")
@@ -169,12 +170,13 @@ with st.form("decontam_form"):
     c1, c2, c3, c4 = st.columns(4)
     d_bench = c1.multiselect("Benchmarks", bench_names, default=bench_names, key="d_bench")
     d_corpora = c2.multiselect("Corpora to check", pool_names, default=pool_names, key="d_corpora")
-    d_n = c3.number_input("n (words; characters for Chinese)", 5, 50, 13)
-    d_mode = c4.selectbox("Mode", ["drop", "cut"], help="cut: remove each overlap with 200 characters each side at "
-                                                        "export; drop a document cut into more than 10 pieces")
+    d_n = c3.number_input("n (words; characters for Chinese)", 5, 50, DECONTAM_DEFAULTS.n)
+    d_mode = c4.selectbox("Mode", DECONTAM_MODES,
+                          help=f"cut: remove each overlap with {DECONTAM_DEFAULTS.margin_chars} characters each side "
+                               f"at export; drop a document cut into more than {DECONTAM_DEFAULTS.max_pieces} pieces")
     if st.form_submit_button("Run the contamination check", icon=":material/policy:"):
-        w.start_job(["decontam", "--benchmarks", ",".join(d_bench), "--corpora", ",".join(d_corpora),
-                          "--n", str(d_n), "--mode", d_mode], "Contamination check")
+        config = DecontamConfig(benchmarks=d_bench, corpora=d_corpora, n=int(d_n), mode=d_mode)
+        w.start_job(job_argv("decontam", config), "Contamination check")
 
 if not decontam_run:
     st.info("No contamination check yet.", icon=":material/info:")

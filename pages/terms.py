@@ -21,10 +21,13 @@ from core.lexicon_mine import (
     selection_lexicon,
     write_lexicon,
 )
+from core.steps import job_argv
 from core.terms import (
     DEFAULT_LEXICONS,
     TermFilterConfig,
     TermMatcher,
+    TermScoreConfig,
+    TermsStepConfig,
     active_score_run,
     bundled_lexicons,
     corpus_density_summary,
@@ -113,9 +116,7 @@ with st.expander("Lexicons", expanded=scoring is None):
     rescore = chosen_specs and (scoring is None or sorted(chosen_specs) != sorted(scored_specs))
     if st.button("Score all documents with this combination", disabled=not chosen_specs,
                  type="primary" if rescore else "secondary", key="terms_score_button"):
-        argv = ["terms"]
-        for spec in chosen_specs:
-            argv += ["--lexicon", spec]
+        argv = job_argv("terms", TermsStepConfig(score=TermScoreConfig(lexicons=list(chosen_specs))))
         w.start_job(argv, f"Terminology scoring ({' + '.join(map(spec_label, chosen_specs))})")
 
 # --- mining a lexicon --------------------------------------------------------------------------------------------
@@ -270,15 +271,12 @@ if not preview.empty:
     st.dataframe(preview[["corpus", "role", "documents", "kept", "dropped", "too_short", "too_long",
                           "low_term_density"]], hide_index=True)
 
-apply_argv = ["terms", "--min-density", f"{min_density:g}", "--min-words", str(min_words), "--max-words",
-              str(max_words), "--min-chars", str(min_chars), "--max-chars", str(max_chars), "--apply"]
-for spec in scored_specs:
-    apply_argv += ["--lexicon", spec]
-for name in only_corpora:
-    apply_argv += ["--corpus", name]
-if not only_corpora:
-    for role in roles or ["domain"]:
-        apply_argv += ["--role", role]
+apply_config = TermsStepConfig(
+    score=TermScoreConfig(lexicons=list(scored_specs)),
+    filter=TermFilterConfig(min_density=min_density, min_words=int(min_words), max_words=int(max_words),
+                            min_chars=int(min_chars), max_chars=int(max_chars), corpora=list(only_corpora) or None,
+                            roles=list(roles or TermFilterConfig().roles)))
+apply_argv = [*job_argv("terms", apply_config), "--apply"]
 w.apply_filter_button(total - kept, apply_argv, f"Terminology filter (density >= {min_density:g})",
                       "terminology filter", key="terms_apply_button")
 

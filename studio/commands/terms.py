@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 
 from core import lexicon_mine
+from core.steps import config_from_args, get_step
 from core.terms import (
-    DEFAULT_LEXICONS,
-    TermFilterConfig,
-    TermScoreConfig,
+    TermsStepConfig,
     apply_term_filter,
     corpus_density_summary,
     filter_preview,
@@ -17,35 +16,18 @@ from core.terms import (
 )
 from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
+from studio.commands.steps import step_command_parser
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    defaults = TermFilterConfig()
-    p = sub.add_parser(
-        "terms", help="terminology density per document (stored for every corpus) and the domain filter on it",
+    p = step_command_parser(
+        sub, get_step("terms"),
+        help="terminology density per document (stored for every corpus) and the domain filter on it",
         description="Match lexicons against every document and store hits and density; show (or, with --apply, "
                     "write) what the filter drops: density below --min-density or length outside the bounds.")
-    add_workspace_arguments(p)
-    p.add_argument("--lexicon", action="append", metavar="FILE",
-                   help="a bundled lexicon name (medical_en, medical_zh) or a .txt/.csv file; repeat to combine "
-                        f"several (default: {' + '.join(DEFAULT_LEXICONS)})")
-    p.add_argument("--min-density", type=float, default=defaults.min_density,
-                   help="keep documents with at least this many (weighted) term hits per word, per character "
-                        "for Chinese (default %(default)s)")
-    p.add_argument("--min-words", type=int, default=defaults.min_words, help="default %(default)s")
-    p.add_argument("--max-words", type=int, default=defaults.max_words, help="default %(default)s")
-    p.add_argument("--min-chars", type=int, default=defaults.min_chars,
-                   help="length bound for Chinese/Japanese documents, in characters (default %(default)s)")
-    p.add_argument("--max-chars", type=int, default=defaults.max_chars, help="default %(default)s")
-    p.add_argument("--role", action="append", dest="roles", metavar="ROLE",
-                   help="filter the corpora of this role; repeatable (default: domain)")
-    p.add_argument("--corpus", action="append", dest="corpora", metavar="NAME",
-                   help="filter exactly these corpora instead of a role; repeatable")
     p.add_argument("--apply", action="store_true",
                    help="write the drops into decisions (superseding an earlier terms filter); without it, "
                         "only show what would be dropped")
-    p.add_argument("--rescore", action="store_true",
-                   help="match again even if the same lexicon already scored every document")
     p.set_defaults(handler=terms_command)
     register_mine(sub)
 
@@ -105,14 +87,11 @@ def mine_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
 
 
 def terms_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    filter_cfg = TermFilterConfig(min_density=args.min_density, min_words=args.min_words,
-                                  max_words=args.max_words, min_chars=args.min_chars, max_chars=args.max_chars,
-                                  roles=args.roles or ["domain"], corpora=args.corpora)
-    filter_cfg.validate()
-    lexicons = args.lexicon or list(DEFAULT_LEXICONS)
+    config = config_from_args(TermsStepConfig, args)
+    config.validate()
+    filter_cfg = config.filter
     with Workspace.open(args.workspace, create=False) as ws:
-        scored = score_terms(ws, TermScoreConfig(lexicons=lexicons, rescore=args.rescore),
-                             lambda f, m: report(0.9 * max(f, 0.0), m))
+        scored = score_terms(ws, config.score, lambda f, m: report(0.9 * max(f, 0.0), m))
         if args.apply:
             filtered = apply_term_filter(ws, filter_cfg, lambda f, m: report(0.9 + 0.1 * f, m))
             per_corpus, filter_run = filtered.per_corpus, filtered.run_id
