@@ -44,7 +44,7 @@ from core.parallel import default_workers, process_pool
 from core.perplexity import PerplexityConfig, resolve_dtype, score_texts
 from core.progress import Progress, no_progress
 from core.quality_signals import SIGNAL_NAMES, SIGNALS_VERSION, compute_batch, language_group
-from core.steps import Step, split_recipe
+from core.steps import ScoredAndFiltered, Step, score_then_filter, split_recipe
 from core.workspace import Workspace, WorkspaceError
 
 SCORE_STEP = "quality_score"
@@ -646,22 +646,7 @@ class QualityStepConfig:
         self.filter.validate()
 
 
-@dataclass
-class QualityStepResult:
-    score: QualityScoreResult
-    filter: QualityFilterResult
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"score": self.score.to_dict(), "filter": self.filter.to_dict()}
-
-
-def run_quality_step(ws: Workspace, cfg: QualityStepConfig, progress: Progress = no_progress) -> QualityStepResult:
-    scored = score_quality(ws, cfg.score, lambda f, m: progress(0.9 * max(f, 0.0), m))
-    applied = apply_filters(ws, cfg.filter, lambda f, m: progress(0.9 + 0.1 * max(f, 0.0), m))
-    return QualityStepResult(scored, applied)
-
-
-def _summary(result: QualityStepResult) -> dict[str, Any]:
+def _summary(result: ScoredAndFiltered) -> dict[str, Any]:
     scored, applied = result.score, result.filter
     return {"score_run": scored.run_id, "filter_run": applied.run_id, "documents_scored": scored.documents_scored,
             "perplexity_scored": scored.perplexity_scored, "documents": applied.documents,
@@ -669,6 +654,6 @@ def _summary(result: QualityStepResult) -> dict[str, Any]:
             "relevance_available": scored.composite["relevance_available"]}
 
 
-REGISTERED_STEP = Step("quality", QualityStepConfig, run_quality_step, summary=_summary,
-            recipe_configs=lambda table: {None: QualityStepConfig(*split_recipe(
+REGISTERED_STEP = Step("quality", QualityStepConfig, score_then_filter(score_quality, apply_filters),
+            summary=_summary, recipe_configs=lambda table: {None: QualityStepConfig(*split_recipe(
                 table, QualityScoreConfig, QualityFilterConfig, step="quality", shared=("roles", "corpora")))})

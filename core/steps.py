@@ -378,6 +378,32 @@ def split_recipe(table: dict[str, Any], *classes: type, step: str, shared: Seque
     return out
 
 
+@dataclass
+class ScoredAndFiltered:
+    """What a step that scores, then filters returns (quality, terminology)."""
+
+    score: Any
+    filter: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": as_dict(self.score), "filter": as_dict(self.filter)}
+
+
+def as_dict(result: Any) -> dict[str, Any]:
+    return result.to_dict() if hasattr(result, "to_dict") else dataclasses.asdict(result)
+
+
+def score_then_filter(score: Callable[..., Any], apply: Callable[..., Any],
+                      score_share: float = 0.9) -> Callable[..., ScoredAndFiltered]:
+    """The run of a step whose config holds `score` and `filter` configs: score, then apply the filter."""
+    def run(ws: Any, config: Any, progress: Progress) -> ScoredAndFiltered:
+        scored = score(ws, config.score, lambda f, m: progress(score_share * max(f, 0.0), m))
+        filtered = apply(ws, config.filter, lambda f, m: progress(score_share + (1 - score_share) * max(f, 0.0), m))
+        return ScoredAndFiltered(scored, filtered)
+
+    return run
+
+
 def run_step(ws: Any, name: str, config: Any, progress: Progress) -> Any:
     step = get_step(name)
     if hasattr(config, "validate"):

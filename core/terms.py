@@ -41,7 +41,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ import pyarrow as pa
 from core.config import REPO_ROOT
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
-from core.steps import Step, param, split_recipe
+from core.steps import ScoredAndFiltered, Step, param, score_then_filter, split_recipe
 from core.text import detect_language
 from core.workspace import ROLES, Workspace
 
@@ -549,28 +549,13 @@ class TermsStepConfig:
         self.filter.validate()
 
 
-@dataclass
-class TermsStepResult:
-    score: TermScoreResult
-    filter: TermFilterResult
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"score": asdict(self.score), "filter": asdict(self.filter)}
-
-
-def run_terms_step(ws: Workspace, cfg: TermsStepConfig, progress: Progress = no_progress) -> TermsStepResult:
-    scored = score_terms(ws, cfg.score, lambda f, m: progress(0.9 * max(f, 0.0), m))
-    filtered = apply_term_filter(ws, cfg.filter, lambda f, m: progress(0.9 + 0.1 * f, m))
-    return TermsStepResult(scored, filtered)
-
-
-def _summary(result: TermsStepResult) -> dict[str, Any]:
+def _summary(result: ScoredAndFiltered) -> dict[str, Any]:
     scored, filtered = result.score, result.filter
     return {"score_run_id": scored.run_id, "run_id": filtered.run_id, "documents_scored": scored.documents,
             "hits": scored.hits, "filtered": filtered.documents, "kept": filtered.kept,
             "dropped": filtered.dropped, **filtered.dropped_by_rule}
 
 
-REGISTERED_STEP = Step("terms", TermsStepConfig, run_terms_step, command="terms", summary=_summary,
-            recipe_configs=lambda table: {None: TermsStepConfig(*split_recipe(
+REGISTERED_STEP = Step("terms", TermsStepConfig, score_then_filter(score_terms, apply_term_filter),
+            command="terms", summary=_summary, recipe_configs=lambda table: {None: TermsStepConfig(*split_recipe(
                 table, TermScoreConfig, TermFilterConfig, step="terms"))})
