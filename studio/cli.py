@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.jobs import JOB_DIR_ENV, RESULT_NAME, register_process, write_json_atomic, write_progress
+from core.jobs import (
+    JOB_DIR_ENV,
+    RESULT_NAME,
+    register_process,
+    stop_requested,
+    write_json_atomic,
+    write_progress,
+)
 from core.models import ModelUnavailable
 from core.readers import SourceError
 from core.workspace import WorkspaceError
@@ -202,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # an unexpected failure: one line for people, the trace for the log file
         reporter.close()
+        if (job_dir := os.environ.get(JOB_DIR_ENV)) and stop_requested(Path(job_dir)):
+            # a job's stop that met a query (DuckDB turns the interrupt into its own error): stopped, not failed
+            _job_result(False, {"error": "stopped; the step's unfinished work was rolled back"}, stopped=True)
+            print(f"studio {args.command}: interrupted; the step's unfinished work was rolled back", file=sys.stderr)
+            return 130
         if getattr(args, "progress_file", None):
             traceback.print_exc()
         if getattr(args, "json", False):

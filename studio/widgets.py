@@ -136,6 +136,9 @@ class AppJob:
         return int(self.exit_file.read_text()) if self.exit_file.exists() else None
 
 
+Job = AppJob  # the name pages and tests knew it by
+
+
 def step_jobs(path: Path | None = None, limit: int = 20) -> list[AppJob]:
     """The workspace's step jobs, newest first (from its jobs folder, so every session sees them)."""
     path = path or workspace_path()

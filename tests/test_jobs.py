@@ -200,15 +200,23 @@ def test_step_jobs_queue_behind_a_writer_and_a_queued_one_can_be_cancelled(tmp_p
     assert second.result()["documents"] == 4896
 
 
-def test_a_running_step_job_is_cancelled(tmp_path: Path, data_dir: Path) -> None:
-    from core.jobs import cancel_step_job, get_step_job, launch_step_job, wait_step_job
+def test_a_running_step_job_is_listed_and_cancelled_from_the_command_line(
+        tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    from core.jobs import get_step_job, launch_step_job, wait_step_job
+
+    from core.ingest import IngestConfig, ingest
 
     ws_path = tmp_path / "ws"
-    Workspace.open(ws_path).close()
-    job = launch_step_job(ws_path, ["ingest", str(data_dir / MEDQUAD), "--corpus", "medquad", "--role", "domain"],
-                          "Ingest MedQuAD")
+    with Workspace.open(ws_path) as ws:
+        ingest(ws, IngestConfig(sources=[str(data_dir / MEDQUAD)], corpus="medquad", role="domain"))
+    # one document a batch: long enough to be caught running
+    job = launch_step_job(ws_path, ["tokens", "--batch-size", "1"], "Count tokens")
     assert sleep_until(lambda: get_step_job(ws_path, job.job_id).progress()["fraction"] > 0, 60, 0.05)
-    cancel_step_job(ws_path, job.job_id)
+    assert cli_main(["jobs", str(ws_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["jobs"]
+    assert [(j["job_id"], j["kind"], j["status"]) for j in listed] == [(job.job_id, "tokens", "running")]
+    assert cli_main(["stop", str(ws_path), job.job_id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "stopping"
     job = wait_step_job(ws_path, job.job_id, timeout_s=60)
     assert job.status == "stopped", job.error
     assert job.result()["status"] == "stopped" and "rolled back" in job.result()["error"]

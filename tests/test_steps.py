@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,9 +50,8 @@ def run_echo(ws: Workspace, config: Any, progress: Progress = no_progress) -> Ec
 
 
 @pytest.fixture
-def echo_step(monkeypatch: pytest.MonkeyPatch) -> type:
+def echo_step() -> Iterator[type]:
     """The step registered with one field more than EchoConfig: the only edit a new parameter needs."""
-    monkeypatch.setattr(steps, "REGISTRY", dict(steps.REGISTRY))
 
     @dataclass
     class LouderEchoConfig(EchoConfig):
@@ -59,7 +59,8 @@ def echo_step(monkeypatch: pytest.MonkeyPatch) -> type:
         separator_count: int = param(0, flag="--separators", minimum=0, help="separators between words")
 
     register_step(Step("echo", LouderEchoConfig, run_echo, command="echo"))
-    return LouderEchoConfig
+    yield LouderEchoConfig
+    steps.REGISTRY.pop("echo")
 
 
 def _help(command: str) -> str:

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
 
-from core.jobs import Job, get_job, list_jobs, resume_job, stop_job, wait_job
+from core.jobs import (
+    JOB_FILE,
+    Job,
+    cancel_step_job,
+    get_job,
+    list_jobs,
+    list_step_jobs,
+    resume_job,
+    step_jobs_root,
+    stop_job,
+    wait_job,
+)
+from core.workspace import WorkspaceError
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 
@@ -116,13 +129,25 @@ def train_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
 
 
 def jobs_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    jobs = list_jobs(args.workspace.expanduser().resolve(), args.kind)
-    lines = [_job_line(j) for j in jobs] or ["no jobs yet"]
+    workspace = args.workspace.expanduser().resolve()
+    steps = [j for j in list_step_jobs(workspace) if args.kind in (None, j.kind)]  # `studio <step>` jobs
+    try:
+        recorded, note = list_jobs(workspace, args.kind), []
+    except WorkspaceError as exc:  # a step job holds the workspace (one writer): its jobs table waits
+        if not any(j.active for j in steps):
+            raise
+        recorded, note = [], [f"(jobs recorded in the workspace not listed: {str(exc).splitlines()[0]})"]
+    jobs = sorted([*steps, *recorded], key=lambda j: j.created_at or datetime.min, reverse=True)
+    lines = [_job_line(j) for j in jobs] + note or ["no jobs yet"]
     return CommandResult({"jobs": [j.to_dict() for j in jobs]}, lines)
 
 
 def stop_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    job = stop_job(args.workspace.expanduser().resolve(), args.job)
+    workspace = args.workspace.expanduser().resolve()
+    if (step_jobs_root(workspace) / args.job / JOB_FILE).exists():  # a `studio <step>` job: cancelled
+        job = cancel_step_job(workspace, args.job)
+        return CommandResult(job.to_dict(), [f"job {job.job_id}: {job.status} (its unfinished work is rolled back)"])
+    job = stop_job(workspace, args.job)
     return CommandResult(job.to_dict(), [f"job {job.job_id}: {job.status} (it checkpoints and exits at the end of "
                                          "its current step)"])
 
