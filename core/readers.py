@@ -193,11 +193,22 @@ def unicode_encoding(sample: bytes) -> str | None:
         return "utf-8-sig"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
-    if len(sample) >= 4 and sample[1::2].count(0) > len(sample) // 4:
+    # Latin text in UTF-16 has a zero in every other byte and few in the rest; a run of zeros is no text.
+    odd_zeros, even_zeros = sample[1::2].count(0), sample[0::2].count(0)
+    if len(sample) >= 4 and odd_zeros > len(sample) // 4 and even_zeros < len(sample) // 8:
         return "utf-16-le"
-    if len(sample) >= 4 and sample[0::2].count(0) > len(sample) // 4:
+    if len(sample) >= 4 and even_zeros > len(sample) // 4 and odd_zeros < len(sample) // 8:
         return "utf-16-be"
     return None
+
+
+def binary_problem(sample: bytes) -> str | None:
+    """Why a file is not text, where its sample shows it: a NUL byte outside UTF-16 (no text encoding the
+    studio reads has one), e.g. an image, an archive or a database named .jsonl."""
+    if unicode_encoding(sample) in {"utf-16", "utf-16-le", "utf-16-be"}:
+        return None
+    at = sample.find(0)
+    return None if at < 0 else f"binary data, not text (a NUL byte at byte {at:,})"
 
 
 def json_encoding(sample: bytes) -> str:
@@ -414,6 +425,8 @@ def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[Sou
         yield from _read_parquet(path, opts)
         return
     sample = _sample(path, compression)
+    if not opts.encoding and (problem := binary_problem(sample)):
+        raise SourceError(f"{path.name}: {problem}; nothing read (give an encoding to read it anyway)")
     encoding = opts.encoding or source_encoding(fmt, sample)
     info.encoding = encoding
     if fmt in {"json", "jsonl"} and not opts.encoding and encoding == "utf-8" and not _is_utf8(sample):
