@@ -77,6 +77,15 @@ def test_shared_bind_without_sign_in_is_refused(workspace: Path, secrets_file: P
     assert "--no-auth" in err and str(secrets_file) in err
 
 
+def test_demo_on_a_shared_address_is_refused_before_it_builds(tmp_path: Path, secrets_file: Path,
+                                                              never_serve: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "demo"
+    assert studio_main(["demo", str(target), "--host", "0.0.0.0"]) == 2
+    assert "refusing to serve on 0.0.0.0 without sign-in" in capsys.readouterr().err
+    assert not target.exists() and never_serve == []
+
+
 def test_incomplete_sign_in_is_refused_with_the_missing_key(workspace: Path, secrets_file: Path,
                                                             never_serve: list[str],
                                                             capsys: pytest.CaptureFixture[str]) -> None:
