@@ -112,7 +112,7 @@ CASES = [
             "(7 terms): 340 documents scored, 0 hits", (0,)),  # as regexes they would hit most of them
     Hostile("model-path-missing", "a training config whose model folder does not exist",
             lambda ws, d: ["train", str(ws), "--config", str(d / "missing_model.toml")],
-            "no_such_model': no such file or folder", (2,)),
+            "no_such_model' cannot be loaded: no such file or folder", (2,)),
     Hostile("benchmark-missing-answers", "a benchmark whose items have no answer",
             lambda ws, d: ["bench-import", str(ws), str(d / "bench_no_answers.jsonl"), "--name", "h_bench",
                            "--kind", "domain"], "2 item(s) have no gold answer", (0,)),
