@@ -240,6 +240,14 @@ def _sample(path: Path, compression: str, size: int = 1 << 16) -> bytes:
         return fh.read(size)
 
 
+def _text_sample(path: Path, compression: str, opts: ReadOptions) -> bytes:
+    """The file's first bytes; SourceError for a binary file unless an encoding is given."""
+    sample = _sample(path, compression)
+    if not opts.encoding and (problem := binary_problem(sample)):
+        raise SourceError(f"{path.name}: {problem}; nothing read (give an encoding to read it anyway)")
+    return sample
+
+
 # --- turning a parsed record into a document ----------------------------------------------------------------
 def dotted_get(record: Any, path: str) -> Any:
     value = record
@@ -424,9 +432,7 @@ def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[Sou
             raise SourceError("compressed Parquet files are not supported (Parquet compresses internally)")
         yield from _read_parquet(path, opts)
         return
-    sample = _sample(path, compression)
-    if not opts.encoding and (problem := binary_problem(sample)):
-        raise SourceError(f"{path.name}: {problem}; nothing read (give an encoding to read it anyway)")
+    sample = _text_sample(path, compression, opts)
     encoding = opts.encoding or source_encoding(fmt, sample)
     info.encoding = encoding
     if fmt in {"json", "jsonl"} and not opts.encoding and encoding == "utf-8" and not _is_utf8(sample):
@@ -814,7 +820,8 @@ def preview_source(path: Path, opts: ReadOptions | None = None, limit: int = 10)
     fmt = opts.fmt if opts.fmt != "auto" else fmt
     if not fmt:
         raise SourceError(f"unsupported file type: {path.name}")
-    encoding = "" if fmt == "parquet" else (opts.encoding or source_encoding(fmt, _sample(path, compression)))
+    encoding = "" if fmt == "parquet" else (opts.encoding or source_encoding(fmt, _text_sample(path, compression,
+                                                                                              opts)))
     rows: list[dict[str, Any]] = []
     if fmt == "parquet":
         import pyarrow.parquet as pq
