@@ -213,3 +213,42 @@ def test_paths_outside_the_roots_are_refused(tmp_path: Path) -> None:
     for escape in (tmp_path / "secret.jsonl", root / ".." / "secret.jsonl", root / "data" / "link.jsonl", "/etc"):
         with pytest.raises(ValueError, match="outside the folders this studio may read"):
             resolve_within_roots(escape, [root])
+
+
+@pytest.mark.browser
+def test_a_served_studio_with_sign_in_shows_a_signed_out_browser_only_the_sign_in_screen(
+        workspace: Path, tmp_path: Path, browser_page) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path / "home"  # the server reads ~/.streamlit/secrets.toml: a home of the test's own
+    (home / ".streamlit").mkdir(parents=True)
+    (home / ".streamlit" / "secrets.toml").write_text(
+        "[auth]\n" + "".join(f'{k} = "{v}"\n' for k, v in AUTH.items()), encoding="utf-8")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "app.log"
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "app", str(workspace), "--port", str(port),
+                             "--host", "127.0.0.1"], cwd=REPO_ROOT, env=dict(os.environ, HOME=str(home)),
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"), start_new_session=True)  # noqa: SIM115
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, log.read_text()
+                time.sleep(0.3)
+        page = browser_page(f"http://127.0.0.1:{port}")
+        text = page.inner_text("[data-testid='stApp']")
+        assert "sign in to open its workspaces" in text
+        assert page.get_by_role("button", name="Sign in").count() == 1 or "Authlib" in text
+        assert workspace.name not in text and "Overview" not in text and "Workspace" not in text
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
