@@ -58,7 +58,7 @@ def login_providers(auth: Mapping[str, Any]) -> list[str]:
 
 
 def authlib_installed() -> bool:
-    """Streamlit's sign-in needs Authlib >= 1.3.2 (an optional dependency: `pip install -e '.[auth]'`)."""
+    """Streamlit's sign-in needs Authlib >= 1.3.2 (a dependency of the project; checked because an environment may lack it)."""
     try:
         version = metadata.version("Authlib")
     except metadata.PackageNotFoundError:
@@ -88,7 +88,7 @@ def sign_in_problem(auth: Mapping[str, Any], has_authlib: bool | None = None) ->
             where = "[auth]" if name == "default" else f"[auth.{name}]"
             return f"{where} lacks {', '.join(lacking)}"
     if not (authlib_installed() if has_authlib is None else has_authlib):
-        return "sign-in needs Authlib>=1.3.2, which is not installed (pip install -e '.[auth]')"
+        return "sign-in needs Authlib>=1.3.2, which is not installed (bash .ci/install installs it)"
     return None
 
 
