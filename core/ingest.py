@@ -353,6 +353,8 @@ def _ingest_one(ws: Workspace, source: str, cfg: IngestConfig, run_id: str, root
     summary.encoding, summary.fmt = info.encoding, info.fmt
     if info.notes and not summary.message:
         summary.message = "; ".join(info.notes)
+    if summary.status != "failed" and not summary.documents_seen and not summary.message:
+        summary.message = "empty file: nothing to ingest" if size == 0 and not is_hub else "no records found"
     with ws.transaction():
         if summary.status == "failed":  # a source that broke off mid-way adds nothing
             remove_partial_file(ws, run_id, display)

@@ -89,6 +89,10 @@ def resolve_lm(name: str, *, with_model: bool = False) -> str:
     """A path or hub id that `from_pretrained` can load for `name`."""
     if name == BUNDLED_LM:
         return str(_converted_smollm2_dir(with_model))
+    # A hub id is `name` or `namespace/name`; anything else is a folder, which must exist.
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_like_path and not Path(name).expanduser().exists():
+        raise ModelUnavailable(f"model {name!r} cannot be loaded: no such file or folder")
     offline_by_default()
     return name
 

@@ -193,11 +193,22 @@ def unicode_encoding(sample: bytes) -> str | None:
         return "utf-8-sig"
     if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "utf-16"
-    if len(sample) >= 4 and sample[1::2].count(0) > len(sample) // 4:
+    # Latin text in UTF-16 has a zero in every other byte and few in the rest; a run of zeros is no text.
+    odd_zeros, even_zeros = sample[1::2].count(0), sample[0::2].count(0)
+    if len(sample) >= 4 and odd_zeros > len(sample) // 4 and even_zeros < len(sample) // 8:
         return "utf-16-le"
-    if len(sample) >= 4 and sample[0::2].count(0) > len(sample) // 4:
+    if len(sample) >= 4 and even_zeros > len(sample) // 4 and odd_zeros < len(sample) // 8:
         return "utf-16-be"
     return None
+
+
+def binary_problem(sample: bytes) -> str | None:
+    """Why a file is not text, where its sample shows it: a NUL byte outside UTF-16 (no text encoding the
+    studio reads has one), e.g. an image, an archive or a database named .jsonl."""
+    if unicode_encoding(sample) in {"utf-16", "utf-16-le", "utf-16-be"}:
+        return None
+    at = sample.find(0)
+    return None if at < 0 else f"binary data, not text (a NUL byte at byte {at:,})"
 
 
 def json_encoding(sample: bytes) -> str:
@@ -227,6 +238,14 @@ def detect_encoding(sample: bytes) -> str:
 def _sample(path: Path, compression: str, size: int = 1 << 16) -> bytes:
     with open_binary(path, compression) as fh:
         return fh.read(size)
+
+
+def _text_sample(path: Path, compression: str, opts: ReadOptions) -> bytes:
+    """The file's first bytes; SourceError for a binary file unless an encoding is given."""
+    sample = _sample(path, compression)
+    if not opts.encoding and (problem := binary_problem(sample)):
+        raise SourceError(f"{path.name}: {problem}; nothing read (give an encoding to read it anyway)")
+    return sample
 
 
 # --- turning a parsed record into a document ----------------------------------------------------------------
@@ -413,7 +432,7 @@ def read_source(path: Path, opts: ReadOptions, info: SourceInfo) -> Iterator[Sou
             raise SourceError("compressed Parquet files are not supported (Parquet compresses internally)")
         yield from _read_parquet(path, opts)
         return
-    sample = _sample(path, compression)
+    sample = _text_sample(path, compression, opts)
     encoding = opts.encoding or source_encoding(fmt, sample)
     info.encoding = encoding
     if fmt in {"json", "jsonl"} and not opts.encoding and encoding == "utf-8" and not _is_utf8(sample):
@@ -801,7 +820,8 @@ def preview_source(path: Path, opts: ReadOptions | None = None, limit: int = 10)
     fmt = opts.fmt if opts.fmt != "auto" else fmt
     if not fmt:
         raise SourceError(f"unsupported file type: {path.name}")
-    encoding = "" if fmt == "parquet" else (opts.encoding or source_encoding(fmt, _sample(path, compression)))
+    encoding = "" if fmt == "parquet" else (opts.encoding or source_encoding(fmt, _text_sample(path, compression,
+                                                                                              opts)))
     rows: list[dict[str, Any]] = []
     if fmt == "parquet":
         import pyarrow.parquet as pq

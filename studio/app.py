@@ -14,8 +14,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `streamlit run studio/app.py` puts only studio/ on the path
     sys.path.insert(0, str(REPO_ROOT))
 
-from core.config import workspaces_root  # noqa: E402
+from core.config import allowed_roots, resolve_within_roots, workspaces_root  # noqa: E402
 from core.workspace import DB_NAME, Workspace, WorkspaceError  # noqa: E402
+from studio.access import login_providers, sign_in_problem  # noqa: E402
 from studio.widgets import WORKSPACE_KEY, workspace_path  # noqa: E402
 
 # (file under pages/, title, icon): the flow, in order. Only pages that work are listed.
@@ -36,7 +37,9 @@ PAGES: list[tuple[str, str, str]] = [
 
 def known_workspaces() -> list[Path]:
     root = workspaces_root()
-    found = sorted(p.parent for p in root.glob(f"*/{DB_NAME}")) if root.is_dir() else []
+    roots = allowed_roots()
+    found = sorted(p.parent for p in root.glob(f"*/{DB_NAME}")
+                   if any(p.resolve().is_relative_to(r) for r in roots)) if root.is_dir() else []
     current = workspace_path()
     if current is not None and current not in found:
         found.insert(0, current)
@@ -64,18 +67,54 @@ def workspace_sidebar() -> None:
                 if not path.is_absolute():
                     path = workspaces_root() / path
                 try:
+                    path = resolve_within_roots(path)  # before the open, which would create the folder
                     Workspace.open(path, wait_s=2.0).close()
-                except WorkspaceError as exc:
+                except (WorkspaceError, ValueError) as exc:
                     st.error(str(exc))
                 else:
                     st.session_state[WORKSPACE_KEY] = str(path.resolve())
+                    st.session_state.pop("workspace_choice", None)  # else the picker's old choice reopens the old one
                     st.rerun()
         if current is not None:
             st.caption(f"`{current}`")
 
 
+def sign_in_settings() -> dict | None:
+    """The `[auth]` secrets the server runs with; None where sign-in is not configured (a local studio)."""
+    if not st.secrets.load_if_toml_exists():
+        return None
+    auth = st.secrets.get("auth")
+    return dict(auth) if auth else None
+
+
+def sign_in_gate() -> None:
+    """With sign-in configured, a session that has not signed in sees the sign-in screen and nothing else: no
+    workspace, no page. Streamlit's `st.login` does the OpenID Connect flow and keeps the identity cookie."""
+    auth = sign_in_settings()
+    if auth is None:
+        return
+    if st.user.get("is_logged_in"):
+        with st.sidebar:
+            st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'a user'}")
+            st.button("Sign out", icon=":material/logout:", on_click=st.logout, key="sign_out")
+        return
+    st.title(":material/lock: Studio")
+    st.markdown("This studio is shared: sign in to open its workspaces.")
+    problem = sign_in_problem(auth)
+    if problem:
+        st.error(f"Sign-in cannot start: {problem}. Ask whoever runs this studio to fix `.streamlit/secrets.toml`.",
+                 icon=":material/error:")
+    else:
+        for provider in login_providers(auth):
+            label = "Sign in" if provider == "default" else f"Sign in with {provider}"
+            st.button(label, icon=":material/login:", key=f"sign_in_{provider}", on_click=st.login,
+                      args=() if provider == "default" else (provider,))
+    st.stop()
+
+
 def main() -> None:
     st.set_page_config(page_title="Studio", page_icon=":material/biotech:", layout="wide")
+    sign_in_gate()
     if WORKSPACE_KEY not in st.session_state and workspace_path() is not None:
         st.session_state[WORKSPACE_KEY] = str(workspace_path())
     pages = [st.Page(str(REPO_ROOT / "pages" / file), title=title, icon=icon) for file, title, icon in PAGES]

@@ -14,6 +14,7 @@ from core.config import REPO_ROOT, data_root, workspaces_root
 from core.demo import DEFAULT_RECIPE, build_demo
 from core.parallel import set_parent_death_signal
 from core.workspace import Workspace
+from studio.access import SignInRequired, bind_refusal, is_loopback, read_auth_settings, sign_in_problem
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
 APP_FILE = REPO_ROOT / "studio" / "app.py"
@@ -42,8 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--host", default="localhost", help="address to serve on (0.0.0.0 to share on the network)")
+    p.add_argument("--host", default="localhost",
+                   help="address to serve on (default localhost; 0.0.0.0 shares it on the network, which needs "
+                        "sign-in configured in .streamlit/secrets.toml or --no-auth)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve a shared address without sign-in: anyone who reaches the port can read and change "
+                        "the workspaces")
     p.add_argument("--max-upload-mb", type=int, default=None, help="largest upload the Ingest page accepts")
+
+
+def check_access(args: argparse.Namespace) -> None:
+    """Refuse, with the reason, to serve a shared address without working sign-in unless --no-auth says so."""
+    if is_loopback(args.host):
+        return
+    problem = sign_in_problem(read_auth_settings())
+    refusal = bind_refusal(args.host, problem, args.no_auth)
+    if refusal:
+        raise SignInRequired(refusal)
+    if problem:  # --no-auth said so; working sign-in, where configured, still applies
+        print(f"studio: serving {args.host} without sign-in (--no-auth; {problem}): anyone who reaches port "
+              f"{args.port} can read and change the workspaces", file=sys.stderr)
 
 
 def serve(workspace: Path, args: argparse.Namespace) -> int:
@@ -89,6 +108,7 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
 
 
 def app_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
+    check_access(args)
     # Migrate first, so the app opens a current schema; only `init` and `demo` create a workspace.
     Workspace.open(args.workspace, create=False).close()
     code = serve(args.workspace, args)
@@ -97,6 +117,8 @@ def app_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
 
 def demo_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     workspace = args.workspace or workspaces_root() / "demo"
+    if not args.no_app:
+        check_access(args)  # before the build, so a refused address costs nothing
     with Workspace.open(workspace) as ws:
         result = build_demo(ws, args.data, args.recipe, report, steps=not args.no_steps)
     data = {"workspace": result.workspace, "documents_added": result.documents_added, "errors": result.errors,
