@@ -111,7 +111,9 @@ def test_every_demo_recipe_table_reads_into_its_steps_config() -> None:
     recipe = load_recipe()
     for table in recipe["step"]:
         configs = steps.get_step(table["name"]).configs_from_recipe(table)
-        assert configs and all(c is not None for c in configs.values())
+        assert configs
+        for config in configs.values():
+            config.validate()  # the recipe's values are within the fields' bounds
     dedup = next(t for t in recipe["step"] if t["name"] == "dedup")
     semantic = steps.get_step("dedup").configs_from_recipe(dedup)["semantic"]
     assert semantic.method == "semantic" and semantic.corpora == ("medquad_nih", "fever_textbook_zh")
