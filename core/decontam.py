@@ -19,7 +19,6 @@ each span with a margin (GPT-3: 200 characters each side) and drop a text cut in
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -31,12 +30,12 @@ import pyarrow as pa
 from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
+from core.text import CJK_CHAR_TOKEN_RE, CJK_TOKEN_RE
 from core.workspace import Workspace, WorkspaceError
 
-_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# One Han/kana character, or a run of other word characters.
-_TOKEN_RE = re.compile(f"[{_CJK_CHARS}]|[^\\W{_CJK_CHARS}]+")
-_CJK_TOKEN_RE = re.compile(f"^[{_CJK_CHARS}]$")
+# One Han/kana character, or a run of other word characters (`core.text`, shared with dedup's shingles).
+_TOKEN_RE = CJK_TOKEN_RE
+_CJK_TOKEN_RE = CJK_CHAR_TOKEN_RE
 STEP = "decontam"  # as recorded in `runs.step`
 DECONTAM_MODES = ("drop", "cut")
 _FILTER_BITS = 24

@@ -31,10 +31,10 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from core.embed import EmbedConfig, active_path, embed_documents, register_arrow
+from core.embed import EmbedConfig, active_path, build_index, embed_documents, register_arrow, search
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
-from core.text import NormalisationConfig, content_hash, detect_language, normalise
+from core.text import CJK_TOKEN_RE, NormalisationConfig, content_hash, detect_language, normalise
 from core.workspace import ROLES, Workspace, WorkspaceError
 
 Method = Literal["exact", "minhash", "semantic"]
@@ -51,10 +51,9 @@ MINHASH_SEED = 1337
 # exact inner-product search is O(n^2) and at 50k × 384 takes ~40 s on 2 cores; HNSW stays near-linear.
 EXACT_INDEX_MAX = 50_000
 
-_CJK_CHAR = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Chinese/Japanese documents: every CJK or kana character is a token; Latin words and numbers inside them stay
-# whole (mixed text such as "CT检查" gives "ct", "检", "查").
-_CHAR_TOKENS = re.compile(f"[{_CJK_CHAR}]|[^\\W{_CJK_CHAR}]+")
+# whole (mixed text such as "CT检查" gives "ct", "检", "查"): `core.text.CJK_TOKEN_RE`.
+_CHAR_TOKENS = CJK_TOKEN_RE
 _WORD_TOKENS = re.compile(r"\w+")
 
 
@@ -390,10 +389,21 @@ def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return cc(graph, directed=False)[1]
 
 
+# Similarities are float32 when computed and float64 once stored: a pair exactly at the threshold must link in
+# the what-if over stored pairs and in the applied run alike, so both compare through `reaches`.
+SIMILARITY_TOLERANCE = 1e-9
+
+
+def reaches(similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """Which pairs are at or above `threshold` (within SIMILARITY_TOLERANCE): the one comparison the applied run,
+    the stored-pairs floor and the what-if counts share."""
+    return np.asarray(similarity) >= threshold - SIMILARITY_TOLERANCE
+
+
 def removal_count(pair_a: np.ndarray, pair_b: np.ndarray, similarity: np.ndarray, threshold: float) -> int:
     """How many documents clustering at `threshold` would drop (nodes minus components over linked nodes):
     what the page shows as the threshold moves, from stored pairs only."""
-    keep = similarity >= threshold
+    keep = reaches(similarity, threshold)
     if not keep.any():
         return 0
     nodes, inverse = np.unique(np.concatenate([pair_a[keep], pair_b[keep]]), return_inverse=True)
@@ -414,7 +424,7 @@ def _cluster_and_record(ws: Workspace, run: Any, cfg: DedupConfig, docs: pa.Tabl
     """Store pairs >= floor, cluster pairs >= threshold, keep one per cluster, record drops."""
     threshold, floor = cfg.resolved_threshold(), cfg.resolved_floor()
     doc_ids = np.asarray(docs.column("doc_id").to_pylist(), dtype=object)
-    stored = pairs.similarity >= floor - 1e-9
+    stored = reaches(pairs.similarity, floor)
     pair_table = pa.table({
         "run_id": pa.array([run.run_id] * int(stored.sum()), pa.string()),
         "method": pa.array([cfg.method] * int(stored.sum()), pa.string()),
@@ -426,7 +436,7 @@ def _cluster_and_record(ws: Workspace, run: Any, cfg: DedupConfig, docs: pa.Tabl
     ws.con.execute("INSERT INTO dedup_pairs SELECT * FROM dedup_new_pairs")
     ws.con.unregister("dedup_new_pairs")
 
-    linked = pairs.similarity >= threshold - 1e-9
+    linked = reaches(pairs.similarity, threshold)
     labels = connected_components(docs.num_rows, pairs.a[linked], pairs.b[linked])
     rank = _priority(ws, docs, cfg.policy)
     # The representative of each component is its member of lowest rank.
@@ -637,7 +647,7 @@ def _minhash_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
 
     sim = similarity_to(a, b)
     floor = cfg.resolved_floor()
-    keep = sim >= floor - 1e-9  # a band collision alone never links documents
+    keep = reaches(sim, floor)  # a band collision alone never links documents
     progress(0.9, f"{int(keep.sum()):,} of {len(a):,} candidates verified >= {floor:.2f}")
     return _Pairs(a[keep], b[keep], sim[keep]), similarity_to, {"signatures_computed": computed,
                                                                "candidates": len(a), "bands": bands, "rows": rows}
@@ -646,26 +656,18 @@ def _minhash_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
 # --- semantic -----------------------------------------------------------------------------------------------
 def _semantic_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
                     progress: Progress) -> tuple[_Pairs, Any, dict[str, Any]]:
-    import faiss
-
     doc_ids = docs.column("doc_id").to_pylist()
     embed_cfg = EmbedConfig(model=cfg.embed_model, max_tokens=cfg.max_tokens)
     vectors = embed_documents(ws, doc_ids, embed_cfg, lambda f, m: progress(0.8 * f, m))
-    n, dim = vectors.shape
+    n = len(vectors)
     k = min(cfg.neighbours + 1, n)
     groups = np.asarray(docs.column("grp").to_pylist(), dtype=object)
     progress(0.8, f"nearest neighbours of {n:,} documents")
-    if n <= EXACT_INDEX_MAX:
-        index: Any = faiss.IndexFlatIP(dim)
-        kind = "exact (IndexFlatIP)"
-    else:
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, 2 * k)
-        kind = "approximate (HNSW, M=32, efSearch>=64)"
-    index.add(vectors)
+    index, index_kind = build_index(vectors, EXACT_INDEX_MAX, approximate="hnsw", ef_search=max(64, 2 * k))
+    kind = "exact (IndexFlatIP)" if index_kind == "exact" else "approximate (HNSW, M=32, efSearch>=64)"
     a_parts, b_parts, s_parts = [], [], []
     for start in range(0, n, 8_192):
-        sims, nbrs = index.search(vectors[start:start + 8_192], k)
+        sims, nbrs = search(index, vectors[start:start + 8_192], k)
         rows = np.repeat(np.arange(start, start + len(sims)), k)
         cols, vals = nbrs.reshape(-1), sims.reshape(-1)
         ok = (cols >= 0) & (cols != rows) & (vals >= cfg.resolved_floor() - 1e-6)
@@ -716,15 +718,6 @@ def deduplicate(ws: Workspace, cfg: DedupConfig | None = None, progress: Progres
 
 
 # --- reading results (pages, tests) -------------------------------------------------------------------------
-def latest_run(ws: Workspace, method: str) -> dict[str, Any] | None:
-    row = ws.query("SELECT run_id, params, counts FROM runs WHERE step = ? AND status = 'ok' AND active "
-                   "ORDER BY started_at DESC LIMIT 1", [step_name(method)])
-    if not row:
-        return None
-    run_id, params, counts = row[0]
-    return {"run_id": run_id, "params": json.loads(params or "{}"), "counts": json.loads(counts or "{}")}
-
-
 def stored_pairs(ws: Workspace, run_id: str) -> pa.Table:
     return ws.con.sql(
         """SELECT p.doc_a, p.doc_b, p.similarity, da.corpus AS corpus_a, db.corpus AS corpus_b

@@ -27,7 +27,6 @@ token counts match closely and the report can show whether eval-driven selection
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,7 +36,7 @@ import pyarrow as pa
 
 from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
 from core.decontam import pool_corpora
-from core.embed import EmbedConfig, active_path, embed_documents, embed_texts
+from core.embed import EmbedConfig, active_path, build_index, embed_documents, embed_texts, search
 from core.flow import scope_sql
 from core.models import BUNDLED_EMBEDDER
 from core.progress import Progress, no_progress
@@ -92,37 +91,7 @@ class RecallResult:
         return asdict(self)
 
 
-# --- FAISS ----------------------------------------------------------------------------------------------------
-def build_index(vectors: np.ndarray, exact_limit: int = 100_000, nprobe: int = 32, seed: int = 0):
-    """(faiss index over `vectors` by inner product, 'exact' | 'ivf')."""
-    import faiss
-
-    n, dim = vectors.shape
-    if n <= exact_limit:
-        index = faiss.IndexFlatIP(dim)
-        index.add(vectors)
-        return index, "exact"
-    nlist = max(int(4 * math.sqrt(n)), 16)
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(seed)
-    train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-    index.train(train)
-    index.add(vectors)
-    index.nprobe = nprobe
-    return index, "ivf"
-
-
-def search(index, queries: np.ndarray, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, indices) of the top-k, in query batches (bounded memory)."""
-    sims, ids = [], []
-    for start in range(0, len(queries), batch):
-        s, i = index.search(np.ascontiguousarray(queries[start:start + batch], dtype=np.float32), k)
-        sims.append(s)
-        ids.append(i)
-    if not sims:
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    return np.concatenate(sims), np.concatenate(ids)
+# --- FAISS: `core.embed.build_index` and `core.embed.search` (shared with semantic dedup) -------------------
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
