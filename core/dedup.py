@@ -744,7 +744,7 @@ def boundary_pairs(ws: Workspace, run_id: str, threshold: float, n: int = 3) -> 
             f"""SELECT p.doc_a, p.doc_b, p.similarity, da.corpus, db.corpus, da.text, db.text
                 FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
                 WHERE p.run_id = ? AND p.similarity {cond} ? ORDER BY p.similarity {order}, p.doc_a LIMIT ?""",
-            [run_id, threshold, n])
+            [run_id, threshold - SIMILARITY_TOLERANCE, n])  # the sides `reaches` draws
         keys = ("doc_a", "doc_b", "similarity", "corpus_a", "corpus_b", "text_a", "text_b")
         out[side] = [dict(zip(keys, r, strict=True)) for r in rows]
     return out
