@@ -47,11 +47,16 @@ def resolve_within_roots(path: str | Path, roots: list[Path] | None = None) -> P
                      f"({', '.join(str(r) for r in (roots or allowed_roots()))}); set STUDIO_ROOTS to allow more")
 
 
-def clean_file_name(name: str, fallback: str) -> str:
+def clean_file_name(name: str, fallback: str, suffix: str | None = None) -> str:
     """`name` (a browser's file name, or a name a user typed) made safe as one file name in a workspace folder:
     no folder part, each run of characters other than letters, digits, '_', '-' and '.' made one '_', no leading
-    or trailing '.' or '_' (no hidden file, no '..'), the last suffix in lower case; `fallback` if nothing is left."""
+    or trailing '.' or '_' (no hidden file, no '..'), the last suffix in lower case; `fallback` if nothing is left.
+    With `suffix` (a name typed for a file of that type), the result ends in it once, typed or not."""
     cleaned = re.sub(r"[^\w.\-]+", "_", Path(name.replace("\\", "/")).name).strip("._")
+    if suffix is not None:
+        if cleaned.lower().endswith(suffix.lower()):
+            cleaned = cleaned[:-len(suffix)].rstrip("._")
+        return (cleaned or fallback) + suffix
     if not cleaned:
         return fallback
     path = Path(cleaned)

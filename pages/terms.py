@@ -149,9 +149,10 @@ with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mi
                                key="mine_top")
     mine_language = k5.selectbox("Language", LANGUAGES, key="mine_language")
     mine_name = k6.text_input("Lexicon name", "mined", key="mine_name")
-    mine_stem = clean_file_name(mine_name, "mined")
+    mine_file = clean_file_name(mine_name, "mined", ".csv")
+    mine_stem = Path(mine_file).stem
     mine_argv = ["lexicon-mine", "--domain", ",".join(mine_domain), "--general", ",".join(mine_general),
-                 "--out", str(upload_dir / f"{mine_stem}.csv"), "--min-df", str(mine_min_df), "--top",
+                 "--out", str(upload_dir / mine_file), "--min-df", str(mine_min_df), "--top",
                  str(mine_top), "--language", mine_language]
     overlap = set(mine_domain) & set(mine_general)
     if overlap:
@@ -208,10 +209,10 @@ with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mi
                                               color="side", x_label="term density", bins=60, log_y=True,
                                               title="Density of the sampled documents under the accepted terms"))
         save_name = st.text_input("Save the accepted terms as", mine_stem, key="mine_save_name")
-        save_stem = clean_file_name(save_name, "mined")
+        save_file = clean_file_name(save_name, "mined", ".csv")
         if st.button(f"Save lexicon ({len(accepted):,} terms)", disabled=accepted.empty, type="primary",
                      key="mine_save_button"):
-            saved = write_lexicon(upload_dir / f"{save_stem}.csv", dict(zip(accepted["term"], accepted["weight"],
+            saved = write_lexicon(upload_dir / save_file, dict(zip(accepted["term"], accepted["weight"],
                                                                           strict=True)),
                                   [f"saved from the Terminology page: {len(accepted):,} of {len(candidates):,} "
                                    f"candidates of mining run {latest['run_id']}"])

@@ -84,3 +84,24 @@ def test_page_imports_no_cli_module(page: Path) -> None:
     imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module] + \
         [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     assert not [m for m in imported if m.startswith("studio.commands")], f"{page.name} imports a CLI module"
+
+
+def test_one_upload_saver_cleans_names_and_keeps_what_it_saved(tmp_path: Path) -> None:
+    from core.config import clean_file_name, save_upload
+
+    assert clean_file_name("corpus.jsonl.gz", "upload") == "corpus.jsonl.gz"  # compound suffixes stay readable
+    assert clean_file_name("My File (1).JSONL", "upload") == "My_File_1.jsonl"
+    assert clean_file_name("../../etc/passwd", "upload") == "passwd"
+    assert clean_file_name("C:\\Users\\x\\.hidden", "upload") == "hidden"
+    assert clean_file_name("高血压 词表.TXT", "lexicon") == "高血压_词表.txt"
+    assert clean_file_name("...", "upload") == "upload"
+    assert clean_file_name("Cardio V2.CSV", "mined", ".csv") == "Cardio_V2.csv"
+    assert clean_file_name("", "mined", ".csv") == "mined.csv"
+
+    first = save_upload(tmp_path / "uploads", "fever notes.txt", b"fever\n")
+    assert first.written and first.path == tmp_path / "uploads" / "fever_notes.txt"
+    assert first.path.read_bytes() == b"fever\n"
+    again = save_upload(tmp_path / "uploads", "fever notes.txt", b"fever\n")  # a page re-run
+    assert again == (first.path, False)
+    changed = save_upload(tmp_path / "uploads", "fever notes.txt", b"chills\n")
+    assert changed.written and changed.path.read_bytes() == b"chills\n"
