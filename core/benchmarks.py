@@ -54,12 +54,6 @@ class BenchmarkImportResult:
     ingest_counts: dict[str, Any] = field(default_factory=dict)
 
 
-def scalar(ws: Workspace, sql: str, params: list[Any] | None = None) -> Any:
-    """The first value of a query, with the result drained (DuckDB refuses new work while one is open)."""
-    rows = ws.query(sql, params)
-    return rows[0][0] if rows else None
-
-
 def arrow_query(ws: Workspace, sql: str, params: list[Any] | None = None) -> pa.Table:
     """A query's result as an Arrow table, through its own cursor (no result left open on `ws.con`)."""
     cursor = ws.con.cursor()
@@ -98,7 +92,7 @@ def register_benchmark(ws: Workspace, corpus: str, kind: str, description: str =
     """Record (or refresh) `corpus` as a benchmark of `kind` and derive its items from its documents."""
     if kind not in BENCHMARK_KINDS:
         raise WorkspaceError(f"benchmark kind must be one of {', '.join(BENCHMARK_KINDS)}, not {kind!r}")
-    role = scalar(ws, "SELECT role FROM corpora WHERE name = ?", [corpus])
+    role = ws.scalar("SELECT role FROM corpora WHERE name = ?", [corpus])
     if role is None:
         raise WorkspaceError(f"no corpus named {corpus!r}")
     if role != "benchmark":
@@ -171,6 +165,20 @@ def benchmarks(ws: Workspace) -> list[dict[str, Any]]:
             for c, k, n, s, d in rows]
 
 
+def flagged_item_counts(ws: Workspace):  # -> pandas.DataFrame
+    """Per benchmark and flag ('near' from the recall's cap, 'ngram' from the contamination check): how many of
+    its items the latest runs found a copy of in training data."""
+    return ws.df("SELECT i.corpus AS benchmark, f.flag, count(DISTINCT f.item_doc_id) AS items "
+                 "FROM flagged_benchmark_items f JOIN benchmark_items i ON i.doc_id = f.item_doc_id GROUP BY 1, 2")
+
+
+def item_with_answer(ws: Workspace, item_doc_id: str) -> str | None:
+    """A benchmark item's rendered text followed by its gold answer (what the page shows beside a training
+    document that shares a span with it); None for an unknown item."""
+    return ws.scalar("SELECT item_text || chr(10) || 'Answer: ' || answer FROM benchmark_items WHERE doc_id = ?",
+                     [item_doc_id])
+
+
 def benchmark_names(ws: Workspace, names: list[str] | None = None) -> list[str]:
     """The benchmark corpora to use: `names` checked against the workspace, or every benchmark corpus."""
     known = [r[0] for r in ws.query("SELECT name FROM corpora WHERE role = 'benchmark' ORDER BY name")]
@@ -189,10 +197,10 @@ def ensure_registered(ws: Workspace, names: list[str]) -> None:
     if ws.read_only:
         return
     for name in names:
-        registered = scalar(ws, "SELECT items FROM benchmarks WHERE corpus = ?", [name])
-        documents = scalar(ws, "SELECT count(*) FROM documents WHERE corpus = ?", [name])
+        registered = ws.scalar("SELECT items FROM benchmarks WHERE corpus = ?", [name])
+        documents = ws.scalar("SELECT count(*) FROM documents WHERE corpus = ?", [name])
         if registered is None:
             register_benchmark(ws, name, "domain")
         elif registered != documents:
-            kind = scalar(ws, "SELECT kind FROM benchmarks WHERE corpus = ?", [name])
+            kind = ws.scalar("SELECT kind FROM benchmarks WHERE corpus = ?", [name])
             register_benchmark(ws, name, kind)

@@ -7,7 +7,9 @@ benchmarks read real data from wherever a user keeps it.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,3 +45,35 @@ def resolve_within_roots(path: str | Path, roots: list[Path] | None = None) -> P
             return resolved
     raise ValueError(f"{path} is outside the folders this studio may read "
                      f"({', '.join(str(r) for r in (roots or allowed_roots()))}); set STUDIO_ROOTS to allow more")
+
+
+def clean_file_name(name: str, fallback: str, suffix: str | None = None) -> str:
+    """`name` (a browser's file name, or a name a user typed) made safe as one file name in a workspace folder:
+    no folder part, each run of characters other than letters, digits, '_', '-' and '.' made one '_', no leading
+    or trailing '.' or '_' (no hidden file, no '..'), the last suffix in lower case; `fallback` if nothing is left.
+    With `suffix` (a name typed for a file of that type), the result ends in it once, typed or not."""
+    cleaned = re.sub(r"[^\w.\-]+", "_", Path(name.replace("\\", "/")).name).strip("._")
+    if suffix is not None:
+        if cleaned.lower().endswith(suffix.lower()):
+            cleaned = cleaned[:-len(suffix)].rstrip("._")
+        return (cleaned or fallback) + suffix
+    if not cleaned:
+        return fallback
+    path = Path(cleaned)
+    return (path.stem.strip("._") or fallback) + path.suffix.lower()
+
+
+class SavedUpload(NamedTuple):
+    path: Path
+    written: bool  # False when the folder already held the same bytes under that name
+
+
+def save_upload(folder: Path, name: str, data: bytes, fallback: str = "upload") -> SavedUpload:
+    """Keep an uploaded file in a workspace folder under its cleaned name (`clean_file_name`); the same bytes
+    uploaded again are not rewritten, so a page re-run by Streamlit does not touch the file again."""
+    target = Path(folder) / clean_file_name(name, fallback)
+    if target.is_file() and target.read_bytes() == data:
+        return SavedUpload(target, False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return SavedUpload(target, True)

@@ -19,7 +19,6 @@ each span with a margin (GPT-3: 200 characters each side) and drop a text cut in
 from __future__ import annotations
 
 import json
-import re
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -28,16 +27,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
+from core.benchmarks import arrow_query, benchmark_names, ensure_registered
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.steps import Step, param
+from core.text import CJK_CHAR_TOKEN_RE, CJK_TOKEN_RE
 from core.workspace import Workspace, WorkspaceError
 
-_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# One Han/kana character, or a run of other word characters.
-_TOKEN_RE = re.compile(f"[{_CJK_CHARS}]|[^\\W{_CJK_CHARS}]+")
-_CJK_TOKEN_RE = re.compile(f"^[{_CJK_CHARS}]$")
+# One Han/kana character, or a run of other word characters (`core.text`, shared with dedup's shingles).
+_TOKEN_RE = CJK_TOKEN_RE
+_CJK_TOKEN_RE = CJK_CHAR_TOKEN_RE
 STEP = "decontam"  # as recorded in `runs.step`
 DECONTAM_MODES = ("drop", "cut")
 _FILTER_BITS = 24
@@ -383,7 +382,7 @@ def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
         raise WorkspaceError("the workspace has no benchmark to check against (ingest one with bench-import)")
     # What the steps before decontamination in the flow left of these corpora (`core.flow`).
     pool, pool_params = scope_sql(ws, STEP, corpora=corpora)
-    total = scalar(ws, f"SELECT count(*) FROM ({pool})", pool_params) if corpora else 0
+    total = ws.scalar(f"SELECT count(*) FROM ({pool})", pool_params) if corpora else 0
     params = {**asdict(cfg), "corpora": corpora}
     rows: dict[str, list] = defaultdict(list)
     decision_rows: dict[str, list] = defaultdict(list)
@@ -462,7 +461,7 @@ def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
         for bench in sorted({it.corpus for it in index.items}):
             by_benchmark.setdefault(bench, {"documents": 0, "items": 0})
             by_benchmark[bench]["items_checked"] = sum(1 for it in index.items if it.corpus == bench)
-        flagged = scalar(ws, "SELECT count(DISTINCT item_doc_id) FROM benchmark_item_flags WHERE run_id = ?",
+        flagged = ws.scalar("SELECT count(DISTINCT item_doc_id) FROM benchmark_item_flags WHERE run_id = ?",
                             [run.run_id])
         result = DecontamResult(
             run_id=run.run_id, documents_checked=checked, documents_contaminated=contaminated,
@@ -472,6 +471,17 @@ def run_decontam(ws: Workspace, cfg: DecontamConfig | None = None,
         run.counts = {k: v for k, v in result.to_dict().items() if isinstance(v, int)}
     progress(1.0, f"{contaminated:,} of {checked:,} documents share a {cfg.n}-gram with a benchmark item")
     return result
+
+
+def contamination_evidence(ws: Workspace, run_id: str):  # -> pandas.DataFrame
+    """Every n-gram overlap a contamination check found: the document, its corpus, the benchmark item it shares
+    the span with, and the span (characters and text), in corpus and document order."""
+    return ws.df(
+        """
+        SELECT c.doc_id, d.corpus, c.benchmark, i.item_id, i.subject, c.span_end - c.span_start AS chars,
+               c.span_text, c.span_start, c.span_end, c.item_doc_id
+        FROM contamination c JOIN documents d USING (doc_id) JOIN benchmark_items i ON i.doc_id = c.item_doc_id
+        WHERE c.run_id = ? ORDER BY d.corpus, c.doc_id, c.span_start""", [run_id])
 
 
 def check_texts(index: ContaminationIndex, texts: list[str]) -> list[dict[str, Any]]:

@@ -15,28 +15,101 @@ band hashes, so clustering does not need every signature in memory at once.
 Signatures are computed with `rensa` (Rust, R-MinHash): measured in `bench/dedup.py` against datasketch's fastest
 path (`MinHash.bulk`) on the same shingles with the same number of permutations; its estimates have the same error
 as classic MinHash (std sqrt(J(1-J)/num_perm)), which the tests check against exact Jaccard.
+
+Three modules: `core.minhash` holds the algorithms (shingles, signatures, LSH shape, clustering, the threshold
+comparison), this one the workspace side (selecting documents, stored signatures and bands, recording the run),
+`core.dedup_review` the queries that read a run back for the page. This module re-exports the other two's names.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from functools import cache
-from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 
-from core.embed import EmbedConfig, active_path, embed_documents, register_arrow
+from core.dedup_review import (
+    boundary_pairs,
+    cluster_members,
+    clusters,
+    normalisation_preview,
+    stored_pairs,
+    what_if,
+)
+from core.embed import EmbedConfig, active_path, build_index, embed_documents, register_arrow, search
 from core.flow import scope_sql
+from core.minhash import (
+    FALSE_POSITIVE_WEIGHT,
+    MINHASH_SEED,
+    RECALL_MARGIN,
+    RECALL_TARGET,
+    SIMILARITY_TOLERANCE,
+    candidate_probability,
+    connected_components,
+    jaccard_estimate,
+    minhash_scheme,
+    optimal_bands_rows,
+    reaches,
+    removal_count,
+    shingle_hashes,
+    shingles,
+    signatures,
+    signatures_from_hashes,
+    signatures_from_shingles,
+    tokens_for,
+)
 from core.progress import Progress, no_progress
 from core.steps import Step, config_from_recipe, param, validate_fields
-from core.text import NormalisationConfig, content_hash, detect_language, normalise
+from core.text import NormalisationConfig, content_hash
 from core.workspace import ROLES, Workspace, WorkspaceError
+
+# Public names: this module's own, and (re-exported, so `core.dedup` keeps them) the algorithms of `core.minhash`
+# and the review queries of `core.dedup_review`.
+__all__ = [
+    "DEFAULT_ROLES",
+    "DEMO_METHODS",
+    "DEFAULT_THRESHOLDS",
+    "DedupConfig",
+    "DedupResult",
+    "EXACT_INDEX_MAX",
+    "FALSE_POSITIVE_WEIGHT",
+    "METHODS",
+    "MINHASH_SEED",
+    "POLICIES",
+    "POLICY_ALIASES",
+    "REGISTERED_STEP",
+    "RECALL_MARGIN",
+    "RECALL_TARGET",
+    "SCOPES",
+    "SIMILARITY_TOLERANCE",
+    "boundary_pairs",
+    "candidate_probability",
+    "cluster_members",
+    "clusters",
+    "connected_components",
+    "deduplicate",
+    "recipe_configs",
+    "ensure_bands",
+    "ensure_signatures",
+    "jaccard_estimate",
+    "minhash_scheme",
+    "normalisation_preview",
+    "optimal_bands_rows",
+    "reaches",
+    "removal_count",
+    "shingle_hashes",
+    "shingles",
+    "signatures",
+    "signatures_from_hashes",
+    "signatures_from_shingles",
+    "step_name",
+    "stored_pairs",
+    "tokens_for",
+    "what_if",
+]
 
 Method = Literal["exact", "minhash", "semantic"]
 METHODS: tuple[str, ...] = ("exact", "minhash", "semantic")
@@ -49,17 +122,9 @@ SCOPES = ("all", "role", "corpus")  # which documents may be duplicates of each 
 POLICIES = ("first", "longest", "best_quality")
 POLICY_ALIASES = {"quality": "best_quality"}  # the name runs recorded before `best_quality`
 DEFAULT_ROLES = ("domain", "general", "instruction")  # benchmarks are decontamination's business, not dedup's
-MINHASH_SEED = 1337
 # Above this many documents semantic dedup uses an approximate FAISS index (HNSW) instead of the exact flat one:
 # exact inner-product search is O(n^2) and at 50k × 384 takes ~40 s on 2 cores; HNSW stays near-linear.
 EXACT_INDEX_MAX = 50_000
-
-_CJK_CHAR = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-# Chinese/Japanese documents: every CJK or kana character is a token; Latin words and numbers inside them stay
-# whole (mixed text such as "CT检查" gives "ct", "检", "查").
-_CHAR_TOKENS = re.compile(f"[{_CJK_CHAR}]|[^\\W{_CJK_CHAR}]+")
-_WORD_TOKENS = re.compile(r"\w+")
-
 
 def step_name(method: str) -> str:
     return f"dedup_{method}"
@@ -178,154 +243,6 @@ class DedupResult:
         return asdict(self)
 
 
-# --- LSH theory ---------------------------------------------------------------------------------------------
-def candidate_probability(similarity: np.ndarray | float, bands: int, rows: int) -> np.ndarray:
-    """P(two documents of Jaccard `similarity` share at least one band) = 1 - (1 - s^r)^b (the S-curve)."""
-    s = np.asarray(similarity, dtype=np.float64)
-    return 1.0 - (1.0 - s ** rows) ** bands
-
-
-# Candidates are verified with the signature estimate before anything is linked, so a false positive costs one
-# verification while a false negative is a duplicate kept: the LSH is chosen for recall.
-RECALL_MARGIN = 0.05  # pairs this far above the threshold ...
-RECALL_TARGET = 0.995  # ... share a band at least this often
-FALSE_POSITIVE_WEIGHT = 0.1  # against 0.9 for false negatives, in the S-curve areas
-
-
-@cache
-def optimal_bands_rows(threshold: float, num_perm: int,
-                       fp_weight: float = FALSE_POSITIVE_WEIGHT) -> tuple[int, int]:
-    """Bands × rows for a Jaccard threshold, chosen for recall: the number of bands divides num_perm (rensa's
-    LSH requires it), pairs at threshold + RECALL_MARGIN become candidates with probability >= RECALL_TARGET,
-    and among those shapes the one with the least weighted area of false positives below the threshold and
-    false negatives above it under the S-curve (false negatives weighted well above false positives)."""
-    grid = np.linspace(0.0, 1.0, 1001)
-    below, above = grid <= threshold, grid >= threshold
-    check = threshold + min(RECALL_MARGIN, (1.0 - threshold) / 2)
-    best: tuple[bool, float, int, int] | None = None
-    for b in (d for d in range(1, num_perm + 1) if num_perm % d == 0):
-        for r in range(1, num_perm // b + 1):
-            p = candidate_probability(grid, b, r)
-            fp = np.trapezoid(p[below], grid[below])
-            fn = np.trapezoid(1.0 - p[above], grid[above])
-            # Shapes meeting the recall target first; then the least weighted error.
-            key = (float(candidate_probability(check, b, r)) < RECALL_TARGET,
-                   fp_weight * fp + (1 - fp_weight) * fn, b, r)
-            if best is None or key < best:
-                best = key
-    assert best is not None
-    return best[2], best[3]
-
-
-# --- shingles and signatures --------------------------------------------------------------------------------
-def minhash_scheme(num_perm: int, ngram: int) -> str:
-    import rensa
-
-    return f"rensa-rminhash-v{rensa.RMinHash.ALGORITHM_VERSION}|ngramhash-v1|perm={num_perm}|ngram={ngram}|seed={MINHASH_SEED}"
-
-
-def tokens_for(text: str, language: str | None = None) -> list[str]:
-    """Word tokens, or character tokens for Chinese and Japanese documents (by script, per document)."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    text = text.casefold()
-    language = language or detect_language(text)
-    return _CHAR_TOKENS.findall(text) if language in ("zh", "ja") else _WORD_TOKENS.findall(text)
-
-
-def shingles(text: str, ngram: int = 5, language: str | None = None) -> list[str]:
-    """The set of n-grams of `text` (word n-grams, character n-grams for zh/ja); a text shorter than n tokens
-    is one shingle. Joined with a separator that cannot occur inside a token."""
-    tokens = tokens_for(text, language)
-    if len(tokens) <= ngram:
-        return ["\x1f".join(tokens)] if tokens else [""]
-    return list({"\x1f".join(tokens[i:i + ngram]) for i in range(len(tokens) - ngram + 1)})
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: spreads the bits of combined n-gram hashes."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def shingle_hashes(texts: Sequence[str], ngram: int = 5, languages: Sequence[str | None] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit hashes of every n-gram of every text, flat, with row offsets (n + 1 of them).
-
-    The same n-grams as `shingles` (so the same Jaccard similarity), computed without building a string per
-    n-gram: tokens are dictionary-encoded (Arrow), each distinct token hashed once (rensa's FxHash, stable
-    across processes), and each n-gram's hash combined from its tokens' hashes with NumPy over the whole batch.
-    Repeated n-grams stay in (MinHash ignores repeats). A text shorter than n tokens is one shingle; an empty
-    text one constant shingle."""
-    import rensa
-
-    langs = languages if languages is not None else [None] * len(texts)
-    token_lists = [tokens_for(t, lang) for t, lang in zip(texts, langs, strict=True)]
-    lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
-    encoded = pa.array(list(chain.from_iterable(token_lists)), pa.string()).dictionary_encode()
-    distinct = encoded.dictionary.to_pylist()
-    token_hash = np.asarray(rensa.RMinHash.hash_token_sets([distinct])[0] if distinct else [], dtype=np.uint64)
-    tokens = np.concatenate([token_hash[encoded.indices.to_numpy(zero_copy_only=False)],
-                             np.zeros(ngram, dtype=np.uint64)])
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    windows = np.where(lengths >= ngram, lengths - ngram + 1, 1)
-    doc = np.repeat(np.arange(len(texts)), windows)
-    first = np.repeat(np.cumsum(windows) - windows, windows)
-    pos = np.arange(int(windows.sum()), dtype=np.int64) - first + starts[doc]
-    span = np.minimum(lengths, ngram).astype(np.uint64)
-    hashes = np.zeros(len(pos), dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for j in range(ngram):
-            hashes = (hashes * _GOLDEN) ^ tokens[pos + j]
-        # Texts shorter than n tokens (few): their one shingle combines only their own tokens.
-        window_end = np.cumsum(windows)
-        for d in np.flatnonzero(lengths < ngram):
-            h = np.uint64(0)
-            for j in range(int(lengths[d])):
-                h = (h * _GOLDEN) ^ tokens[starts[d] + j]
-            hashes[window_end[d] - 1] = h
-        hashes = _mix64(hashes ^ span[doc])
-    offsets = np.concatenate([[0], np.cumsum(windows)]).astype(np.uint64)
-    return hashes, offsets
-
-
-def signatures(texts: Sequence[str], num_perm: int = 128, ngram: int = 5,
-               languages: Sequence[str | None] | None = None) -> np.ndarray:
-    """(n, num_perm) uint32 MinHash signatures of the texts' n-gram sets (rensa R-MinHash, fixed seed)."""
-    hashes, offsets = shingle_hashes(texts, ngram, languages)
-    return signatures_from_hashes(hashes, offsets, num_perm)
-
-
-def signatures_from_hashes(hashes: np.ndarray, offsets: np.ndarray, num_perm: int = 128) -> np.ndarray:
-    import rensa
-
-    if len(offsets) <= 1:
-        return np.zeros((0, num_perm), dtype=np.uint32)
-    matrix = rensa.RMinHash.digest_matrix_from_flat_token_hashes(hashes, offsets, num_perm, MINHASH_SEED)
-    return np.asarray(matrix.to_rows(), dtype=np.uint32)
-
-
-def signatures_from_shingles(shingle_sets: Sequence[Sequence[str]], num_perm: int = 128) -> np.ndarray:
-    """Signatures of explicit shingle strings (rensa hashes them); for comparisons and explanations."""
-    import rensa
-
-    if not shingle_sets:
-        return np.zeros((0, num_perm), dtype=np.uint32)
-    matrix = rensa.RMinHash.digest_matrix_from_token_sets(shingle_sets, num_perm, MINHASH_SEED)
-    return np.asarray(matrix.to_rows(), dtype=np.uint32)
-
-
-def jaccard_estimate(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise share of equal signature slots: the MinHash estimate of Jaccard similarity."""
-    return (a == b).mean(axis=-1)
-
-
 # --- selecting documents ------------------------------------------------------------------------------------
 def _scope_expr(scope: str) -> str:
     return {"all": "'all'", "role": "d.role", "corpus": "d.corpus"}[scope]
@@ -391,29 +308,6 @@ def _priority(ws: Workspace, docs: pa.Table, policy: str) -> np.ndarray:
 
 
 # --- clustering ---------------------------------------------------------------------------------------------
-def connected_components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Union-find over index pairs: a component label per node."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as cc
-
-    if len(a) == 0:
-        return np.arange(n)
-    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
-    return cc(graph, directed=False)[1]
-
-
-def removal_count(pair_a: np.ndarray, pair_b: np.ndarray, similarity: np.ndarray, threshold: float) -> int:
-    """How many documents clustering at `threshold` would drop (nodes minus components over linked nodes):
-    what the page shows as the threshold moves, from stored pairs only."""
-    keep = similarity >= threshold
-    if not keep.any():
-        return 0
-    nodes, inverse = np.unique(np.concatenate([pair_a[keep], pair_b[keep]]), return_inverse=True)
-    half = keep.sum()
-    labels = connected_components(len(nodes), inverse[:half], inverse[half:])
-    return int(len(nodes) - len(np.unique(labels)))
-
-
 @dataclass
 class _Pairs:
     a: np.ndarray  # row indices into the selected documents
@@ -426,7 +320,7 @@ def _cluster_and_record(ws: Workspace, run: Any, cfg: DedupConfig, docs: pa.Tabl
     """Store pairs >= floor, cluster pairs >= threshold, keep one per cluster, record drops."""
     threshold, floor = cfg.resolved_threshold(), cfg.resolved_floor()
     doc_ids = np.asarray(docs.column("doc_id").to_pylist(), dtype=object)
-    stored = pairs.similarity >= floor - 1e-9
+    stored = reaches(pairs.similarity, floor)
     pair_table = pa.table({
         "run_id": pa.array([run.run_id] * int(stored.sum()), pa.string()),
         "method": pa.array([cfg.method] * int(stored.sum()), pa.string()),
@@ -438,7 +332,7 @@ def _cluster_and_record(ws: Workspace, run: Any, cfg: DedupConfig, docs: pa.Tabl
     ws.con.execute("INSERT INTO dedup_pairs SELECT * FROM dedup_new_pairs")
     ws.con.unregister("dedup_new_pairs")
 
-    linked = pairs.similarity >= threshold - 1e-9
+    linked = reaches(pairs.similarity, threshold)
     labels = connected_components(docs.num_rows, pairs.a[linked], pairs.b[linked])
     rank = _priority(ws, docs, cfg.policy)
     # The representative of each component is its member of lowest rank.
@@ -649,7 +543,7 @@ def _minhash_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
 
     sim = similarity_to(a, b)
     floor = cfg.resolved_floor()
-    keep = sim >= floor - 1e-9  # a band collision alone never links documents
+    keep = reaches(sim, floor)  # a band collision alone never links documents
     progress(0.9, f"{int(keep.sum()):,} of {len(a):,} candidates verified >= {floor:.2f}")
     return _Pairs(a[keep], b[keep], sim[keep]), similarity_to, {"signatures_computed": computed,
                                                                "candidates": len(a), "bands": bands, "rows": rows}
@@ -658,26 +552,18 @@ def _minhash_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
 # --- semantic -----------------------------------------------------------------------------------------------
 def _semantic_pairs(ws: Workspace, cfg: DedupConfig, docs: pa.Table,
                     progress: Progress) -> tuple[_Pairs, Any, dict[str, Any]]:
-    import faiss
-
     doc_ids = docs.column("doc_id").to_pylist()
     embed_cfg = EmbedConfig(model=cfg.embed_model, max_tokens=cfg.max_tokens)
     vectors = embed_documents(ws, doc_ids, embed_cfg, lambda f, m: progress(0.8 * f, m))
-    n, dim = vectors.shape
+    n = len(vectors)
     k = min(cfg.neighbours + 1, n)
     groups = np.asarray(docs.column("grp").to_pylist(), dtype=object)
     progress(0.8, f"nearest neighbours of {n:,} documents")
-    if n <= EXACT_INDEX_MAX:
-        index: Any = faiss.IndexFlatIP(dim)
-        kind = "exact (IndexFlatIP)"
-    else:
-        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efSearch = max(64, 2 * k)
-        kind = "approximate (HNSW, M=32, efSearch>=64)"
-    index.add(vectors)
+    index, index_kind = build_index(vectors, EXACT_INDEX_MAX, approximate="hnsw", ef_search=max(64, 2 * k))
+    kind = "exact (IndexFlatIP)" if index_kind == "exact" else "approximate (HNSW, M=32, efSearch>=64)"
     a_parts, b_parts, s_parts = [], [], []
     for start in range(0, n, 8_192):
-        sims, nbrs = index.search(vectors[start:start + 8_192], k)
+        sims, nbrs = search(index, vectors[start:start + 8_192], k)
         rows = np.repeat(np.arange(start, start + len(sims)), k)
         cols, vals = nbrs.reshape(-1), sims.reshape(-1)
         ok = (cols >= 0) & (cols != rows) & (vals >= cfg.resolved_floor() - 1e-6)
@@ -725,72 +611,6 @@ def deduplicate(ws: Workspace, cfg: DedupConfig | None = None, progress: Progres
             run.params["embed_path"] = extra["embed_path"]
         result.details = extra
     return result
-
-
-# --- reading results (pages, tests) -------------------------------------------------------------------------
-def latest_run(ws: Workspace, method: str) -> dict[str, Any] | None:
-    row = ws.query("SELECT run_id, params, counts FROM runs WHERE step = ? AND status = 'ok' AND active "
-                   "ORDER BY started_at DESC LIMIT 1", [step_name(method)])
-    if not row:
-        return None
-    run_id, params, counts = row[0]
-    return {"run_id": run_id, "params": json.loads(params or "{}"), "counts": json.loads(counts or "{}")}
-
-
-def stored_pairs(ws: Workspace, run_id: str) -> pa.Table:
-    return ws.con.sql(
-        """SELECT p.doc_a, p.doc_b, p.similarity, da.corpus AS corpus_a, db.corpus AS corpus_b
-           FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
-           WHERE p.run_id = ?""", params=[run_id]).to_arrow_table()
-
-
-def what_if(ws: Workspace, run_id: str, threshold: float) -> int:
-    """Documents a run's stored pairs would drop at another threshold (no recomputation)."""
-    table = ws.con.sql("SELECT doc_a, doc_b, similarity FROM dedup_pairs WHERE run_id = ?",
-                       params=[run_id]).to_arrow_table()
-    ids, inverse = np.unique(np.concatenate([np.asarray(table.column("doc_a").to_pylist(), dtype=object),
-                                             np.asarray(table.column("doc_b").to_pylist(), dtype=object)]),
-                             return_inverse=True)
-    half = table.num_rows
-    return removal_count(inverse[:half], inverse[half:], table.column("similarity").to_numpy(), threshold)
-
-
-def boundary_pairs(ws: Workspace, run_id: str, threshold: float, n: int = 3) -> dict[str, list[dict[str, Any]]]:
-    """The `n` stored pairs just at/above and just below `threshold`, with their texts."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for side, cond, order in (("above", ">=", "ASC"), ("below", "<", "DESC")):
-        rows = ws.query(
-            f"""SELECT p.doc_a, p.doc_b, p.similarity, da.corpus, db.corpus, da.text, db.text
-                FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
-                WHERE p.run_id = ? AND p.similarity {cond} ? ORDER BY p.similarity {order}, p.doc_a LIMIT ?""",
-            [run_id, threshold, n])
-        keys = ("doc_a", "doc_b", "similarity", "corpus_a", "corpus_b", "text_a", "text_b")
-        out[side] = [dict(zip(keys, r, strict=True)) for r in rows]
-    return out
-
-
-def clusters(ws: Workspace, run_id: str, limit: int = 50) -> list[dict[str, Any]]:
-    """Clusters of a run, largest first: kept document, size and corpora."""
-    rows = ws.query(
-        """SELECT c.kept_doc, max(c.cluster_size) AS size, min(c.similarity_to_kept) AS min_similarity,
-                  string_agg(DISTINCT d.corpus, ', ') AS corpora, any_value(k.text) AS kept_text
-           FROM dedup_clusters c JOIN documents d USING (doc_id) JOIN documents k ON k.doc_id = c.kept_doc
-           WHERE c.run_id = ? GROUP BY c.kept_doc ORDER BY size DESC, c.kept_doc LIMIT ?""", [run_id, limit])
-    keys = ("kept_doc", "size", "min_similarity", "corpora", "kept_text")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
-
-
-def cluster_members(ws: Workspace, run_id: str, kept_doc: str) -> list[dict[str, Any]]:
-    rows = ws.query(
-        """SELECT c.doc_id, c.is_kept, c.similarity_to_kept, d.corpus, d.text FROM dedup_clusters c
-           JOIN documents d USING (doc_id) WHERE c.run_id = ? AND c.kept_doc = ?
-           ORDER BY c.is_kept DESC, c.similarity_to_kept DESC""", [run_id, kept_doc])
-    keys = ("doc_id", "is_kept", "similarity_to_kept", "corpus", "text")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
-
-
-def normalisation_preview(text: str, cfg: NormalisationConfig | None = None) -> str:
-    return normalise(text, cfg or NormalisationConfig())
 
 
 # --- the demo -----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ unchanged text twice.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -378,3 +379,48 @@ def embed_documents(ws: Workspace, doc_ids: Sequence[str], cfg: EmbedConfig | No
         unknown = [d for d in doc_ids if (d,) not in found][:5]
         raise ValueError(f"unknown document ids: {', '.join(unknown)}")
     return embed_texts(ws, table.column("text").to_pylist(), cfg, progress, path=path)
+
+
+# --- nearest neighbours ---------------------------------------------------------------------------------------
+IndexKind = Literal["exact", "ivf", "hnsw"]
+
+
+def build_index(vectors: np.ndarray, exact_limit: int = 100_000, nprobe: int = 32, seed: int = 0,
+                approximate: Literal["ivf", "hnsw"] = "ivf", ef_search: int = 64) -> tuple[Any, IndexKind]:
+    """(faiss index over `vectors` by inner product, its kind). The one switch-over rule: up to `exact_limit`
+    vectors an exact flat index; above it an approximate one, IVF (recall: trained on a seeded sample, `nprobe`
+    lists searched) or HNSW (semantic dedup: M=32, `ef_search`), since exact search grows as n²."""
+    import faiss
+
+    n, dim = vectors.shape
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if n <= exact_limit:
+        index: Any = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return index, "exact"
+    if approximate == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = ef_search
+        index.add(vectors)
+        return index, "hnsw"
+    nlist = max(int(4 * math.sqrt(n)), 16)
+    quantizer = faiss.IndexFlatIP(dim)
+    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+    index.train(train)
+    index.add(vectors)
+    index.nprobe = nprobe
+    return index, "ivf"
+
+
+def search(index: Any, queries: np.ndarray, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, indices) of the top-k, in query batches (bounded memory)."""
+    sims, ids = [], []
+    for start in range(0, len(queries), batch):
+        s, i = index.search(np.ascontiguousarray(queries[start:start + batch], dtype=np.float32), k)
+        sims.append(s)
+        ids.append(i)
+    if not sims:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(sims), np.concatenate(ids)

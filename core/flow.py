@@ -85,16 +85,17 @@ def set_flow_order(ws: Workspace, order: Sequence[str] | None) -> tuple[str, ...
 
 # --- the scope ------------------------------------------------------------------------------------------------
 def scope_sql(ws: Workspace, step: str | None, roles: Sequence[str] | None = None,
-              corpora: Sequence[str] | None = None) -> tuple[str, list[Any]]:
+              corpora: Sequence[str] | None = None, ignoring: Sequence[str] = ()) -> tuple[str, list[Any]]:
     """SQL (with its parameters) for the documents `step` sees: every column of `documents` plus the corpus
     `role`, of the given roles and corpora (None or empty: no restriction), without the documents an active run
     of a step before `step` in the workspace's order dropped. `step=None` means after the whole flow (the
-    current documents). Wrap it as `FROM (sql) s`."""
+    current documents); the drops of the steps in `ignoring` never count (lexicon mining reads the documents
+    the terminology filter dropped). Wrap it as `FROM (sql) s`."""
     order = flow_order(ws)
     if step is not None and step not in order:
         raise WorkspaceError(f"{step!r} is not a step of the flow ({', '.join(order)})")
     # Excluded: drops of every step that is not `step` itself or after it (so steps outside the order count too).
-    not_before = list(order[order.index(step):]) if step is not None else []
+    not_before = (list(order[order.index(step):]) if step is not None else []) + list(ignoring)
     where = ["NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id "
              "AND x.step NOT IN (SELECT unnest(?::VARCHAR[])))"]
     params: list[Any] = [not_before]

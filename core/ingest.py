@@ -441,3 +441,21 @@ def _ingest_files(ws: Workspace, cfg: IngestConfig, files: list[str], progress: 
         if progress:
             progress(1.0, f"done: {len(files)} file(s)")
     return IngestResult(run.run_id, cfg.corpus, summaries)
+
+
+# --- reading what ingest recorded (the Ingest page) ---------------------------------------------------------------
+def ingest_errors(ws: Workspace, limit: int = 5_000):  # -> pandas.DataFrame
+    """The skipped records, newest first: corpus, file, line, reason, detail, byte offset and when."""
+    return ws.df("SELECT corpus, file, line, reason, detail, byte_offset, recorded_at FROM ingest_errors "
+                 "ORDER BY recorded_at DESC, file, line LIMIT ?", [limit])
+
+
+def ingest_error_counts(ws: Workspace):  # -> pandas.DataFrame
+    """Skipped records per corpus and reason, the most frequent first."""
+    return ws.df("SELECT corpus, reason, count(*) AS records FROM ingest_errors GROUP BY ALL ORDER BY records DESC")
+
+
+def ingested_files(ws: Workspace):  # -> pandas.DataFrame
+    """Every wholly ingested file, newest first, with the documents and errors it gave and its size."""
+    return ws.df("SELECT corpus, file, documents_added, errors, size_bytes, completed_at FROM ingested_files "
+                 "ORDER BY completed_at DESC")

@@ -60,8 +60,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.flow import scope_sql
 from core.parallel import default_workers, process_pool
 from core.progress import Progress, no_progress
+from core.terms import FILTER_STEP as TERMS_FILTER_STEP
 from core.terms import Lexicon, TermMatcher, english_plurals, score_texts
 from core.workspace import Workspace
 
@@ -509,14 +511,18 @@ def _resolve_corpora(ws: Workspace, names: list[str], role: str) -> list[str]:
     return chosen
 
 
+def mining_scope(ws: Workspace, corpora: Sequence[str]) -> tuple[str, list[Any]]:
+    """The current documents of `corpora` as `core.flow.scope_sql` gives them, except that the terminology
+    filter's own drops do not count (a lexicon mined from what an earlier lexicon kept would inherit that
+    lexicon's blind spots)."""
+    return scope_sql(ws, None, corpora=list(corpora) or [""], ignoring=(TERMS_FILTER_STEP,))
+
+
 def read_texts(ws: Workspace, corpora: Sequence[str]) -> list[tuple[str, str | None]]:
     """(text, language) of the current documents of `corpora`, ignoring the terminology filter's own drops (a
     lexicon mined from what an earlier lexicon kept would inherit that lexicon's blind spots)."""
-    return ws.query(
-        """SELECT d.text, d.language FROM documents d
-           WHERE d.corpus IN (SELECT unnest(?::VARCHAR[]))
-             AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> 'terms')
-           ORDER BY d.doc_id""", [list(corpora)])
+    scope, params = mining_scope(ws, corpora)
+    return ws.query(f"SELECT text, language FROM ({scope}) ORDER BY doc_id", params)
 
 
 def run(ws: Workspace, cfg: LexiconMineConfig | None = None, progress: Progress = no_progress) -> LexiconMineResult:
@@ -585,14 +591,13 @@ def sample_documents(ws: Workspace, corpora: Sequence[str], per_corpus: int = 50
                      seed: int = 0) -> pd.DataFrame:
     """A seeded sample of current documents per corpus (corpus, role, text, language): the page measures a
     lexicon being edited on it, live, without scoring the whole workspace."""
+    scope, params = mining_scope(ws, corpora)
     return ws.df(
-        """SELECT corpus, role, text, language FROM (
-               SELECT d.corpus, c.role, d.text, d.language,
-                      row_number() OVER (PARTITION BY d.corpus ORDER BY hash(d.doc_id || ?)) AS rank
-               FROM documents d JOIN corpora c ON c.name = d.corpus
-               WHERE d.corpus IN (SELECT unnest(?::VARCHAR[]))
-                 AND NOT EXISTS (SELECT 1 FROM active_drops x WHERE x.doc_id = d.doc_id AND x.step <> 'terms'))
-           WHERE rank <= ? ORDER BY corpus, rank""", [str(seed), list(corpora), per_corpus])
+        f"""SELECT corpus, role, text, language FROM (
+               SELECT corpus, role, text, language,
+                      row_number() OVER (PARTITION BY corpus ORDER BY hash(doc_id || ?)) AS rank
+               FROM ({scope}))
+           WHERE rank <= ? ORDER BY corpus, rank""", [str(seed), *params, per_corpus])
 
 
 def selection_lexicon(candidates: pd.DataFrame, name: str = "selection") -> Lexicon:

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tomli_w
 
+from core.flow import scope_sql
 from core.ingest import file_sha256
 from core.progress import Progress, no_progress
 from core.readers import sharegpt_turns
@@ -327,14 +328,8 @@ class MixPlan:
                 "components": [asdict(c) | {"full_copies": c.full_copies} for c in self.components]}
 
 
-def _scalar(ws: Workspace, sql: str, params: list[Any] | None = None) -> Any:
-    # fetchall, not fetchone: DuckDB keeps a partly fetched result open and refuses register() meanwhile.
-    rows = ws.con.execute(sql, params or []).fetchall()
-    return rows[0][0] if rows else None
-
-
 def _view_exists(ws: Workspace, name: str) -> bool:
-    return bool(_scalar(ws, "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]))
+    return bool(ws.scalar("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]))
 
 
 def _check_corpora(ws: Workspace, recipe: MixRecipe) -> dict[str, str]:
@@ -348,7 +343,7 @@ def _check_corpora(ws: Workspace, recipe: MixRecipe) -> dict[str, str]:
                                      "held out and never enter a mix")
         if c.source != "corpora":
             view = f"{c.source}_documents"
-            if not _view_exists(ws, view) or not _scalar(ws, f"SELECT count(*) FROM {view}"):
+            if not _view_exists(ws, view) or not ws.scalar(f"SELECT count(*) FROM {view}"):
                 raise WorkspaceError(f"component {c.name!r} draws from the {c.source} set, but recall has not "
                                      "run on this workspace (run `studio recall` first)")
     return roles
@@ -670,8 +665,8 @@ def _screen_and_refill(ws: Workspace, recipe: MixRecipe, plan: MixPlan, exclusio
                        "WHERE doc_id NOT IN (SELECT doc_id FROM mix_screened)")
         if not dropped or screening.rounds >= MAX_SCREEN_ROUNDS:
             break
-        screening.refilled_tokens += int(_scalar(
-            ws, "SELECT coalesce(sum(budget), 0) FROM mix_pool WHERE doc_id IN (SELECT unnest(?))", [dropped]))
+        screening.refilled_tokens += int(ws.scalar(
+            "SELECT coalesce(sum(budget), 0) FROM mix_pool WHERE doc_id IN (SELECT unnest(?))", [dropped]))
         ws.con.execute("UPDATE mix_pool SET budget = 0 WHERE doc_id IN (SELECT unnest(?))", [dropped])
         plan = _plan_from_pools(ws, recipe, exclusions)
     if dropped:  # still dropping after the last round: the next sample was never checked
@@ -943,7 +938,7 @@ def duckdb_memory_limit(ws: Workspace, limit: str | None) -> Iterator[None]:
     if not limit:
         yield
         return
-    before = _scalar(ws, "SELECT current_setting('memory_limit')")
+    before = ws.scalar("SELECT current_setting('memory_limit')")
     ws.con.execute(f"SET memory_limit = '{limit}'")
     try:
         yield
@@ -972,13 +967,13 @@ def _build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None, pro
     progress(0.0, "planning the mix")
     if recipe.count_missing_tokens:
         exclusions = _build_pools(ws, recipe)
-        if _scalar(ws, "SELECT count(*) FROM mix_pool WHERE NOT counted"):
+        if ws.scalar("SELECT count(*) FROM mix_pool WHERE NOT counted"):
             from core.tokens import count_tokens
 
             _drop_temp(ws)
             count_tokens(ws, progress=lambda f, m: progress(0.05 * max(f, 0), f"counting tokens: {m}"))
     exclusions = _build_pools(ws, recipe)
-    uncounted = _scalar(ws, "SELECT count(*) FROM mix_pool WHERE NOT counted")
+    uncounted = ws.scalar("SELECT count(*) FROM mix_pool WHERE NOT counted")
     if uncounted:
         _drop_temp(ws)
         raise WorkspaceError(f"{uncounted:,} documents of the mix have no token count; run `studio tokens` first")
@@ -1056,7 +1051,7 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
         "INSERT INTO mix_members (mix_id, split, position, doc_id, component, phase, copy, corpus, tokens) "
         "SELECT ?, v.split, row_number() OVER (PARTITION BY v.split ORDER BY v.shuffle_key, v.doc_id) - 1, "
         "v.doc_id, NULL, NULL, 0, v.corpus, v.tokens FROM mix_validation v ORDER BY v.split, 2", [mix_id])
-    total_rows = _scalar(ws, "SELECT count(*) FROM mix_members WHERE mix_id = ? AND split = 'train'", [mix_id])
+    total_rows = ws.scalar("SELECT count(*) FROM mix_members WHERE mix_id = ? AND split = 'train'", [mix_id])
     progress(0.15, f"exporting {total_rows:,} training documents")
 
     changes: dict[str, list[Any]] = {"split": [], "position": [], "action": [], "removed_chars": []}
@@ -1160,7 +1155,7 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
                         continue
                     fh.write(orjson.dumps(row) + b"\n")
                     sft_rows += 1
-        sft_skipped["touched by decontamination"] = int(_scalar(ws,
+        sft_skipped["touched by decontamination"] = int(ws.scalar(
             "SELECT count(DISTINCT m.doc_id) FROM mix_members m JOIN documents d USING (doc_id) WHERE m.mix_id = ? "
             "AND m.split = 'train' AND m.decontam IS NOT NULL AND d.kind IN ('alpaca', 'sharegpt')", [mix_id]))
         if sft_rows:
@@ -1295,17 +1290,30 @@ def _export(ws: Workspace, recipe: MixRecipe, plan: MixPlan, mix_id: str, folder
 
 
 # --- finding mixes ---------------------------------------------------------------------------------------------
-def latest_mix(ws: Workspace, name: str | None = None) -> dict[str, Any] | None:
-    """The newest successful mix (of `name`), as the report and training steps look it up."""
+MIX_COLUMNS = ("mix_id", "name", "export_dir", "train_documents", "train_tokens", "seed", "ended_at")
+
+
+def recent_mixes(ws: Workspace, name: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Successful mixes (of `name`), newest first, `limit` at most."""
     sql = ("SELECT m.mix_id, m.name, m.export_dir, m.train_documents, m.train_tokens, m.seed, r.ended_at "
            "FROM mixes m JOIN runs r ON r.run_id = m.mix_id WHERE r.status = 'ok'"
-           + (" AND m.name = ?" if name else "") + " ORDER BY r.ended_at DESC LIMIT 1")
-    rows = ws.con.execute(sql, [name] if name else []).fetchall()
-    if not rows:
-        return None
-    row = rows[0]
-    keys = ("mix_id", "name", "export_dir", "train_documents", "train_tokens", "seed", "ended_at")
-    return dict(zip(keys, row, strict=True))
+           + (" AND m.name = ?" if name else "") + " ORDER BY r.ended_at DESC LIMIT ?")
+    rows = ws.query(sql, ([name] if name else []) + [limit])
+    return [dict(zip(MIX_COLUMNS, row, strict=True)) for row in rows]
+
+
+def latest_mix(ws: Workspace, name: str | None = None) -> dict[str, Any] | None:
+    """The newest successful mix (of `name`), as the report and training steps look it up."""
+    mixes = recent_mixes(ws, name, limit=1)
+    return mixes[0] if mixes else None
+
+
+def mixable_corpora(ws: Workspace):  # -> pandas.DataFrame
+    """Every corpus a mix may draw from (benchmarks never enter one): name, role and current documents."""
+    scope, params = scope_sql(ws, None)
+    return ws.df(f"SELECT c.name, c.role, count(d.doc_id) AS documents FROM corpora c "
+                 f"LEFT JOIN ({scope}) d ON d.corpus = c.name WHERE c.role <> 'benchmark' "
+                 f"GROUP BY ALL ORDER BY c.role, c.name", params)
 
 
 @dataclass

@@ -29,9 +29,9 @@ document lacks are left out and the remaining weights renormalised, per document
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import math
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -57,6 +57,28 @@ LENGTH_SATURATION_WORDS = 200
 
 
 # --- rules ----------------------------------------------------------------------------------------------------
+# The one keep-if comparison, for a value and a threshold alike as Python numbers, numpy/pandas columns and SQL.
+KEEP_IF: dict[str, Callable[[Any, Any], Any]] = {">=": operator.ge, ">": operator.gt, "<=": operator.le,
+                                                 "<": operator.lt}
+
+
+def keeps(keep_if: str, value: Any, threshold: Any) -> Any:
+    """Whether `value keep_if threshold` keeps a document: a bool for numbers, a boolean column for a numpy
+    array or pandas Series."""
+    return KEEP_IF[keep_if](value, threshold)
+
+
+def keeps_sql(keep_if: str | None, value: str, threshold: str) -> str:
+    """The same comparison as SQL over two expressions; with `keep_if` None, a CASE over a `keep_if` column
+    (`threshold`'s table alias prefix and all)."""
+    if keep_if is not None:
+        if keep_if not in KEEP_IF:
+            raise ValueError(f"keep_if must be one of {', '.join(KEEP_IF)}, not {keep_if!r}")
+        return f"{value} {keep_if} {threshold}"
+    column = threshold.rsplit(".", 1)[0] + ".keep_if" if "." in threshold else "keep_if"
+    return "CASE " + " ".join(f"WHEN {column} = '{op}' THEN {value} {op} {threshold}" for op in KEEP_IF) + " END"
+
+
 @dataclass(frozen=True)
 class Rule:
     """Keep a document when `value keep_if threshold`; thresholds per language group (None: not applied)."""
@@ -79,7 +101,7 @@ class Rule:
         thr = self.threshold(group)
         if thr is None or value is None or math.isnan(value):
             return True
-        return {">=": value >= thr, ">": value > thr, "<=": value <= thr, "<": value < thr}[self.keep_if]
+        return bool(keeps(self.keep_if, value, thr))
 
 
 _G = "gopher_quality"
@@ -195,11 +217,6 @@ def parse_weights(text: str | None) -> dict[str, float]:
 
 
 # --- scope: every step reads `core.flow.scope_sql(ws, FILTER_STEP, ...)`, what the steps before the filter left
-def _count(ws: Workspace, sql: str, params: list[Any]) -> int:
-    # fetchall, not fetchone: DuckDB 2 refuses new work on a connection while a result is still open
-    return int(ws.query(sql, params)[0][0])
-
-
 def _check_corpora(ws: Workspace, corpora: Sequence[str]) -> None:
     known = {c["name"] for c in ws.corpora()}
     unknown = [c for c in corpora if c not in known]
@@ -290,7 +307,7 @@ def compute_signals_for(ws: Workspace, run_id: str, cfg: QualityScoreConfig,
                    {'' if cfg.recompute else '''WHERE NOT EXISTS (SELECT 1 FROM quality_scored q
                        WHERE q.doc_id = s.doc_id AND q.signals_version = ?)'''} ORDER BY s.doc_id"""
     todo_params = params + ([] if cfg.recompute else [SIGNALS_VERSION])
-    total = _count(ws, f"SELECT count(*) FROM ({todo_sql})", todo_params)
+    total = int(ws.scalar(f"SELECT count(*) FROM ({todo_sql})", todo_params))
     if not total:
         return 0
     workers = default_workers(cfg.workers)
@@ -506,9 +523,7 @@ def _verdict_sql(ws: Workspace, cfg: QualityFilterConfig) -> tuple[str, list[Any
                    v.value
             FROM scope s JOIN quality_values v ON v.doc_id = s.doc_id
             JOIN q_rules r ON r.signal = v.signal AND r.language_group = s.language_group
-            WHERE NOT isnan(v.value) AND NOT CASE r.keep_if WHEN '>=' THEN v.value >= r.threshold
-                                       WHEN '>' THEN v.value > r.threshold
-                                       WHEN '<=' THEN v.value <= r.threshold ELSE v.value < r.threshold END),
+            WHERE NOT isnan(v.value) AND NOT {keeps_sql(None, 'v.value', 'r.threshold')}),
         per_doc AS (
             SELECT doc_id, any_value(corpus) AS corpus, any_value(language_group) AS language_group,
                    arg_min(rule, ord) AS rule, arg_min(preset, ord) AS preset, arg_min(value, ord) AS value,
@@ -566,8 +581,8 @@ def apply_filters(ws: Workspace, cfg: QualityFilterConfig | None = None,
     cfg.validate()
     _check_corpora(ws, cfg.corpora)
     scope, scope_params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
-    unscored = _count(ws, f"SELECT count(*) FROM ({scope}) s "
-                         "WHERE NOT EXISTS (SELECT 1 FROM quality_scored q WHERE q.doc_id = s.doc_id)", scope_params)
+    unscored = int(ws.scalar(f"SELECT count(*) FROM ({scope}) s WHERE NOT EXISTS "
+                             "(SELECT 1 FROM quality_scored q WHERE q.doc_id = s.doc_id)", scope_params))
     params = {**asdict(cfg), "resolved": [
         {"rule": r.name, "group": g, "keep_if": r.keep_if, "threshold": t}
         for r, g, t in select_rules(cfg.rules, cfg.thresholds)]}
@@ -611,7 +626,7 @@ def signal_values(ws: Workspace, signal: str, roles: Sequence[str] = DEFAULT_ROL
 def documents_near_threshold(ws: Workspace, signal: str, threshold: float, keep_if: str, corpus: str,
                              group: str | None = None, n: int = 3) -> dict[str, list[dict[str, Any]]]:
     """The `n` documents of a corpus just on the dropped side and just on the kept side of a threshold."""
-    keeps = {">=": "v.value >= ?", ">": "v.value > ?", "<=": "v.value <= ?", "<": "v.value < ?"}[keep_if]
+    kept_sql = keeps_sql(keep_if, "v.value", "?")
     base = f"""SELECT d.doc_id, v.value, d.text, q.language_group FROM quality_values v
                JOIN documents d USING (doc_id) JOIN quality_scored q USING (doc_id)
                WHERE v.signal = ? AND d.corpus = ? AND NOT isnan(v.value)
@@ -619,17 +634,16 @@ def documents_near_threshold(ws: Workspace, signal: str, threshold: float, keep_
     params: list[Any] = [signal, corpus] + ([group] if group else [])
     closeness = "abs(v.value - ?), d.doc_id"
     keys = ("doc_id", "value", "text", "language_group")
-    kept = ws.query(f"{base} AND {keeps} ORDER BY {closeness} LIMIT ?", params + [threshold, threshold, n])
-    dropped = ws.query(f"{base} AND NOT ({keeps}) ORDER BY {closeness} LIMIT ?",
+    kept = ws.query(f"{base} AND {kept_sql} ORDER BY {closeness} LIMIT ?", params + [threshold, threshold, n])
+    dropped = ws.query(f"{base} AND NOT ({kept_sql}) ORDER BY {closeness} LIMIT ?",
                        params + [threshold, threshold, n])
     return {"dropped": [dict(zip(keys, r, strict=True)) for r in dropped],
             "kept": [dict(zip(keys, r, strict=True)) for r in kept]}
 
 
-def active_filter_params(ws: Workspace) -> dict[str, Any] | None:
-    row = ws.query(f"SELECT params FROM runs WHERE step = '{FILTER_STEP}' AND active AND status = 'ok' "
-                   "ORDER BY started_at DESC LIMIT 1")
-    return json.loads(row[0][0]) if row else None
+def scored_documents(ws: Workspace) -> int:
+    """How many documents have stored quality signals (of any version)."""
+    return int(ws.scalar("SELECT count(*) FROM quality_scored"))
 
 
 # --- the demo -------------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ token counts match closely and the report can show whether eval-driven selection
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,9 +34,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from core.benchmarks import arrow_query, benchmark_names, ensure_registered, scalar
+from core.benchmarks import arrow_query, benchmark_names, ensure_registered
 from core.decontam import pool_corpora
-from core.embed import EmbedConfig, active_path, embed_documents, embed_texts
+from core.embed import EmbedConfig, active_path, build_index, embed_documents, embed_texts, search
 from core.flow import scope_sql
 from core.models import BUNDLED_EMBEDDER
 from core.progress import Progress, no_progress
@@ -98,37 +97,20 @@ class RecallResult:
         return asdict(self)
 
 
-# --- FAISS ----------------------------------------------------------------------------------------------------
-def build_index(vectors: np.ndarray, exact_limit: int = 100_000, nprobe: int = 32, seed: int = 0):
-    """(faiss index over `vectors` by inner product, 'exact' | 'ivf')."""
-    import faiss
-
-    n, dim = vectors.shape
-    if n <= exact_limit:
-        index = faiss.IndexFlatIP(dim)
-        index.add(vectors)
-        return index, "exact"
-    nlist = max(int(4 * math.sqrt(n)), 16)
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(seed)
-    train = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-    index.train(train)
-    index.add(vectors)
-    index.nprobe = nprobe
-    return index, "ivf"
+# --- FAISS: `core.embed.build_index` and `core.embed.search` (shared with semantic dedup) -------------------
 
 
-def search(index, queries: np.ndarray, k: int, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, indices) of the top-k, in query batches (bounded memory)."""
-    sims, ids = [], []
-    for start in range(0, len(queries), batch):
-        s, i = index.search(np.ascontiguousarray(queries[start:start + batch], dtype=np.float32), k)
-        sims.append(s)
-        ids.append(i)
-    if not sims:
-        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    return np.concatenate(sims), np.concatenate(ids)
+# --- the recall rule -----------------------------------------------------------------------------------------
+# The recalled hits of a run (parameters: run_id, cap, k, floor): per item, its first k neighbours that are not
+# capped (their best similarity to any item stays below the cap) and reach the floor. The run stores them; the
+# page's what-if counts them for another floor and cap; both read this one query.
+KEPT_SQL = """
+    SELECT h.item_doc_id, h.doc_id, h.similarity FROM (
+        SELECT h.*, row_number() OVER (PARTITION BY h.item_doc_id ORDER BY h.similarity DESC, h.rank) AS kept_rank
+        FROM recall_hits h JOIN recall_candidates c ON c.run_id = h.run_id AND c.doc_id = h.doc_id
+        WHERE h.run_id = ? AND c.best_similarity < ?) h
+    WHERE h.kept_rank <= ? AND h.similarity >= ?
+"""
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------
@@ -149,7 +131,7 @@ def load_items(ws: Workspace, cfg: RecallConfig) -> pa.Table:
                 f"{int(cfg.max_items_per_benchmark)}" if cfg.max_items_per_benchmark else ""
     return arrow_query(
         ws, f"SELECT doc_id, corpus, subject, item_id, {item_texts_sql(cfg.item_text)} AS text FROM benchmark_items "
-        f"WHERE corpus IN ({', '.join(repr(n) for n in names)}) {per_bench} ORDER BY corpus, doc_id")
+        f"WHERE corpus IN (SELECT unnest(?::VARCHAR[])) {per_bench} ORDER BY corpus, doc_id", [names])
 
 
 def load_pool(ws: Workspace, cfg: RecallConfig) -> pa.Table:
@@ -256,16 +238,7 @@ def run_recall(ws: Workspace, cfg: RecallConfig | None = None, progress: Progres
         con.unregister("new_hits")
         con.unregister("new_candidates")
         # The recall: per item, its first k neighbours that are not capped and reach the floor.
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE recall_kept AS
-            SELECT h.item_doc_id, h.doc_id, h.similarity FROM (
-                SELECT h.*, row_number() OVER (PARTITION BY h.item_doc_id ORDER BY h.similarity DESC, h.rank)
-                       AS kept_rank
-                FROM recall_hits h JOIN recall_candidates c ON c.run_id = h.run_id AND c.doc_id = h.doc_id
-                WHERE h.run_id = ? AND c.best_similarity < ?) h
-            WHERE h.kept_rank <= ? AND h.similarity >= ?
-            """, [run.run_id, cfg.cap, cfg.k, cfg.floor])
+        con.execute(f"CREATE OR REPLACE TEMP TABLE recall_kept AS {KEPT_SQL}", [run.run_id, cfg.cap, cfg.k, cfg.floor])
         con.execute(
             "INSERT INTO recall_set SELECT ?, doc_id, arg_max(item_doc_id, similarity), max(similarity), count(*) "
             "FROM recall_kept GROUP BY doc_id", [run.run_id])
@@ -319,7 +292,7 @@ def run_recall(ws: Workspace, cfg: RecallConfig | None = None, progress: Progres
         con.execute("INSERT INTO recall_control SELECT ?, doc_id FROM new_control", [run.run_id])
         con.unregister("new_control")
 
-        flagged = scalar(ws, "SELECT count(DISTINCT item_doc_id) FROM benchmark_item_flags WHERE run_id = ?",
+        flagged = ws.scalar("SELECT count(DISTINCT item_doc_id) FROM benchmark_item_flags WHERE run_id = ?",
                             [run.run_id])
         result = RecallResult(
             run_id=run.run_id, index_kind=kind, pool_documents=n_pool, items=n_items,
@@ -333,13 +306,10 @@ def run_recall(ws: Workspace, cfg: RecallConfig | None = None, progress: Progres
 
 
 # --- statistics (SQL over the stored results; the page uses them for live what-if counts) ----------------------
-def latest_run(ws: Workspace) -> str | None:
-    return scalar(ws, "SELECT run_id FROM latest_recall_run")
-
-
-def run_params(ws: Workspace, run_id: str) -> dict[str, Any]:
-    raw = scalar(ws, "SELECT params FROM runs WHERE run_id = ?", [run_id])
-    return json.loads(raw) if raw else {}
+def candidate_similarities(ws: Workspace, run_id: str):  # -> pandas.DataFrame
+    """Each candidate of a recall run with its corpus and its best similarity to any benchmark item (the page's
+    histogram under the movable floor and cap)."""
+    return ws.df("SELECT corpus, best_similarity FROM recall_candidates WHERE run_id = ?", [run_id])
 
 
 def benchmark_stats(ws: Workspace, run_id: str, floor: float | None = None) -> list[dict[str, Any]]:
@@ -377,18 +347,13 @@ def subject_stats(ws: Workspace, run_id: str) -> list[dict[str, Any]]:
 def what_if(ws: Workspace, run_id: str, floor: float, cap: float, k: int) -> dict[str, int]:
     """What the recall would hold with another floor and cap (the run's k at most), from stored results."""
     row = ws.con.execute(
-        """
-        WITH kept AS (
-            SELECT h.item_doc_id, h.doc_id, h.similarity,
-                   row_number() OVER (PARTITION BY h.item_doc_id ORDER BY h.similarity DESC, h.rank) AS r
-            FROM recall_hits h JOIN recall_candidates c ON c.run_id = h.run_id AND c.doc_id = h.doc_id
-            WHERE h.run_id = ? AND c.best_similarity < ?)
-        SELECT (SELECT count(DISTINCT doc_id) FROM kept WHERE r <= ? AND similarity >= ?),
-               (SELECT count(DISTINCT item_doc_id) FROM kept WHERE r <= ? AND similarity >= ?),
+        f"""
+        WITH kept AS ({KEPT_SQL})
+        SELECT (SELECT count(DISTINCT doc_id) FROM kept), (SELECT count(DISTINCT item_doc_id) FROM kept),
                (SELECT count(*) FROM recall_candidates WHERE run_id = ? AND best_similarity >= ?),
                (SELECT count(*) FROM recall_candidates WHERE run_id = ? AND best_similarity >= ?
                                                                        AND best_similarity < ?)
-        """, [run_id, cap, k, floor, k, floor, run_id, cap, run_id, floor, cap]).fetchone()
+        """, [run_id, cap, k, floor, run_id, cap, run_id, floor, cap]).fetchone()
     return {"recalled_documents": row[0], "items_with_hit": row[1], "excluded_by_cap": row[2],
             "candidates_between": row[3]}
 

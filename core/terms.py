@@ -53,7 +53,7 @@ from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.steps import ScoredAndFiltered, Step, param, score_then_filter, split_recipe
 from core.text import detect_language
-from core.workspace import ROLES, Workspace
+from core.workspace import ROLES, Workspace, active_run
 
 LEXICON_DIR = REPO_ROOT / "data" / "lexicons"
 DEFAULT_LEXICONS = ("medical_en", "medical_zh")
@@ -316,15 +316,6 @@ class TermScoreResult:
         return self.documents / self.seconds if self.seconds else 0.0
 
 
-def active_score_run(ws: Workspace) -> dict[str, Any] | None:
-    row = ws.con.execute(
-        "SELECT run_id, params, counts FROM runs WHERE step = ? AND active AND status = 'ok' "
-        "ORDER BY started_at DESC LIMIT 1", [SCORE_STEP]).fetchone()
-    if row is None:
-        return None
-    return {"run_id": row[0], "params": json.loads(row[1] or "{}"), "counts": json.loads(row[2] or "{}")}
-
-
 def score_terms(ws: Workspace, cfg: TermScoreConfig | None = None,
                 progress: Progress = no_progress) -> TermScoreResult:
     """Match the lexicon against every document and store hits and density per document (`term_hits`)."""
@@ -332,14 +323,14 @@ def score_terms(ws: Workspace, cfg: TermScoreConfig | None = None,
     lexicon = load_lexicons(cfg.lexicons)
     fingerprint = lexicon.fingerprint()
     total = ws.scalar("SELECT count(*) FROM documents")
-    previous = active_score_run(ws)
-    if previous and not cfg.rescore and previous["params"].get("fingerprint") == fingerprint:
+    previous = active_run(ws, SCORE_STEP)
+    if previous and not cfg.rescore and previous.params.get("fingerprint") == fingerprint:
         unscored = ws.scalar("SELECT count(*) FROM documents d WHERE NOT EXISTS "
                              "(SELECT 1 FROM current_term_hits h WHERE h.doc_id = d.doc_id)")
         if unscored == 0:
-            counts = previous["counts"]
-            progress(1.0, f"reusing {previous['run_id']}: same lexicon, every document scored")
-            return TermScoreResult(previous["run_id"], lexicon.name, len(lexicon), fingerprint, total,
+            counts = previous.counts
+            progress(1.0, f"reusing {previous.run_id}: same lexicon, every document scored")
+            return TermScoreResult(previous.run_id, lexicon.name, len(lexicon), fingerprint, total,
                                    counts.get("hits", 0), counts.get("seconds", 0.0), reused=True)
     matcher = TermMatcher(lexicon)
     params = {"lexicons": [str(s) for s in cfg.lexicons], "lexicon": lexicon.name, "terms": len(lexicon),
@@ -431,10 +422,8 @@ def _filter_sql(ws: Workspace, cfg: TermFilterConfig) -> tuple[str, list[Any]]:
     return sql, params
 
 
-def filter_preview(ws: Workspace, cfg: TermFilterConfig | None = None) -> list[dict[str, Any]]:
-    """Kept and dropped counts per corpus under `cfg`, from stored values only (the page's live view)."""
-    cfg = cfg or TermFilterConfig()
-    cfg.validate()
+def _per_corpus(ws: Workspace, cfg: TermFilterConfig) -> list[dict[str, Any]]:
+    """Kept and dropped counts per corpus under `cfg`, from stored values only."""
     sql, params = _filter_sql(ws, cfg)
     rows = ws.con.execute(
         f"""SELECT corpus, any_value(role), count(*), count(*) FILTER (WHERE rule IS NULL),
@@ -447,12 +436,29 @@ def filter_preview(ws: Workspace, cfg: TermFilterConfig | None = None) -> list[d
 
 @dataclass
 class TermFilterResult:
-    run_id: str
+    """A terminology filter's outcome: applied (run_id) or previewed (run_id None)."""
+
+    run_id: str | None
     documents: int
     kept: int
     dropped: int
     dropped_by_rule: dict[str, int]
     per_corpus: list[dict[str, Any]]
+
+
+def _result(run_id: str | None, per_corpus: list[dict[str, Any]]) -> TermFilterResult:
+    documents = sum(c["documents"] for c in per_corpus)
+    kept = sum(c["kept"] for c in per_corpus)
+    by_rule = {rule: sum(c[rule] for c in per_corpus) for rule in RULES}
+    return TermFilterResult(run_id, documents, kept, documents - kept, by_rule, per_corpus)
+
+
+def filter_preview(ws: Workspace, cfg: TermFilterConfig | None = None) -> TermFilterResult:
+    """What applying `cfg` would keep and drop, in total and per corpus, from stored values only (the page's live
+    view and `studio terms` without --apply): the applied run's result, with no run_id."""
+    cfg = cfg or TermFilterConfig()
+    cfg.validate()
+    return _result(None, _per_corpus(ws, cfg))
 
 
 def apply_term_filter(ws: Workspace, cfg: TermFilterConfig | None = None,
@@ -461,15 +467,15 @@ def apply_term_filter(ws: Workspace, cfg: TermFilterConfig | None = None,
     Re-applying supersedes the earlier filter run, so changed thresholds re-derive the current corpus."""
     cfg = cfg or TermFilterConfig()
     cfg.validate()
-    scoring = active_score_run(ws)
+    scoring = active_run(ws, SCORE_STEP)
     if scoring is None:
         raise ValueError("no terminology scores yet: run `studio terms WORKSPACE --lexicon ...` first")
     if cfg.corpora:
         known = {r[0] for r in ws.query("SELECT name FROM corpora")}
         if missing := sorted(set(cfg.corpora) - known):
             raise ValueError(f"unknown corpus {', '.join(missing)}")
-    params = {**{k: v for k, v in vars(cfg).items()}, "scoring_run": scoring["run_id"],
-              "lexicon": scoring["params"].get("lexicon")}
+    params = {**{k: v for k, v in vars(cfg).items()}, "scoring_run": scoring.run_id,
+              "lexicon": scoring.params.get("lexicon")}
     progress(0.1, "applying the terminology filter")
     sql, sql_params = _filter_sql(ws, cfg)
     with ws.run(FILTER_STEP, params) as run:
@@ -481,13 +487,11 @@ def apply_term_filter(ws: Workspace, cfg: TermFilterConfig | None = None,
                                    'lexicon', lexicon)::VARCHAR AS details
                 FROM ({sql}) WHERE rule IS NOT NULL""", params=[cfg.min_density, *sql_params]).to_arrow_table()
         ws.record_decisions(run, drops)
-        per_corpus = filter_preview(ws, cfg)
-        by_rule = {rule: sum(c[rule] for c in per_corpus) for rule in RULES}
-        documents = sum(c["documents"] for c in per_corpus)
-        kept = sum(c["kept"] for c in per_corpus)
-        run.counts = {"documents": documents, "kept": kept, "dropped": documents - kept, **by_rule}
-    progress(1.0, f"{documents - kept:,} of {documents:,} documents dropped")
-    return TermFilterResult(run.run_id, documents, kept, documents - kept, by_rule, per_corpus)
+        result = _result(run.run_id, _per_corpus(ws, cfg))
+        run.counts = {"documents": result.documents, "kept": result.kept, "dropped": result.dropped,
+                      **result.dropped_by_rule}
+    progress(1.0, f"{result.dropped:,} of {result.documents:,} documents dropped")
+    return result
 
 
 # --- reading stored values (the page, the tests) -----------------------------------------------------------------
@@ -532,8 +536,8 @@ def documents_near_threshold(ws: Workspace, corpus: str, min_density: float, n: 
 
 def scored_lexicon_specs(ws: Workspace) -> list[str]:
     """The lexicon specs (bundled names or paths) of the active scoring, to match again for highlighting."""
-    scoring = active_score_run(ws)
-    return list(scoring["params"].get("lexicons", [])) if scoring else []
+    scoring = active_run(ws, SCORE_STEP)
+    return list(scoring.params.get("lexicons", [])) if scoring else []
 
 
 # --- the demo --------------------------------------------------------------------------------------------------

@@ -23,6 +23,12 @@ _MOJIBAKE_RE = re.compile(
     "\u2018-\u201e\u2020-\u2022\u2026\u2030\u2039\u203a\u20ac\u2122]"
 )
 _CJK_RE = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# Han and kana, the characters Chinese and Japanese text is tokenised by one at a time.
+CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# A token: one Han/kana character, or a run of other word characters (so "CT检查" gives "CT", "检", "查").
+CJK_TOKEN_RE = re.compile(f"[{CJK_CHARS}]|[^\\W{CJK_CHARS}]+")
+# A token that is a single Han/kana character.
+CJK_CHAR_TOKEN_RE = re.compile(f"^[{CJK_CHARS}]$")
 _KANA_RE = re.compile("[\u3040-\u30ff]")
 _HANGUL_RE = re.compile("[\uac00-\ud7af]")
 _LATIN_WORD_RE = re.compile(r"[A-Za-z]+")

@@ -423,3 +423,29 @@ class Workspace:
         ).fetchall()
         keys = ("run_id", "step", "status", "active", "started_at", "ended_at", "counts", "params", "error")
         return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+# --- the run that counts ----------------------------------------------------------------------------------------
+@dataclass
+class ActiveRun:
+    """A step's newest active, successful run: the one whose decisions and results count now."""
+    run_id: str
+    step: str
+    params: dict[str, Any]
+    counts: dict[str, Any]
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "step": self.step, "params": self.params, "counts": self.counts,
+                "started_at": self.started_at, "ended_at": self.ended_at}
+
+
+def active_run(ws: Workspace, step: str) -> ActiveRun | None:
+    """The newest active, successful run of `step` (as recorded in `runs.step`), or None if it never ran."""
+    rows = ws.query("SELECT run_id, params, counts, started_at, ended_at FROM runs "
+                    "WHERE step = ? AND active AND status = 'ok' ORDER BY started_at DESC LIMIT 1", [step])
+    if not rows:
+        return None
+    run_id, params, counts, started_at, ended_at = rows[0]
+    return ActiveRun(run_id, step, json.loads(params or "{}"), json.loads(counts or "{}"), started_at, ended_at)

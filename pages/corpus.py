@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from core.corpus import SEARCH_LIMIT, document, language_counts, length_sample, search_documents
 from studio import widgets as w
 
 st.title(":material/library_books: Corpus")
@@ -16,13 +17,7 @@ w.require_workspace()
 w.job_panel()
 
 with w.read_ws() as ws:
-    counts = ws.df("""
-        SELECT d.corpus, c.role, coalesce(d.language, '?') AS language, count(*) AS documents,
-               count(*) FILTER (WHERE x.doc_id IS NULL) AS current, sum(d.char_count) AS chars,
-               sum(d.token_count) AS tokens, count(*) - count(d.token_count) AS untokenised
-        FROM documents d JOIN corpora c ON c.name = d.corpus
-        LEFT JOIN (SELECT DISTINCT doc_id FROM active_drops) x ON x.doc_id = d.doc_id
-        GROUP BY ALL ORDER BY c.role, d.corpus, language""")
+    counts = language_counts(ws)
 if counts.empty:
     st.info("No documents yet: ingest a corpus first.", icon=":material/info:")
     st.stop()
@@ -47,11 +42,8 @@ corpora = sorted(counts["corpus"].unique())
 chosen = st.multiselect("Corpora", corpora, default=corpora[: min(6, len(corpora))], key="corpus_hist")
 measure = st.radio("Measure", ["characters", "tokens"], horizontal=True, key="corpus_measure")
 if chosen:
-    column = "char_count" if measure == "characters" else "token_count"
     with w.read_ws() as ws:
-        lengths = ws.df(f"SELECT corpus, {column} AS length FROM documents WHERE corpus IN "
-                        f"(SELECT unnest(?::VARCHAR[])) AND {column} IS NOT NULL "
-                        "USING SAMPLE reservoir(200000 ROWS) REPEATABLE (7)", [chosen])
+        lengths = length_sample(ws, chosen, measure)
     if lengths.empty:
         st.info("No token counts yet: run `studio tokens WORKSPACE` (it is cached and runs once per document).")
     else:
@@ -65,18 +57,9 @@ in_corpora = c2.multiselect("In corpora", corpora, key="corpus_search_in")
 only_current = c3.checkbox("Current only", value=False, key="corpus_current_only")
 results = pd.DataFrame()
 if query:
-    where = ["contains(lower(d.text), lower(?))"]
-    params: list = [query]
-    if in_corpora:
-        where.append("d.corpus IN (SELECT unnest(?::VARCHAR[]))")
-        params.append(in_corpora)
-    if only_current:
-        where.append("d.doc_id NOT IN (SELECT doc_id FROM active_drops)")
     with w.read_ws() as ws:
-        results = ws.df(f"SELECT d.doc_id, d.corpus, d.language, d.char_count, left(d.text, 160) AS excerpt "
-                        f"FROM documents d WHERE {' AND '.join(where)} ORDER BY d.corpus, d.source_line LIMIT 500",
-                        params)
-    st.caption(f"{len(results):,} match(es){' (first 500)' if len(results) == 500 else ''}")
+        results = search_documents(ws, query, in_corpora, only_current, limit=SEARCH_LIMIT)
+    st.caption(f"{len(results):,} match(es){f' (first {SEARCH_LIMIT})' if len(results) == SEARCH_LIMIT else ''}")
     st.dataframe(results, hide_index=True, height=260)
 
 st.subheader("Document")
@@ -87,13 +70,11 @@ if query and st.session_state.get("_corpus_last_query") != query:
 doc_id = st.text_input("Document id", key="corpus_doc_id", help="From the search above, or any doc_id")
 if doc_id:
     with w.read_ws() as ws:
-        doc = ws.df("SELECT d.*, c.role FROM documents d JOIN corpora c ON c.name = d.corpus WHERE doc_id = ?",
-                    [doc_id.strip()])
+        d = document(ws, doc_id.strip())
         history = pd.DataFrame(ws.document_history(doc_id.strip()))
-    if doc.empty:
+    if d is None:
         st.warning(f"No document {doc_id!r} in this workspace.")
     else:
-        d = doc.iloc[0]
         left, right = st.columns([3, 2])
         with left:
             st.markdown(f"**{d['corpus']}** ({d['role']}, {d['kind']}, language {d['language']})")

@@ -19,9 +19,9 @@ from core.dedup import (
     candidate_probability,
     cluster_members,
     clusters,
-    latest_run,
     normalisation_preview,
     optimal_bands_rows,
+    step_name,
     stored_pairs,
     what_if,
 )
@@ -29,7 +29,7 @@ from core.embed import EmbedConfig
 from core.embed import describe_path as describe_embed_path
 from core.steps import job_argv
 from core.text import NormalisationConfig
-from core.workspace import ROLES
+from core.workspace import ROLES, active_run
 from studio import widgets as w
 
 METHOD_LABELS = {"exact": "Exact (normalised text)", "minhash": "Near-duplicates (MinHash)",
@@ -47,12 +47,12 @@ w.job_panel()
 
 with w.read_ws() as ws:
     corpora = ws.corpora()
-    runs = {m: latest_run(ws, m) for m in METHOD_LABELS}
+    runs = {m: active_run(ws, step_name(m)) for m in METHOD_LABELS}
 
 method = st.segmented_control("Method", list(METHOD_LABELS), format_func=METHOD_LABELS.get, default="minhash",
                               key="dedup_method") or "minhash"
 run = runs[method]
-previous = run["params"] if run else {}
+previous = run.params if run else {}
 
 
 # --- parameters and the run button -----------------------------------------------------------------------------
@@ -134,8 +134,8 @@ if run is None:
     st.stop()
 
 # --- what the run did -------------------------------------------------------------------------------------------
-counts = run["counts"]
-params = run["params"]
+counts = run.counts
+params = run.params
 st.subheader("Result")
 a, b, c, d = st.columns(4)
 a.metric("Documents examined", f"{counts.get('documents', 0):,}")
@@ -148,11 +148,11 @@ if by_corpus:
     table = pd.DataFrame([{"corpus": k, "role": role_of.get(k, ""), "dropped": v} for k, v in by_corpus.items()])
     st.dataframe(table.sort_values("dropped", ascending=False), hide_index=True)
 kept_policy = params.get("policy", "first")
-st.caption(f"Run `{run['run_id']}`: {SCOPE_LABELS.get(params.get('scope', 'all'))}, keeping the "
+st.caption(f"Run `{run.run_id}`: {SCOPE_LABELS.get(params.get('scope', 'all'))}, keeping the "
            f"{POLICY_LABELS.get(POLICY_ALIASES.get(kept_policy, kept_policy))} document of each cluster.")
 
 with w.read_ws() as ws:
-    pairs = stored_pairs(ws, run["run_id"]).to_pandas()
+    pairs = stored_pairs(ws, run.run_id).to_pandas()
 
 # --- the movable threshold --------------------------------------------------------------------------------------
 if method != "exact" and len(pairs):
@@ -163,7 +163,7 @@ if method != "exact" and len(pairs):
                       help="Counts below come from the pairs stored by the run (down to the floor); nothing is "
                            "recomputed. Apply the new value with the button to record it.")
     with w.read_ws() as ws:
-        would = what_if(ws, run["run_id"], moved)
+        would = what_if(ws, run.run_id, moved)
     histogram = w.threshold_histogram(pairs, "similarity", [moved], title="Pairs by similarity",
                                       x_label="Jaccard estimate" if method == "minhash" else "cosine", bins=50)
     histogram.update_layout(yaxis_title="pairs")
@@ -187,7 +187,7 @@ if method != "exact" and len(pairs):
     st.subheader("Pairs at the threshold")
     st.caption("Red: only in the first text; green: only in the second.")
     with w.read_ws() as ws:
-        edge = boundary_pairs(ws, run["run_id"], moved, n=3)
+        edge = boundary_pairs(ws, run.run_id, moved, n=3)
     for side, title in (("above", "Just above (dropped)"), ("below", "Just below (kept)")):
         st.markdown(f"**{title}**")
         if not edge[side]:
@@ -206,7 +206,7 @@ if method != "exact" and len(pairs):
 # --- clusters -------------------------------------------------------------------------------------------------------
 st.subheader("Clusters, largest first")
 with w.read_ws() as ws:
-    biggest = clusters(ws, run["run_id"], limit=200)
+    biggest = clusters(ws, run.run_id, limit=200)
 if not biggest:
     st.caption("No cluster: nothing was dropped.")
     st.stop()
@@ -217,7 +217,7 @@ pick = st.selectbox("Open a cluster", [x["kept_doc"] for x in biggest],
                     format_func=lambda k: f"{k} ({next(x['size'] for x in biggest if x['kept_doc'] == k)} documents)",
                     key=f"dedup_cluster_{method}")
 with w.read_ws() as ws:
-    members = cluster_members(ws, run["run_id"], pick)
+    members = cluster_members(ws, run.run_id, pick)
 kept_text = next((m["text"] for m in members if m["is_kept"]), "")
 for member in members[:20]:
     label = "kept" if member["is_kept"] else f"dropped, similarity to kept {member['similarity_to_kept']:.3f}"

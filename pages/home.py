@@ -9,16 +9,16 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.corpus import workspace_status
 from core.flow import fate_by_role, funnel, stale_steps
 from studio import widgets as w
-from studio.commands.workspace import status_data
 
 st.title(":material/dashboard: Overview")
 w.require_workspace()
 w.job_panel()
 
 with w.read_ws() as ws:
-    status = status_data(ws)
+    status = workspace_status(ws)
     flow = funnel(ws)
     stale = stale_steps(ws)
     runs = pd.DataFrame(ws.runs(limit=200))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.config import allowed_roots, resolve_within_roots, upload_limit_mb
-from core.ingest import expand_sources
+from core.config import allowed_roots, resolve_within_roots, save_upload, upload_limit_mb
+from core.ingest import expand_sources, ingest_error_counts, ingest_errors, ingested_files
 from core.readers import FORMATS, LAYOUTS, SourceError, preview_source
 from core.workspace import ROLES
 from studio import widgets as w
@@ -45,13 +45,7 @@ with upload_tab:
                                accept_multiple_files=True, key="ingest_uploads")
     if uploads:
         folder = path / "artifacts" / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
-        saved = []
-        for up in uploads:
-            safe = re.sub(r"[^\w.\-]+", "_", Path(up.name).name) or "upload"
-            target = folder / safe
-            target.write_bytes(up.getbuffer())
-            saved.append(str(target))
+        saved = [str(save_upload(folder, up.name, up.getvalue()).path) for up in uploads]
         if not typed:
             sources = saved
         st.caption(f"Saved {len(saved)} file(s) into the workspace: " + ", ".join(Path(s).name for s in saved))
@@ -111,12 +105,9 @@ st.divider()
 st.subheader("Corpora")
 with w.read_ws() as ws:
     corpora = pd.DataFrame(ws.corpora())
-    errors = ws.df("SELECT corpus, file, line, reason, detail, byte_offset, recorded_at FROM ingest_errors "
-                   "ORDER BY recorded_at DESC, file, line LIMIT 5000")
-    error_counts = ws.df("SELECT corpus, reason, count(*) AS records FROM ingest_errors GROUP BY ALL "
-                         "ORDER BY records DESC")
-    files = ws.df("SELECT corpus, file, documents_added, errors, size_bytes, completed_at FROM ingested_files "
-                  "ORDER BY completed_at DESC")
+    errors = ingest_errors(ws)
+    error_counts = ingest_error_counts(ws)
+    files = ingested_files(ws)
 if corpora.empty:
     st.info("No corpus yet.")
 else:

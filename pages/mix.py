@@ -12,9 +12,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.config import save_upload
 from core.mix import (
     INSTRUCTION_FORMATS,
     INTERLEAVE,
+    MIX_COLUMNS,
     ON_SHORT,
     PRESETS,
     SOURCES,
@@ -23,8 +25,10 @@ from core.mix import (
     Phase,
     ValidationConfig,
     load_recipe,
+    mixable_corpora,
     plan_mix,
     preset_recipe,
+    recent_mixes,
     recipe_toml,
     sample_documents,
     save_recipe,
@@ -43,12 +47,8 @@ path = w.require_workspace()
 w.job_panel()
 
 with w.read_ws() as ws:
-    corpora = ws.df("SELECT c.name, c.role, count(d.doc_id) AS documents FROM corpora c "
-                    "LEFT JOIN current_documents d ON d.corpus = c.name WHERE c.role <> 'benchmark' "
-                    "GROUP BY ALL ORDER BY c.role, c.name")
-    mixes = ws.df("SELECT m.mix_id, m.name, m.export_dir, m.train_documents, m.train_tokens, m.seed, r.ended_at "
-                  "FROM mixes m JOIN runs r ON r.run_id = m.mix_id WHERE r.status = 'ok' "
-                  "ORDER BY r.ended_at DESC LIMIT 20")
+    corpora = mixable_corpora(ws)
+    mixes = pd.DataFrame(recent_mixes(ws, limit=20), columns=list(MIX_COLUMNS))
 if corpora.empty:
     st.info("No corpora to mix yet: ingest domain, general or instruction data first.", icon=":material/info:")
     st.stop()
@@ -75,10 +75,7 @@ with st.container(border=True):
     if c3.button("Load", icon=":material/restart_alt:", width="stretch"):
         try:
             if uploaded is not None:
-                target = recipes_dir / Path(uploaded.name).name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(uploaded.getvalue())
-                new = load_recipe(target)
+                new = load_recipe(save_upload(recipes_dir, uploaded.name, uploaded.getvalue(), "recipe").path)
             elif start.startswith("preset: "):
                 new = preset_recipe(start.removeprefix("preset: "), recipe.total_tokens, name=recipe.name,
                                     seed=recipe.seed)

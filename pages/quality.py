@@ -13,20 +13,22 @@ from core.perplexity import describe_path as describe_perplexity_path
 from core.quality import (
     DEFAULT_PRESETS,
     DEFAULT_ROLES,
+    FILTER_STEP,
     PARTS,
     PRESETS,
     RULES,
     QualityFilterConfig,
-    active_filter_params,
     composite_summary,
     corpus_summary,
     documents_near_threshold,
     filter_preview,
+    keeps,
+    scored_documents,
     set_weights,
     signal_values,
 )
 from core.quality_signals import SIGNAL_BY_NAME
-from core.workspace import ROLES
+from core.workspace import ROLES, active_run
 from studio import widgets as w
 
 st.title(":material/verified: Quality")
@@ -39,9 +41,9 @@ w.job_panel()
 OVERRIDES = "quality_overrides"
 
 with w.read_ws() as ws:
-    scored = ws.query("SELECT count(*) FROM quality_scored")[0][0]
-    corpora = ws.df("SELECT name, role FROM corpora ORDER BY role, name")
-    applied = active_filter_params(ws)
+    scored = scored_documents(ws)
+    applied_run = active_run(ws, FILTER_STEP)
+applied = applied_run.params if applied_run else None
 
 if OVERRIDES not in st.session_state:
     # start from the thresholds applied now, one entry per language group
@@ -129,9 +131,7 @@ else:
                                           log_x=log_scale and lo > 0, bins=80,
                                           title=f"{rule.signal} per corpus ({group}); keep if {rule.keep_if} "
                                                 f"{threshold:g}"))
-    keeps = {">=": values["value"] >= threshold, ">": values["value"] > threshold,
-             "<=": values["value"] <= threshold, "<": values["value"] < threshold}[rule.keep_if]
-    by_corpus = values.assign(kept=keeps).groupby("corpus")["kept"].agg(["size", "sum"]).reset_index()
+    by_corpus = values.assign(kept=keeps(rule.keep_if, values["value"], threshold)).groupby("corpus")["kept"].agg(["size", "sum"]).reset_index()
     by_corpus.columns = ["corpus", "documents", "kept by this rule"]
     by_corpus["dropped by this rule"] = by_corpus["documents"] - by_corpus["kept by this rule"]
     st.dataframe(by_corpus, hide_index=True)

@@ -4,26 +4,27 @@ the cap beside the item they resemble; the n-gram contamination table with its e
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core.benchmarks import benchmarks
-from core.decontam import DECONTAM_MODES, DecontamConfig
+from core.benchmarks import benchmarks, flagged_item_counts, item_with_answer
+from core.corpus import corpus_roles, document_text
+from core.decontam import DECONTAM_MODES, DecontamConfig, contamination_evidence
+from core.decontam import STEP as DECONTAM_STEP
 from core.recall import (
     ITEM_TEXTS,
     RecallConfig,
     benchmark_stats,
+    candidate_similarities,
     documents_at_cap,
-    latest_run,
-    run_params,
     shared_spans,
     subject_stats,
     what_if,
 )
+from core.recall import STEP as RECALL_STEP
 from core.steps import job_argv
+from core.workspace import active_run
 from studio import widgets as w
 
 RECALL_DEFAULTS, DECONTAM_DEFAULTS = RecallConfig(), DecontamConfig()  # widgets' initial values
@@ -37,11 +38,11 @@ w.job_panel()
 
 with w.read_ws() as ws:
     registered = benchmarks(ws)
-    corpora = ws.query("SELECT name, role FROM corpora ORDER BY role, name")
-    recall_run = latest_run(ws)
-    decontam_run = ws.query("SELECT run_id, params FROM latest_decontam_run JOIN runs USING (run_id)")
-    flags = ws.df("SELECT i.corpus AS benchmark, f.flag, count(DISTINCT f.item_doc_id) AS items "
-                  "FROM flagged_benchmark_items f JOIN benchmark_items i ON i.doc_id = f.item_doc_id GROUP BY 1, 2")
+    corpora = list(corpus_roles(ws).items())
+    recall = active_run(ws, RECALL_STEP)
+    decontam = active_run(ws, DECONTAM_STEP)
+    flags = flagged_item_counts(ws)
+recall_run = recall.run_id if recall else None
 
 bench_names = [c for c, r in corpora if r == "benchmark"]
 pool_names = [c for c, r in corpora if r != "benchmark"]
@@ -65,10 +66,7 @@ with st.expander("Benchmarks", expanded=recall_run is None):
         st.caption(f"Not registered yet (counted as domain on first use): {', '.join(unregistered)}")
 
 # --- run ---------------------------------------------------------------------------------------------------------
-previous = {}
-if recall_run:
-    with w.read_ws() as ws:
-        previous = run_params(ws, recall_run)
+previous = recall.params if recall else {}
 with st.form("recall_form"):
     st.markdown("**Run the recall**")
     c1, c2 = st.columns(2)
@@ -103,9 +101,8 @@ if recall_run is None:
     st.info("No recall run yet.", icon=":material/info:")
 else:
     with w.read_ws() as ws:
-        params = run_params(ws, recall_run)
-        counts = json.loads(ws.query("SELECT counts FROM runs WHERE run_id = ?", [recall_run])[0][0] or "{}")
-        candidates = ws.df("SELECT corpus, best_similarity FROM recall_candidates WHERE run_id = ?", [recall_run])
+        candidates = candidate_similarities(ws, recall_run)
+    params, counts = recall.params, recall.counts
     st.caption(f"Run {recall_run}: {counts.get('items', 0):,} items of {', '.join(params.get('benchmarks', []))} "
                f"against {counts.get('pool_documents', 0):,} documents ({counts.get('index_kind')} search); "
                f"k {params.get('k')}, floor {params.get('floor')}, cap {params.get('cap')}.")
@@ -178,19 +175,12 @@ with st.form("decontam_form"):
         config = DecontamConfig(benchmarks=d_bench, corpora=d_corpora, n=int(d_n), mode=d_mode)
         w.start_job(job_argv("decontam", config), "Contamination check")
 
-if not decontam_run:
+if decontam is None:
     st.info("No contamination check yet.", icon=":material/info:")
 else:
-    run_id, raw = decontam_run[0]
-    d_params = json.loads(raw or "{}")
+    run_id, d_params, checked = decontam.run_id, decontam.params, decontam.counts
     with w.read_ws() as ws:
-        evidence = ws.df(
-            """
-            SELECT c.doc_id, d.corpus, c.benchmark, i.item_id, i.subject, c.span_end - c.span_start AS chars,
-                   c.span_text, c.span_start, c.span_end, c.item_doc_id
-            FROM contamination c JOIN documents d USING (doc_id) JOIN benchmark_items i ON i.doc_id = c.item_doc_id
-            WHERE c.run_id = ? ORDER BY d.corpus, c.doc_id, c.span_start""", [run_id])
-        checked = json.loads(ws.query("SELECT counts FROM runs WHERE run_id = ?", [run_id])[0][0] or "{}")
+        evidence = contamination_evidence(ws, run_id)
     st.caption(f"Run {run_id}: {checked.get('documents_checked', 0):,} documents of "
                f"{len(d_params.get('corpora') or [])} corpora against {checked.get('items_checked', 0):,} items, "
                f"{d_params.get('n')}-grams, mode {d_params.get('mode')}: "
@@ -206,9 +196,8 @@ else:
                                                     f"{evidence.at[i, 'benchmark']} {evidence.at[i, 'item_id']}")
         row = evidence.loc[choice]
         with w.read_ws() as ws:
-            doc_text = ws.query("SELECT text FROM documents WHERE doc_id = ?", [row["doc_id"]])[0][0]
-            item_text = ws.query("SELECT item_text || chr(10) || 'Answer: ' || answer FROM benchmark_items "
-                                 "WHERE doc_id = ?", [row["item_doc_id"]])[0][0]
+            doc_text = document_text(ws, row["doc_id"]) or ""
+            item_text = item_with_answer(ws, row["item_doc_id"]) or ""
         spans = [(int(r.span_start), int(r.span_end)) for r in evidence[evidence.doc_id == row["doc_id"]].itertuples()]
         left, right = st.columns(2)
         with left:

@@ -5,12 +5,13 @@ and applying the filter as a background job."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+from core.config import clean_file_name, save_upload
+from core.corpus import corpus_roles
 from core.lexicon_mine import (
     LANGUAGES,
     LexiconMineConfig,
@@ -24,11 +25,12 @@ from core.lexicon_mine import (
 from core.steps import job_argv
 from core.terms import (
     DEFAULT_LEXICONS,
+    FILTER_STEP,
+    SCORE_STEP,
     TermFilterConfig,
     TermMatcher,
     TermScoreConfig,
     TermsStepConfig,
-    active_score_run,
     bundled_lexicons,
     corpus_density_summary,
     density_table,
@@ -36,8 +38,9 @@ from core.terms import (
     filter_preview,
     load_lexicons,
     parse_lexicon,
+    scored_lexicon_specs,
 )
-from core.workspace import ROLES
+from core.workspace import ROLES, active_run
 from studio import widgets as w
 
 st.title(":material/spellcheck: Terminology")
@@ -67,8 +70,8 @@ def spec_stamp(specs: list[str]) -> tuple[float, ...]:
 
 # --- lexicons --------------------------------------------------------------------------------------------------
 with w.read_ws() as ws:
-    scoring = active_score_run(ws)
-scored_specs = list(scoring["params"].get("lexicons", [])) if scoring else []
+    scoring = active_run(ws, SCORE_STEP)
+    scored_specs = scored_lexicon_specs(ws)
 
 with st.expander("Lexicons", expanded=scoring is None):
     uploaded_specs = sorted(str(p) for p in upload_dir.glob("*") if p.suffix.lower() in {".txt", ".csv"}) \
@@ -98,17 +101,14 @@ with st.expander("Lexicons", expanded=scoring is None):
     upload = st.file_uploader("Upload a lexicon: TXT (one term a line, '#' comments) or CSV (term,weight)",
                               type=["txt", "csv"], key="terms_upload")
     if upload is not None:
-        stem = re.sub(r"[^\w\-]+", "_", Path(upload.name).stem).strip("_") or "lexicon"
-        suffix = Path(upload.name).suffix.lower()
+        file_name = Path(clean_file_name(upload.name, "lexicon"))
         try:
-            parsed = parse_lexicon(upload.getvalue().decode("utf-8-sig"), stem, suffix)
+            parsed = parse_lexicon(upload.getvalue().decode("utf-8-sig"), file_name.stem, file_name.suffix)
         except (ValueError, UnicodeDecodeError) as exc:
             st.error(f"{upload.name}: {exc}", icon=":material/error:")
         else:
-            target = upload_dir / f"{stem}{suffix}"
-            if not target.exists() or target.read_bytes() != upload.getvalue():
-                upload_dir.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(upload.getvalue())
+            target, written = save_upload(upload_dir, upload.name, upload.getvalue(), "lexicon")
+            if written:
                 st.success(f"Saved {target.name}: {len(parsed):,} terms. Select it above to combine it.",
                            icon=":material/check_circle:")
                 st.rerun()
@@ -150,9 +150,10 @@ with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mi
                                key="mine_top")
     mine_language = k5.selectbox("Language", LANGUAGES, key="mine_language")
     mine_name = k6.text_input("Lexicon name", "mined", key="mine_name")
-    mine_stem = re.sub(r"[^\w\-]+", "_", mine_name).strip("_") or "mined"
+    mine_file = clean_file_name(mine_name, "mined", ".csv")
+    mine_stem = Path(mine_file).stem
     mine_argv = ["lexicon-mine", "--domain", ",".join(mine_domain), "--general", ",".join(mine_general),
-                 "--out", str(upload_dir / f"{mine_stem}.csv"), "--min-df", str(mine_min_df), "--top",
+                 "--out", str(upload_dir / mine_file), "--min-df", str(mine_min_df), "--top",
                  str(mine_top), "--language", mine_language]
     overlap = set(mine_domain) & set(mine_general)
     if overlap:
@@ -209,10 +210,10 @@ with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mi
                                               color="side", x_label="term density", bins=60, log_y=True,
                                               title="Density of the sampled documents under the accepted terms"))
         save_name = st.text_input("Save the accepted terms as", mine_stem, key="mine_save_name")
-        save_stem = re.sub(r"[^\w\-]+", "_", save_name).strip("_") or "mined"
+        save_file = clean_file_name(save_name, "mined", ".csv")
         if st.button(f"Save lexicon ({len(accepted):,} terms)", disabled=accepted.empty, type="primary",
                      key="mine_save_button"):
-            saved = write_lexicon(upload_dir / f"{save_stem}.csv", dict(zip(accepted["term"], accepted["weight"],
+            saved = write_lexicon(upload_dir / save_file, dict(zip(accepted["term"], accepted["weight"],
                                                                           strict=True)),
                                   [f"saved from the Terminology page: {len(accepted):,} of {len(candidates):,} "
                                    f"candidates of mining run {latest['run_id']}"])
@@ -224,18 +225,17 @@ if scoring is None:
             icon=":material/info:")
     st.stop()
 
-st.caption(f"Scores from run `{scoring['run_id']}` with lexicon **{scoring['params'].get('lexicon')}** "
-           f"({scoring['params'].get('terms', 0):,} terms), {scoring['counts'].get('documents', 0):,} documents.")
+st.caption(f"Scores from run `{scoring.run_id}` with lexicon **{scoring.params.get('lexicon')}** "
+           f"({scoring.params.get('terms', 0):,} terms), {scoring.counts.get('documents', 0):,} documents.")
 
 # --- filter settings -------------------------------------------------------------------------------------------
 with w.read_ws() as ws:
-    corpora = ws.df("SELECT name, role FROM corpora ORDER BY role, name")
-    applied = ws.query("SELECT run_id, params, counts FROM runs WHERE step = 'terms' AND active AND status = 'ok' "
-                       "ORDER BY started_at DESC LIMIT 1")
+    corpora = pd.DataFrame(list(corpus_roles(ws).items()), columns=["name", "role"])
+    applied = active_run(ws, FILTER_STEP)
 # The controls start from the filter as applied now (the demo lowers the minimum length), else the defaults.
 defaults = TermFilterConfig()
 if applied:
-    applied_params = json.loads(applied[0][1])
+    applied_params = applied.params
     defaults = TermFilterConfig(**{k: applied_params[k] for k in vars(defaults) if k in applied_params})
 c1, c2, c3 = st.columns([2, 2, 3])
 min_density = c1.slider("Minimum density (hits per word / character)", 0.0, 0.2, defaults.min_density,
@@ -252,7 +252,7 @@ cfg = TermFilterConfig(min_density=min_density, min_words=min_words, max_words=m
 
 # --- live counts from stored values ----------------------------------------------------------------------------
 with w.read_ws() as ws:
-    preview = pd.DataFrame(filter_preview(ws, cfg))
+    preview = pd.DataFrame(filter_preview(ws, cfg).per_corpus)
     summary = pd.DataFrame(corpus_density_summary(ws))
 total = int(preview["documents"].sum()) if not preview.empty else 0
 kept = int(preview["kept"].sum()) if not preview.empty else 0
@@ -261,7 +261,7 @@ m1.metric("Documents filtered", f"{total:,}")
 m2.metric("Kept", f"{kept:,}")
 m3.metric("Dropped", f"{total - kept:,}")
 if applied:
-    applied_counts = json.loads(applied[0][2] or "{}")
+    applied_counts = applied.counts
     m4.metric("Applied now", f"{applied_counts.get('dropped', 0):,} dropped",
               f"density >= {applied_params.get('min_density')}", delta_color="off", delta_arrow="off")
 else:

@@ -179,6 +179,36 @@ def test_decontam_step_records_drops_with_evidence_and_flags_items(ws_copy: Path
         assert again.documents_cut + again.documents_dropped == 20
 
 
+def test_recall_page_reads_the_check_through_core(ws_copy: Path, planted: dict) -> None:
+    """What the Recall page shows of a contamination check, read through the core functions it calls: the active
+    run, the evidence (each span is the document's own text there), the item beside it with its answer, and the
+    flagged items per benchmark."""
+    from core.benchmarks import flagged_item_counts, item_with_answer
+    from core.corpus import document_text
+    from core.decontam import STEP, contamination_evidence
+    from core.workspace import active_run
+
+    with Workspace.open(ws_copy) as ws:
+        (ws.artifacts / "planted.jsonl").write_text(
+            "".join(json.dumps({"text": t}) + "\n" for _, t in planted["verbatim"][:5]))
+        ingest(ws, IngestConfig(sources=[str(ws.artifacts / "planted.jsonl")], corpus="planted", role="general"))
+        result = run_decontam(ws, DecontamConfig(benchmarks=["mmlu_medical"], corpora=["planted"]))
+        run = active_run(ws, STEP)
+        assert run is not None and run.run_id == result.run_id
+        assert run.counts["documents_contaminated"] == result.documents_contaminated == 5
+        evidence = contamination_evidence(ws, run.run_id)
+        assert set(evidence["corpus"]) == {"planted"} and evidence["doc_id"].nunique() == 5
+        assert len(evidence) == result.overlaps
+        for row in evidence.itertuples():
+            assert document_text(ws, row.doc_id)[row.span_start:row.span_end] == row.span_text
+            item = item_with_answer(ws, row.item_doc_id)
+            assert item is not None and "\nAnswer: " in item
+        assert document_text(ws, "no-such-document") is None and item_with_answer(ws, "no-such-item") is None
+        flags = flagged_item_counts(ws)
+        lexical = flags[(flags["benchmark"] == "mmlu_medical") & (flags["flag"] == "lexical")]
+        assert int(lexical["items"].sum()) == result.items_flagged >= 5
+
+
 def test_cut_mode_removes_the_span_with_margin_and_drops_many_pieces(med_index: ContaminationIndex,
                                                                     planted: dict) -> None:
     item_doc_id, text = planted["verbatim"][0]

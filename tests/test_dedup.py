@@ -371,3 +371,32 @@ def test_methods_rerun_in_any_order_give_the_same_result(ws_copy: Path) -> None:
         assert deduplicate(ws, DedupConfig(method="minhash", corpora=corpora)).dropped == near.dropped
         total = ws.scalar("SELECT count(DISTINCT doc_id) FROM active_drops WHERE step LIKE 'dedup_%'")
         assert total == exact.dropped + near.dropped
+
+
+def test_what_if_and_apply_agree_at_the_threshold(empty_ws: Workspace, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair whose similarity sits at the threshold, or a rounding error below it (float32 search scores, float64
+    stored estimates), links in the preview over stored pairs exactly as in the applied run: both compare through
+    `core.dedup.reaches`. The candidate search is replaced by fixed pairs so the similarities are the boundary
+    values themselves; storing, clustering, recording and the what-if are the real code."""
+    import core.dedup as dedup
+
+    texts = [f"Document {i}: fever, its causes and its treatment, case {i}." for i in range(8)]
+    ingest(empty_ws, IngestConfig(sources=[str(_write_jsonl(tmp_path / "b.jsonl", texts))], corpus="b",
+                                  role="domain"))
+    threshold = 0.8
+    # pairs of row indices: (0,1) exactly at the threshold, (2,3) a rounding error below it, (4,5) above it,
+    # (6,7) clearly below it (stored, above the floor, never linked)
+    similarity = np.array([threshold, threshold - 5e-10, 0.93, 0.72])
+    pairs = dedup._Pairs(np.array([0, 2, 4, 6]), np.array([1, 3, 5, 7]), similarity)
+
+    def fixed_pairs(ws, cfg, docs, progress):  # noqa: ANN001, ANN202
+        return pairs, lambda x, y: np.full(len(x), threshold), {}
+
+    monkeypatch.setattr(dedup, "_minhash_pairs", fixed_pairs)
+    applied = deduplicate(empty_ws, DedupConfig(method="minhash", threshold=threshold, floor=0.7))
+    assert applied.dropped == 3
+    assert what_if(empty_ws, applied.run_id, threshold) == applied.dropped
+    assert what_if(empty_ws, applied.run_id, 0.72) == 4 and what_if(empty_ws, applied.run_id, 0.9) == 1
+    edge = boundary_pairs(empty_ws, applied.run_id, threshold, n=4)
+    assert len(edge["above"]) == 3 and [p["similarity"] for p in edge["below"]] == [0.72]

@@ -12,8 +12,8 @@ from conftest import run_page
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
-from core.dedup import DedupConfig, deduplicate, latest_run, what_if
-from core.workspace import Workspace
+from core.dedup import DedupConfig, deduplicate, what_if
+from core.workspace import Workspace, active_run
 from studio import widgets
 
 PAGE = str(REPO_ROOT / "pages" / "dedup.py")
@@ -54,9 +54,9 @@ def test_threshold_moves_over_stored_pairs_and_applies_as_a_job(deduped_ws: Path
     at = page(deduped_ws)
     assert not at.exception
     with Workspace.open(deduped_ws, read_only=True) as ws:
-        run = latest_run(ws, "minhash")
-        at_07 = what_if(ws, run["run_id"], 0.7)
-    dropped = run["counts"]["dropped"]
+        run = active_run(ws, "dedup_minhash")
+        at_07 = what_if(ws, run.run_id, 0.7)
+    dropped = run.counts["dropped"]
     assert next(m.value for m in at.metric if m.label == "Dropped") == f"{dropped:,}"
     assert at_07 > dropped
 
@@ -73,11 +73,11 @@ def test_threshold_moves_over_stored_pairs_and_applies_as_a_job(deduped_ws: Path
     assert job is not None and job.argv[:3] == ["dedup", "--method", "minhash"] and "0.7" in job.argv
     wait_for(job)
     with Workspace.open(deduped_ws, read_only=True) as ws:
-        now = latest_run(ws, "minhash")
-        assert now["params"]["threshold"] == 0.7 and now["params"]["corpora"] == CORPORA
+        now = active_run(ws, "dedup_minhash")
+        assert now.params["threshold"] == 0.7 and now.params["corpora"] == CORPORA
         # LSH tuned for 0.7 can only surface more pairs than the ones stored by the 0.8 run.
-        assert now["counts"]["dropped"] >= at_07
-        assert ws.scalar("SELECT count(*) FROM active_drops WHERE step = 'dedup_minhash'") == now["counts"]["dropped"]
+        assert now.counts["dropped"] >= at_07
+        assert ws.scalar("SELECT count(*) FROM active_drops WHERE step = 'dedup_minhash'") == now.counts["dropped"]
 
 
 def test_exact_method_shows_clusters_and_normalisation(deduped_ws: Path) -> None:

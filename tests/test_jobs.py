@@ -202,9 +202,8 @@ def test_step_jobs_queue_behind_a_writer_and_a_queued_one_can_be_cancelled(tmp_p
 
 def test_a_running_step_job_is_listed_and_cancelled_from_the_command_line(
         tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    from core.jobs import get_step_job, launch_step_job, wait_step_job
-
     from core.ingest import IngestConfig, ingest
+    from core.jobs import get_step_job, launch_step_job, wait_step_job
 
     ws_path = tmp_path / "ws"
     with Workspace.open(ws_path) as ws:

@@ -192,7 +192,7 @@ def test_medical_corpora_have_clearly_higher_density_than_general(scored_ws: Pat
 # --- the filter ------------------------------------------------------------------------------------------------
 def test_filter_writes_an_explained_drop_for_every_failing_document(scored_ws: Path) -> None:
     with Workspace.open(scored_ws) as ws:
-        preview = {c["corpus"]: c for c in filter_preview(ws)}
+        preview = {c["corpus"]: c for c in filter_preview(ws).per_corpus}
         assert set(preview) == {r[0] for r in ws.query("SELECT name FROM corpora WHERE role = 'domain'")}
         result = apply_term_filter(ws, TermFilterConfig())
         assert result.dropped == sum(c["documents"] - c["kept"] for c in preview.values())

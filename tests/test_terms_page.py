@@ -47,8 +47,8 @@ def test_counts_follow_the_threshold_and_apply_runs_as_a_job(scored_page_ws: Pat
     at = page(scored_page_ws)
     assert not at.exception
     with Workspace.open(scored_page_ws, read_only=True) as ws:
-        default = filter_preview(ws, TermFilterConfig())
-        strict = filter_preview(ws, TermFilterConfig(min_density=0.06))
+        default = filter_preview(ws, TermFilterConfig()).per_corpus
+        strict = filter_preview(ws, TermFilterConfig(min_density=0.06)).per_corpus
     dropped_default = sum(c["documents"] - c["kept"] for c in default)
     dropped_strict = sum(c["documents"] - c["kept"] for c in strict)
     assert metric(at, "Dropped") == f"{dropped_default:,}"

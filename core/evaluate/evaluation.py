@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from core.benchmarks import benchmark_names, scalar
+from core.benchmarks import benchmark_names
 from core.evaluate.models import ModelSpec, resolve_model
 from core.evaluate.stats import Estimate, mcnemar, mean_interval, paired_difference, paired_ratio
 from core.evaluate.tasks import (
@@ -234,7 +234,7 @@ def flagged_items(ws: Workspace, benchmark: str) -> set[str]:
 
 
 def benchmark_kind(ws: Workspace, benchmark: str) -> str:
-    return scalar(ws, "SELECT kind FROM benchmarks WHERE corpus = ?", [benchmark]) or "domain"
+    return ws.scalar("SELECT kind FROM benchmarks WHERE corpus = ?", [benchmark]) or "domain"
 
 
 # --- lm-eval -------------------------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ def score_benchmarks(ws: Workspace, spec: ModelSpec, cfg: EvalConfig, harness: _
         bench_hash = content_hash(items, fewshot, cfg.shots)
         keys = {f: cache_key(spec.fingerprint, bench_hash, f, cfg.shots, settings) for f in cfg.formulations()}
         missing = [f for f, k in keys.items()
-                   if not scalar(ws, "SELECT count(*) FROM eval_scores WHERE cache_key = ?", [k])]
+                   if not ws.scalar("SELECT count(*) FROM eval_scores WHERE cache_key = ?", [k])]
         plans.append((benchmark, items, bench_hash, keys, missing))
     todo = [p for p in plans if p[4]]
     fresh: dict[tuple[str, str], tuple[list[ItemResult], dict[str, Any]]] = {}
@@ -379,7 +379,7 @@ def score_benchmarks(ws: Workspace, spec: ModelSpec, cfg: EvalConfig, harness: _
                 got, figures = fresh[(benchmark, formulation)]
             else:
                 got = _load_items(ws, key)
-                figures = json.loads(scalar(ws, "SELECT lm_eval FROM eval_scores WHERE cache_key = ?", [key]) or "{}")
+                figures = json.loads(ws.scalar("SELECT lm_eval FROM eval_scores WHERE cache_key = ?", [key]) or "{}")
             scores.append(_summarise(ws, benchmark, kind, formulation, cfg.shots, key,
                                      (benchmark, formulation) not in fresh, got, figures, flagged))
     progress(1.0, f"{spec.name}: scored")

@@ -96,7 +96,7 @@ def terms_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
             filtered = apply_term_filter(ws, filter_cfg, lambda f, m: report(0.9 + 0.1 * f, m))
             per_corpus, filter_run = filtered.per_corpus, filtered.run_id
         else:
-            per_corpus, filter_run = filter_preview(ws, filter_cfg), None
+            per_corpus, filter_run = filter_preview(ws, filter_cfg).per_corpus, None
         densities = corpus_density_summary(ws)
     documents = sum(c["documents"] for c in per_corpus)
     kept = sum(c["kept"] for c in per_corpus)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from core.flow import FLOW, flow_order, funnel, set_flow_order, stale_steps
+from core.corpus import workspace_status
+from core.flow import FLOW, flow_order, set_flow_order
 from core.steps import config_from_args, get_step
 from core.tokens import TokenCountConfig, count_tokens
 from core.workspace import Workspace
@@ -45,27 +45,9 @@ def init_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
                                 f"flow: {' -> '.join(data['flow_order'])}"])
 
 
-def status_data(ws: Workspace) -> dict:
-    corpora = ws.corpora()
-    errors = dict(ws.query("SELECT reason, count(*) FROM ingest_errors GROUP BY reason ORDER BY 2 DESC"))
-    current = dict(ws.query("SELECT corpus, count(*) FROM current_documents GROUP BY corpus"))
-    for c in corpora:
-        c["current"] = current.get(c["name"], 0)
-    runs = ws.runs(limit=10)
-    for r in runs:
-        r["counts"] = json.loads(r["counts"]) if r["counts"] else {}
-        r.pop("params")
-    return {
-        "workspace": str(ws.path), "tokenizer": ws.tokenizer_name, "schema": ws.schema_version(),
-        "documents": sum(c["documents"] for c in corpora), "current_documents": sum(current.values()),
-        "corpora": corpora, "ingest_errors": sum(errors.values()), "ingest_errors_by_reason": errors,
-        "recent_runs": runs, "flow": funnel(ws).as_dict(), "stale_steps": [s.as_dict() for s in stale_steps(ws)],
-    }
-
-
 def status_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     with Workspace.open(args.workspace, create=False, read_only=True) as ws:
-        data = status_data(ws)
+        data = workspace_status(ws)  # what the Overview page shows
     lines = [f"workspace {data['workspace']} (tokenizer {data['tokenizer']})",
              f"{data['documents']:,} documents, {data['current_documents']:,} current after filters, "
              f"{data['ingest_errors']:,} ingest errors", ""]

@@ -1,0 +1,70 @@
+"""Reading a dedup run's results back, without recomputing anything: its stored pairs, what another threshold
+would drop (the same comparison as the applied run, `core.minhash.reaches`), the pairs either side of a
+threshold, the clusters and their members, and what the exact method's normalisation makes of a text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from core.minhash import SIMILARITY_TOLERANCE, removal_count
+from core.text import NormalisationConfig, normalise
+from core.workspace import Workspace
+
+
+def stored_pairs(ws: Workspace, run_id: str) -> pa.Table:
+    return ws.con.sql(
+        """SELECT p.doc_a, p.doc_b, p.similarity, da.corpus AS corpus_a, db.corpus AS corpus_b
+           FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
+           WHERE p.run_id = ?""", params=[run_id]).to_arrow_table()
+
+
+def what_if(ws: Workspace, run_id: str, threshold: float) -> int:
+    """Documents a run's stored pairs would drop at another threshold (no recomputation)."""
+    table = ws.con.sql("SELECT doc_a, doc_b, similarity FROM dedup_pairs WHERE run_id = ?",
+                       params=[run_id]).to_arrow_table()
+    ids, inverse = np.unique(np.concatenate([np.asarray(table.column("doc_a").to_pylist(), dtype=object),
+                                             np.asarray(table.column("doc_b").to_pylist(), dtype=object)]),
+                             return_inverse=True)
+    half = table.num_rows
+    return removal_count(inverse[:half], inverse[half:], table.column("similarity").to_numpy(), threshold)
+
+
+def boundary_pairs(ws: Workspace, run_id: str, threshold: float, n: int = 3) -> dict[str, list[dict[str, Any]]]:
+    """The `n` stored pairs just at/above and just below `threshold`, with their texts."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for side, cond, order in (("above", ">=", "ASC"), ("below", "<", "DESC")):
+        rows = ws.query(
+            f"""SELECT p.doc_a, p.doc_b, p.similarity, da.corpus, db.corpus, da.text, db.text
+                FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
+                WHERE p.run_id = ? AND p.similarity {cond} ? ORDER BY p.similarity {order}, p.doc_a LIMIT ?""",
+            [run_id, threshold - SIMILARITY_TOLERANCE, n])  # the sides `reaches` draws
+        keys = ("doc_a", "doc_b", "similarity", "corpus_a", "corpus_b", "text_a", "text_b")
+        out[side] = [dict(zip(keys, r, strict=True)) for r in rows]
+    return out
+
+
+def clusters(ws: Workspace, run_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Clusters of a run, largest first: kept document, size and corpora."""
+    rows = ws.query(
+        """SELECT c.kept_doc, max(c.cluster_size) AS size, min(c.similarity_to_kept) AS min_similarity,
+                  string_agg(DISTINCT d.corpus, ', ') AS corpora, any_value(k.text) AS kept_text
+           FROM dedup_clusters c JOIN documents d USING (doc_id) JOIN documents k ON k.doc_id = c.kept_doc
+           WHERE c.run_id = ? GROUP BY c.kept_doc ORDER BY size DESC, c.kept_doc LIMIT ?""", [run_id, limit])
+    keys = ("kept_doc", "size", "min_similarity", "corpora", "kept_text")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def cluster_members(ws: Workspace, run_id: str, kept_doc: str) -> list[dict[str, Any]]:
+    rows = ws.query(
+        """SELECT c.doc_id, c.is_kept, c.similarity_to_kept, d.corpus, d.text FROM dedup_clusters c
+           JOIN documents d USING (doc_id) WHERE c.run_id = ? AND c.kept_doc = ?
+           ORDER BY c.is_kept DESC, c.similarity_to_kept DESC""", [run_id, kept_doc])
+    keys = ("doc_id", "is_kept", "similarity_to_kept", "corpus", "text")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def normalisation_preview(text: str, cfg: NormalisationConfig | None = None) -> str:
+    return normalise(text, cfg or NormalisationConfig())
