@@ -33,6 +33,7 @@ from core.jobs import (
 )
 from core.models import ModelUnavailable
 from core.readers import SourceError
+from core.steps import comma_list  # noqa: F401  (commands import it from here)
 from core.workspace import WorkspaceError
 
 # Order here is the order of `studio --help`.
@@ -147,11 +148,6 @@ class Reporter:
 
 
 Handler = Callable[[argparse.Namespace, Reporter], CommandResult]
-
-
-def comma_list(value: str | None) -> list[str]:
-    """`a, b,,c` -> ['a', 'b', 'c']: the form of every comma-separated option."""
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
 def add_workspace_arguments(parser: argparse.ArgumentParser) -> None:
