@@ -8,6 +8,7 @@ add themselves there and to the recipe.
 from __future__ import annotations
 
 import importlib
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ STEP_RUNNERS: dict[str, str] = {
     "decontam": "core.decontam:demo_step",
     "mix": "core.mix:demo_step",
     "train": "core.train.launch:demo_step",
+    "evaluate": "core.evaluate.evaluation:demo_step",
+    "report": "core.report:demo_step",
 }
 
 
@@ -79,7 +82,8 @@ def step_runner(name: str) -> StepRunner:
 
 def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress = no_progress
               ) -> list[dict[str, Any]]:
-    """Run a recipe's steps in order (each a table with `name` and its parameters); their counts, in order."""
+    """Run a recipe's steps in order (each a table with `name` and its parameters); their counts and wall times
+    (`seconds`), in order."""
     out = []
     for index, step in enumerate(planned):
         params = {k: v for k, v in step.items() if k != "name"}
@@ -87,7 +91,9 @@ def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress =
         def step_progress(fraction: float, message: str, index: int = index, name: str = step["name"]) -> None:
             progress((index + max(fraction, 0.0)) / len(planned), f"{name}: {message}")
 
-        out.append({"step": step["name"], **step_runner(step["name"])(ws, params, step_progress)})
+        started = time.monotonic()
+        counts = step_runner(step["name"])(ws, params, step_progress)
+        out.append({"step": step["name"], **counts, "seconds": round(time.monotonic() - started, 1)})
     return out
 
 
@@ -116,11 +122,12 @@ def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFA
                          share: float = share, name: str = corpus["name"]) -> None:
             progress(base + share * max(fraction, 0.0), f"ingest {name}: {message}")
 
+        started = time.monotonic()
         res = ingest(ws, cfg, sub_progress)
         if kind := corpus.get("benchmark_kind"):
             register_benchmark(ws, corpus["name"], kind, corpus.get("description", ""))
         result.corpora.append({"corpus": corpus["name"], "role": corpus["role"], "run_id": res.run_id,
-                               **res.counts()})
+                               **res.counts(), "seconds": round(time.monotonic() - started, 1)})
     if steps:
         result.steps = run_steps(ws, recipe.get("step", []), lambda f, m: progress(0.7 + 0.3 * f, m))
     progress(1.0, "demo workspace ready")

@@ -490,3 +490,19 @@ def saved_reports(ws: Workspace) -> list[Path]:
     """Reports written under the workspace's artifacts/reports folder, newest first."""
     folder = ws.artifacts / "reports"
     return sorted(folder.glob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+
+
+def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The demo's report on the newest training job on `mix`: `out` (relative to the workspace's artifacts),
+    `min_gain`, `min_retention`, and the evaluation settings in `scoring` (any EvalConfig key)."""
+    from core.jobs import wait_job
+    from core.train.launch import latest_training
+
+    params = dict(params)
+    mix = params.pop("mix", None)
+    job = wait_job(ws, latest_training(ws, mix).job_id, poll_s=2.0)
+    scoring = EvalConfig(model="", mix=mix, **params.pop("scoring", {}))
+    out = ws.artifacts / params.pop("out", "reports/demo.html")
+    result = build_report(ws, ReportConfig(jobs=[job.job_id], out=str(out), scoring=scoring, **params), progress)
+    return {"html": result.html_path, "json": result.json_path,
+            "cards": [f"{c['job']}: {c['title']} {c['text']}" for c in result.cards]}

@@ -656,3 +656,26 @@ def item_table(ws: Workspace, key: str):  # -> pandas.DataFrame
                  "b.question, i.loglikelihoods, i.context FROM eval_items i "
                  "LEFT JOIN benchmark_items b ON b.doc_id = i.item_doc_id WHERE i.cache_key = ? ORDER BY i.position",
                  [key])
+
+
+def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """The demo's evaluation: the newest training job on `mix` (waited for while it runs), each of its models (the
+    trained one, the averaged one) against its base model. Keys: `mix` and any EvalConfig key but model/baseline."""
+    from core.jobs import wait_job
+    from core.report import base_model_of, job_model_dir
+    from core.train.launch import latest_training
+
+    params = dict(params)
+    mix = params.pop("mix", None)
+    job = wait_job(ws, latest_training(ws, mix).job_id, poll_s=2.0)
+    models = job_model_dir(ws, job.job_id)
+    results = []
+    for k, path in enumerate(models.models.values()):
+        def model_progress(fraction: float, message: str, k: int = k) -> None:
+            progress((k + max(fraction, 0.0)) / len(models.models), message)
+
+        cfg = EvalConfig(model=str(path), baseline=base_model_of(models), mix=mix, **params)
+        results.append(run(ws, cfg, model_progress))
+    return {"job_id": job.job_id, "models": ["base", *models.models],
+            "scores": sum(len(m.benchmarks) for r in results for m in r.models),
+            "cached": sum(s.cached for r in results for m in r.models for s in m.benchmarks)}
