@@ -500,7 +500,8 @@ def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict
 
     params = dict(params)
     mix = params.pop("mix", None)
-    job = wait_job(ws, latest_training(ws, mix).job_id, poll_s=2.0)
+    job = wait_job(ws, latest_training(ws, mix).job_id, poll_s=2.0, on_progress=lambda j: progress(
+        0.0, f"waiting for training job {j.job_id}: {j.progress().get('message', '')}"))
     scoring = EvalConfig(model="", mix=mix, **params.pop("scoring", {}))
     out = ws.artifacts / params.pop("out", "reports/demo.html")
     result = build_report(ws, ReportConfig(jobs=[job.job_id], out=str(out), scoring=scoring, **params), progress)

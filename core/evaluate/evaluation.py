@@ -667,7 +667,8 @@ def demo_step(ws: Workspace, params: dict[str, Any], progress: Progress) -> dict
 
     params = dict(params)
     mix = params.pop("mix", None)
-    job = wait_job(ws, latest_training(ws, mix).job_id, poll_s=2.0)
+    job = wait_job(ws, latest_training(ws, mix).job_id, poll_s=2.0, on_progress=lambda j: progress(
+        0.0, f"waiting for training job {j.job_id}: {j.progress().get('message', '')}"))
     models = job_model_dir(ws, job.job_id)
     results = []
     for k, path in enumerate(models.models.values()):
