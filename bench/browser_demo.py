@@ -56,20 +56,34 @@ def set_number(page, label: str, value: int) -> None:
     wait_for_app(page)
 
 
-def train_walk(browser, url: str, ws: Path, screens: Path, steps: int, log: dict) -> None:
+def train_walk(browser, url: str, ws: Path, screens: Path, steps: int, log: dict, model: str = "",
+               mix_folder: str = "") -> None:
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
     page = context.new_page()
     page.goto(url)
     wait_for_app(page)
     open_studio_page(page, url, "Train")
     page.wait_for_selector("text=New training job")
+    if model:
+        field = page.get_by_label("Model", exact=True)
+        field.fill(model)
+        field.press("Enter")
+        wait_for_app(page)
+    if mix_folder:  # the demo mix's export folder, so this job is not taken for the demo's own
+        page.get_by_label("Mix", exact=True).click()
+        page.get_by_role("option", name="another export folder…").click()
+        wait_for_app(page)
+        field = page.get_by_label("Export folder", exact=True)
+        field.fill(mix_folder)
+        field.press("Enter")
+        wait_for_app(page)
     set_number(page, "Max steps (0: epochs)", steps)
     set_number(page, "Block size (tokens)", 128)
     set_number(page, "Batch size (per device)", 2)
     set_number(page, "Evaluate every (steps)", 4)
     set_number(page, "Checkpoint every (steps)", 4)
     toml = page.get_by_label("Config (TOML): launched as shown; edits here win until the form changes").input_value()
-    for line in (f"max_steps = {steps}", "block_size = 128", "batch_size = 2", "eval_steps = 4", 'mix = "demo-mip"'):
+    for line in (f"max_steps = {steps}", "block_size = 128", "batch_size = 2", "eval_steps = 4", f'mix = "{mix_folder or "demo-mip"}"'):
         assert line in toml, (line, toml)
     before = {j.job_id for j in list_jobs(ws, "train")}
     page.screenshot(path=str(screens / "train_1_form.png"), full_page=True)
@@ -172,6 +186,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--step-delay", type=float, default=1.0, help="seconds added per step: time to watch")
     parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--skip-report", action="store_true")
+    parser.add_argument("--model", default="", help="the model to train (default: the form's, bundled:smollm2)")
+    parser.add_argument("--mix-folder", default="", help="train on this export folder instead of the mix demo-mip")
     args = parser.parse_args()
     args.screens.mkdir(parents=True, exist_ok=True)
     from playwright.sync_api import sync_playwright
@@ -183,9 +200,11 @@ def main() -> int:
             browser = pw.chromium.launch(executable_path=CHROMIUM,
                                          args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
             try:
-                report_walk(browser, url, args.screens, log)
+                if not args.skip_report:
+                    report_walk(browser, url, args.screens, log)
                 if not args.skip_train:
-                    train_walk(browser, url, args.workspace.resolve(), args.screens, args.steps, log)
+                    train_walk(browser, url, args.workspace.resolve(), args.screens, args.steps, log, args.model,
+                               args.mix_folder)
             finally:
                 browser.close()
     finally:
