@@ -8,6 +8,7 @@ a table to the recipe.
 
 from __future__ import annotations
 
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +67,14 @@ def load_recipe(path: Path = DEFAULT_RECIPE) -> dict[str, Any]:
 
 def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress = no_progress
               ) -> list[dict[str, Any]]:
-    """Run a recipe's steps in order (each a table with `name` and its config's fields); their counts, in order."""
+    """Run a recipe's steps in order (each a table with `name` and its config's fields); their counts and wall
+    times (`seconds`), in order."""
     out = []
     for index, table in enumerate(planned):
         step = get_step(table["name"])
         configs = step.configs_from_recipe(table)
         counts: dict[str, Any] = {}
+        started = time.monotonic()
         for part, (label, config) in enumerate(configs.items()):
             def step_progress(fraction: float, message: str, index: int = index, name: str = step.name,
                               part: int = part, label: str | None = label, parts: int = len(configs)) -> None:
@@ -80,7 +83,7 @@ def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress =
 
             summary = step.summarise(run_step(ws, step.name, config, step_progress))
             counts.update(summary if label is None else {label: summary})
-        out.append({"step": step.name, **counts})
+        out.append({"step": step.name, **counts, "seconds": round(time.monotonic() - started, 1)})
     return out
 
 
@@ -109,11 +112,12 @@ def build_demo(ws: Workspace, data: Path | None = None, recipe_path: Path = DEFA
                          share: float = share, name: str = corpus["name"]) -> None:
             progress(base + share * max(fraction, 0.0), f"ingest {name}: {message}")
 
+        started = time.monotonic()
         res = ingest(ws, cfg, sub_progress)
         if kind := corpus.get("benchmark_kind"):
             register_benchmark(ws, corpus["name"], kind, corpus.get("description", ""))
         result.corpora.append({"corpus": corpus["name"], "role": corpus["role"], "run_id": res.run_id,
-                               **res.counts()})
+                               **res.counts(), "seconds": round(time.monotonic() - started, 1)})
     if steps:
         result.steps = run_steps(ws, recipe.get("step", []), lambda f, m: progress(0.7 + 0.3 * f, m))
     progress(1.0, "demo workspace ready")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from core.evaluate.evaluation import (
     RETENTION_TARGET,
     EvalConfig,
     ModelScores,
+    TrainedModelsEvalConfig,
     compare,
     compare_perplexity,
     evaluate_model,
@@ -36,6 +37,7 @@ from core.evaluate.models import ModelSpec, resolve_model
 from core.evaluate.stats import mcnemar, paired_difference, paired_ratio
 from core.models import BUNDLED_LM, ModelUnavailable
 from core.progress import Progress, no_progress
+from core.steps import Step
 from core.workspace import Workspace, WorkspaceError
 
 SECTIONS = ("Headline", "Scores by subject", "Perplexity", "Training curves", "Flipped items", "Lineage")
@@ -490,3 +492,61 @@ def saved_reports(ws: Workspace) -> list[Path]:
     """Reports written under the workspace's artifacts/reports folder, newest first."""
     folder = ws.artifacts / "reports"
     return sorted(folder.glob("*.html"), key=lambda p: p.stat().st_mtime, reverse=True) if folder.is_dir() else []
+
+
+@dataclass
+class TrainingReportConfig:
+    """The report on the newest training job on `mix` (waited for while it runs): `out` (relative to the
+    workspace's artifacts), `min_gain`, `min_retention`, and the evaluation settings in `scoring` (EvalConfig
+    keys, the same as the evaluate step's so every score comes from its cache)."""
+
+    mix: str | None = None
+    out: str = "reports/demo.html"
+    min_gain: float = 0.0
+    min_retention: float = RETENTION_TARGET
+    scoring: dict[str, Any] = field(default_factory=dict, metadata={"recipe": False})
+
+    def eval_config(self) -> EvalConfig:
+        return TrainedModelsEvalConfig(mix=self.mix, settings=self.scoring).eval_config("", None)
+
+    def validate(self) -> None:
+        self.eval_config().validate()
+
+
+@dataclass
+class TrainingReportResult:
+    html: str
+    json: str
+    cards: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def report_training_job(ws: Workspace, cfg: TrainingReportConfig, progress: Progress = no_progress
+                        ) -> TrainingReportResult:
+    """Wait for the newest training job on `cfg.mix` and write its report (HTML and JSON) under the artifacts."""
+    from core.jobs import wait_job
+    from core.train.launch import latest_training
+
+    job = wait_job(ws, latest_training(ws, cfg.mix).job_id, poll_s=2.0, on_progress=lambda j: progress(
+        0.0, f"waiting for training job {j.job_id}: {j.progress().get('message', '')}"))
+    out = ws.artifacts / cfg.out
+    result = build_report(ws, ReportConfig(jobs=[job.job_id], out=str(out), scoring=cfg.eval_config(),
+                                           min_gain=cfg.min_gain, min_retention=cfg.min_retention), progress)
+    return TrainingReportResult(result.html_path, result.json_path,
+                                [f"{c['job']}: {c['title']} {c['text']}" for c in result.cards])
+
+
+def _recipe_configs(table: dict[str, Any]) -> dict[None, TrainingReportConfig]:
+    table = {k: v for k, v in table.items() if k != "name"}
+    scoring = table.pop("scoring", {})
+    known = {f.name for f in fields(TrainingReportConfig)} - {"scoring"}
+    unknown = set(table) - known
+    if unknown:
+        raise ValueError(f"unknown report key(s): {', '.join(sorted(unknown))}")
+    return {None: TrainingReportConfig(scoring=scoring, **table)}
+
+
+REGISTERED_STEP = Step("report", TrainingReportConfig, report_training_job, kind="job",
+                       recipe_configs=_recipe_configs)

@@ -47,6 +47,8 @@ REGISTRY: dict[str, str | Step] = {
     "decontam": "core.decontam:REGISTERED_STEP",
     "mix": "core.mix:REGISTERED_STEP",
     "train": "core.train.launch:REGISTERED_STEP",
+    "evaluate": "core.evaluate.evaluation:REGISTERED_STEP",
+    "report": "core.report:REGISTERED_STEP",
 }
 
 

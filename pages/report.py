@@ -22,37 +22,39 @@ with w.read_ws() as ws:
     jobs = list_jobs(ws)
     reports = saved_reports(ws)
 
-with st.form("report"):
-    chosen = st.multiselect("Training jobs", jobs["job_id"].tolist(), help="jobs of the Train page")
-    folders = st.text_input("or job output folders (comma-separated)", value="")
-    c1, c2, c3, c4 = st.columns(4)
-    min_gain = c1.number_input("Domain gain target (points)", -100.0, 100.0, 0.0, step=0.5)
-    min_retention = c2.number_input("Retention target", 0.0, 2.0, RETENTION_TARGET, step=0.01)
-    formulation = c3.radio("Formulation", ["both", "letter", "cloze"], horizontal=True)
-    limit = c4.number_input("Items per benchmark (0 = all)", 0, 100_000, 100, step=50)
-    name = st.text_input("Report file name", value="report")
-    submitted = st.form_submit_button("Build report", type="primary", icon=":material/play_arrow:")
-if submitted:
-    targets = chosen + [f.strip() for f in folders.split(",") if f.strip()]
-    if not targets:
-        st.error("Choose at least one job.", icon=":material/error:")
-    else:
-        out = path / "artifacts" / "reports" / f"{Path(name).stem or 'report'}.html"
-        argv = ["report", "--jobs", ",".join(targets), "--out", str(out), "--min-gain", str(min_gain / 100),
-                "--min-retention", str(min_retention), "--formulation", formulation]
-        if limit:
-            argv += ["--limit", str(int(limit))]
-        w.start_job(argv, "Report")
-st.caption("Command line: `studio report WORKSPACE --jobs JOB,... --out FILE.html [--json]`")
+if reports:
+    shown = st.selectbox("Report", reports, format_func=lambda p: p.name)
+    c1, c2 = st.columns(2)
+    c1.download_button("Download HTML", shown.read_bytes(), file_name=shown.name, mime="text/html",
+                       icon=":material/download:")
+    if shown.with_suffix(".json").is_file():
+        c2.download_button("Download JSON", shown.with_suffix(".json").read_bytes(), file_name=shown.stem + ".json",
+                           mime="application/json", icon=":material/download:")
+    components.html(shown.read_text(encoding="utf-8"), height=1400, scrolling=True)
+else:
+    st.info("No report yet: build one below.", icon=":material/info:")
 
-if not reports:
-    st.info("No report yet.", icon=":material/info:")
-    st.stop()
-shown = st.selectbox("Report", reports, format_func=lambda p: p.name)
-c1, c2 = st.columns(2)
-c1.download_button("Download HTML", shown.read_bytes(), file_name=shown.name, mime="text/html",
-                   icon=":material/download:")
-if shown.with_suffix(".json").is_file():
-    c2.download_button("Download JSON", shown.with_suffix(".json").read_bytes(), file_name=shown.stem + ".json",
-                       mime="application/json", icon=":material/download:")
-components.html(shown.read_text(encoding="utf-8"), height=1400, scrolling=True)
+with st.expander("Build a report", expanded=not reports, icon=":material/play_arrow:"):
+    with st.form("report"):
+        chosen = st.multiselect("Training jobs", jobs["job_id"].tolist(), help="jobs of the Train page")
+        folders = st.text_input("or job output folders (comma-separated)", value="")
+        c1, c2, c3, c4 = st.columns(4)
+        min_gain = c1.number_input("Domain gain target (points)", -100.0, 100.0, 0.0, step=0.5)
+        min_retention = c2.number_input("Retention target", 0.0, 2.0, RETENTION_TARGET, step=0.01)
+        formulation = c3.radio("Formulation", ["both", "letter", "cloze"], horizontal=True)
+        limit = c4.number_input("Items per benchmark (0 = all)", 0, 100_000, 100, step=50)
+        name = st.text_input("Report file name", value="report")
+        submitted = st.form_submit_button("Build report", type="primary", icon=":material/play_arrow:")
+    if submitted:
+        targets = chosen + [f.strip() for f in folders.split(",") if f.strip()]
+        if not targets:
+            st.error("Choose at least one job.", icon=":material/error:")
+        else:
+            out = path / "artifacts" / "reports" / f"{Path(name).stem or 'report'}.html"
+            argv = ["report", "--jobs", ",".join(targets), "--out", str(out), "--min-gain", str(min_gain / 100),
+                    "--min-retention", str(min_retention), "--formulation", formulation]
+            if limit:
+                argv += ["--limit", str(int(limit))]
+            w.start_job(argv, "Report")
+    st.caption("Command line: `studio report WORKSPACE --jobs JOB,... --out FILE.html [--json]`")
+

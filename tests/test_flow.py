@@ -175,7 +175,7 @@ def _test_recipe(tmp_path: Path) -> Path:
     recipe["corpus"] = [c for c in recipe["corpus"] if c["name"] in SUBSET]
     assert len(recipe["corpus"]) == len(SUBSET)
     # the curation steps and the mix only: training and what follows it are not part of this comparison
-    recipe["step"] = [step for step in recipe["step"] if step["name"] not in ("train", "eval", "report")]
+    recipe["step"] = [step for step in recipe["step"] if step["name"] not in ("train", "evaluate", "report")]
     for step in recipe["step"]:
         step.update(CHEAPER.get(step["name"], {}))
     path = tmp_path / "recipe.toml"

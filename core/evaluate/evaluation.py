@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from core.evaluate.tasks import (
     write_tasks,
 )
 from core.progress import Progress, no_progress
+from core.steps import Step
 from core.workspace import Workspace, WorkspaceError
 
 RETENTION_TARGET = 0.95  # retention below this is flagged (the seeds' acceptance line)
@@ -656,3 +657,63 @@ def item_table(ws: Workspace, key: str):  # -> pandas.DataFrame
                  "b.question, i.loglikelihoods, i.context FROM eval_items i "
                  "LEFT JOIN benchmark_items b ON b.doc_id = i.item_doc_id WHERE i.cache_key = ? ORDER BY i.position",
                  [key])
+
+
+@dataclass
+class TrainedModelsEvalConfig:
+    """Evaluate a training job's models against its base: the newest job on `mix` (waited for while it runs), each
+    of its models (the trained one, the averaged one); `settings` holds any EvalConfig key but model/baseline."""
+
+    mix: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict, metadata={"recipe": False})
+
+    def eval_config(self, model: str, baseline: str | None) -> EvalConfig:
+        allowed = {f.name for f in fields(EvalConfig)} - {"model", "baseline", "mix"}
+        unknown = set(self.settings) - allowed
+        if unknown:
+            raise ValueError(f"unknown evaluation key(s): {', '.join(sorted(unknown))}")
+        return EvalConfig(model=model, baseline=baseline, mix=self.mix, **self.settings)
+
+    def validate(self) -> None:
+        self.eval_config("", None).validate()
+
+
+@dataclass
+class TrainedModelsEvalResult:
+    job_id: str
+    models: list[str]
+    scores: int
+    cached: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_training_job(ws: Workspace, cfg: TrainedModelsEvalConfig, progress: Progress = no_progress
+                          ) -> TrainedModelsEvalResult:
+    """The newest training job on `cfg.mix`, waited for, each of its models scored against its base model."""
+    from core.jobs import wait_job
+    from core.report import base_model_of, job_model_dir
+    from core.train.launch import latest_training
+
+    job = wait_job(ws, latest_training(ws, cfg.mix).job_id, poll_s=2.0, on_progress=lambda j: progress(
+        0.0, f"waiting for training job {j.job_id}: {j.progress().get('message', '')}"))
+    models = job_model_dir(ws, job.job_id)
+    results = []
+    for k, path in enumerate(models.models.values()):
+        def model_progress(fraction: float, message: str, k: int = k) -> None:
+            progress((k + max(fraction, 0.0)) / len(models.models), message)
+
+        results.append(run(ws, cfg.eval_config(str(path), base_model_of(models)), model_progress))
+    return TrainedModelsEvalResult(job.job_id, ["base", *models.models],
+                                   sum(len(m.benchmarks) for r in results for m in r.models),
+                                   sum(s.cached for r in results for m in r.models for s in m.benchmarks))
+
+
+def _recipe_configs(table: dict[str, Any]) -> dict[None, TrainedModelsEvalConfig]:
+    table = {k: v for k, v in table.items() if k != "name"}
+    return {None: TrainedModelsEvalConfig(mix=table.pop("mix", None), settings=table)}
+
+
+REGISTERED_STEP = Step("evaluate", TrainedModelsEvalConfig, evaluate_training_job, kind="job",
+                       recipe_configs=_recipe_configs)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from core.jobs import Job, launch_job, list_jobs
+from core.jobs import Job, JobError, launch_job, list_jobs
 from core.models import ModelUnavailable, resolve_lm
 from core.steps import Step
 from core.train.config import ConfigError, TrainConfig, parse_config
@@ -131,10 +131,15 @@ def launch_argv() -> list[str]:
             "{job_dir}/" + ACCELERATE_CONFIG_NAME, str(RUN_SCRIPT), "{job_dir}"]
 
 
-def launch_training(ws: Workspace | str | Path, config_text: str, *, env: dict[str, str] | None = None) -> Job:
-    """Check `config_text` (TOML) and start it as a `train` job; ConfigError with the reason when it cannot run."""
+def launch_training(ws: Workspace | str | Path, config_text: str, *, env: dict[str, str] | None = None,
+                    reuse: bool = False) -> Job:
+    """Check `config_text` (TOML) and start it as a `train` job; ConfigError with the reason when it cannot run.
+    With `reuse`, a job with the same config and the same resolved inputs (model, mix manifest hash) that finished
+    or is still running is returned instead: launching it again would only compute the same model again."""
     config = parse_config(config_text)
     resolved = resolve(config, ws if isinstance(ws, Workspace) else _workspace_path(ws))
+    if reuse and (same := same_training(ws, config_text, resolved)) is not None:
+        return same
 
     def prepare(folder: Path) -> None:
         (folder / RESOLVED_NAME).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
@@ -142,6 +147,30 @@ def launch_training(ws: Workspace | str | Path, config_text: str, *, env: dict[s
 
     label = f"{config.stage.upper()} {config.method} on {Path(config.mix).name or Path(config.data).name}"
     return launch_job(ws, JOB_KIND, config_text, launch_argv(), label=label, env=env, prepare=prepare)
+
+
+def same_training(ws: Workspace | str | Path, config_text: str, resolved: dict[str, Any]) -> Job | None:
+    """The newest finished or running train job launched with `config_text` on the same `resolved` inputs."""
+    for job in list_jobs(ws, JOB_KIND):
+        if job.config != config_text or not (job.active or job.status == "finished"):
+            continue
+        try:
+            if json.loads((job.folder / RESOLVED_NAME).read_text(encoding="utf-8")) == resolved:
+                return job
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def latest_training(ws: Workspace | str | Path, mix: str | None = None) -> Job:
+    """The newest train job (on mix `mix`, by name or export folder, when given); JobError when there is none."""
+    for job in list_jobs(ws, JOB_KIND):
+        try:
+            if mix is None or parse_config(job.config).mix == mix:
+                return job
+        except ConfigError:  # a config this version no longer reads is not the one asked for
+            continue
+    raise JobError(f"no training job{f' on mix {mix!r}' if mix else ''} in this workspace")
 
 
 # --- the read side: estimates, figures, comparisons ---------------------------------------------------------------
@@ -299,8 +328,8 @@ def run_training_job(ws: Workspace, cfg: TrainJobConfig, progress: Any) -> Train
     from core.jobs import wait_job
     from core.train.config import config_to_toml
 
-    job = launch_training(ws, config_to_toml(cfg.train_config()))
-    progress(0.5, f"training job {job.job_id} started")
+    job = launch_training(ws, config_to_toml(cfg.train_config()), reuse=True)
+    progress(0.5, f"training job {job.job_id} {'started' if job.status == 'running' else job.status}")
     if cfg.wait:
         job = wait_job(ws, job.job_id, poll_s=2.0)
     return TrainJobResult(job.job_id, job.status, job.output_dir)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from core.config import REPO_ROOT, data_root, workspaces_root
@@ -119,17 +120,23 @@ def demo_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     workspace = args.workspace or workspaces_root() / "demo"
     if not args.no_app:
         check_access(args)  # before the build, so a refused address costs nothing
+    started = time.monotonic()
     with Workspace.open(workspace) as ws:
         result = build_demo(ws, args.data, args.recipe, report, steps=not args.no_steps)
+    seconds = round(time.monotonic() - started, 1)
     data = {"workspace": result.workspace, "documents_added": result.documents_added, "errors": result.errors,
-            "corpora": result.corpora, "steps": result.steps}
+            "corpora": result.corpora, "steps": result.steps, "seconds": seconds}
     lines = [f"demo workspace {result.workspace}: {result.documents_added:,} documents added, "
              f"{result.errors:,} skipped records (see ingest_errors)"]
     for c in result.corpora:
         lines.append(f"  {c['corpus']:32} {c['role']:12} +{c['documents_added']:>7,}  "
-                     f"({c['already_present']:,} already present, {c['errors']:,} errors)")
+                     f"({c['already_present']:,} already present, {c['errors']:,} errors)  {c['seconds']:.0f} s")
     for s in result.steps:
-        lines.append(f"  step {s['step']}: " + ", ".join(f"{k}={v}" for k, v in s.items() if k != "step"))
+        lines.append(f"  step {s['step']} ({s['seconds']:.0f} s): "
+                     + ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("step", "seconds")))
+    ingest_seconds = sum(c["seconds"] for c in result.corpora)
+    lines.append(f"  wall time: {seconds:.0f} s in all (ingest {ingest_seconds:.0f} s, "
+                 + ", ".join(f"{s['step']} {s['seconds']:.0f} s" for s in result.steps) + ")")
     if args.no_app:
         return CommandResult(data, lines)
     print("\n".join(lines), file=sys.stderr)
