@@ -95,7 +95,7 @@ def test_a_field_added_to_a_step_config_reaches_the_cli_the_job_arguments_and_th
     assert json.loads(capsys.readouterr().out)["text"] == "HI"
     with Workspace.open(tmp_path / "ws") as ws:
         out = run_steps(ws, [{"name": "echo", "word": "yo", "times": 2, "shout": True}])
-    assert out == [{"step": "echo", "run_id": out[0]["run_id"], "text": "YO YO"}]
+    assert out == [{"step": "echo", "run_id": out[0]["run_id"], "text": "YO YO", "seconds": out[0]["seconds"]}]
 
 
 def test_bounds_and_choices_come_from_the_field(echo_step: type, tmp_path: Path,
