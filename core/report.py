@@ -526,11 +526,9 @@ class TrainingReportResult:
 def report_training_job(ws: Workspace, cfg: TrainingReportConfig, progress: Progress = no_progress
                         ) -> TrainingReportResult:
     """Wait for the newest training job on `cfg.mix` and write its report (HTML and JSON) under the artifacts."""
-    from core.jobs import wait_job
-    from core.train.launch import latest_training
+    from core.train.launch import wait_for_latest_training
 
-    job = wait_job(ws, latest_training(ws, cfg.mix).job_id, poll_s=2.0, on_progress=lambda j: progress(
-        0.0, f"waiting for training job {j.job_id}: {j.progress().get('message', '')}"))
+    job = wait_for_latest_training(ws, cfg.mix, progress)
     out = ws.artifacts / cfg.out
     result = build_report(ws, ReportConfig(jobs=[job.job_id], out=str(out), scoring=cfg.eval_config(),
                                            min_gain=cfg.min_gain, min_retention=cfg.min_retention), progress)

@@ -89,6 +89,9 @@ def curves(frames: dict[str, pd.DataFrame]) -> list[tuple[str, go.Figure]]:
                                          marker={"size": 4}))
         fig.update_layout(title=title, height=260, margin={"l": 10, "r": 10, "t": 40, "b": 10}, xaxis_title="step",
                           showlegend=len(fig.data) > 1, legend={"orientation": "h", "y": -0.3})
+        # Steps are whole numbers: no 1.5 ticks on a short run, no negative axis when one point is logged.
+        last_step = max((max(trace.x) for trace in fig.data if len(trace.x)), default=0)
+        fig.update_xaxes(rangemode="nonnegative", tickformat="d", **({"dtick": 1} if last_step <= 10 else {}))
         if title == "Validation perplexity":
             fig.update_yaxes(type="log")
         out.append((title, fig))

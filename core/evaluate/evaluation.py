@@ -692,12 +692,10 @@ class TrainedModelsEvalResult:
 def evaluate_training_job(ws: Workspace, cfg: TrainedModelsEvalConfig, progress: Progress = no_progress
                           ) -> TrainedModelsEvalResult:
     """The newest training job on `cfg.mix`, waited for, each of its models scored against its base model."""
-    from core.jobs import wait_job
     from core.report import base_model_of, job_model_dir
-    from core.train.launch import latest_training
+    from core.train.launch import wait_for_latest_training
 
-    job = wait_job(ws, latest_training(ws, cfg.mix).job_id, poll_s=2.0, on_progress=lambda j: progress(
-        0.0, f"waiting for training job {j.job_id}: {j.progress().get('message', '')}"))
+    job = wait_for_latest_training(ws, cfg.mix, progress)
     models = job_model_dir(ws, job.job_id)
     results = []
     for k, path in enumerate(models.models.values()):

@@ -173,6 +173,14 @@ def latest_training(ws: Workspace | str | Path, mix: str | None = None) -> Job:
     raise JobError(f"no training job{f' on mix {mix!r}' if mix else ''} in this workspace")
 
 
+def wait_for_latest_training(ws: Workspace | str | Path, mix: str | None, progress: Any) -> Job:
+    """The newest train job on `mix`, once it has ended (the steps that read its models wait for it)."""
+    from core.jobs import wait_job
+
+    return wait_job(ws, latest_training(ws, mix).job_id, poll_s=2.0, on_progress=lambda j: progress(
+        0.0, f"waiting for training job {j.job_id}: {j.progress().get('message', '')}"))
+
+
 # --- the read side: estimates, figures, comparisons ---------------------------------------------------------------
 @dataclass
 class Estimate:
