@@ -14,7 +14,7 @@ from __future__ import annotations
 import html
 import json
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from core.evaluate.models import ModelSpec, resolve_model
 from core.evaluate.stats import mcnemar, paired_difference, paired_ratio
 from core.models import BUNDLED_LM, ModelUnavailable
 from core.progress import Progress, no_progress
-from core.steps import Step
+from core.steps import Step, config_from_recipe
 from core.workspace import Workspace, WorkspaceError
 
 SECTIONS = ("Headline", "Scores by subject", "Perplexity", "Training curves", "Flipped items", "Lineage")
@@ -537,13 +537,11 @@ def report_training_job(ws: Workspace, cfg: TrainingReportConfig, progress: Prog
 
 
 def _recipe_configs(table: dict[str, Any]) -> dict[None, TrainingReportConfig]:
-    table = {k: v for k, v in table.items() if k != "name"}
-    scoring = table.pop("scoring", {})
-    known = {f.name for f in fields(TrainingReportConfig)} - {"scoring"}
-    unknown = set(table) - known
-    if unknown:
-        raise ValueError(f"unknown report key(s): {', '.join(sorted(unknown))}")
-    return {None: TrainingReportConfig(scoring=scoring, **table)}
+    # `scoring` is a free table of EvalConfig keys (checked by `validate`); the other keys are the config's fields.
+    config = config_from_recipe(TrainingReportConfig, {k: v for k, v in table.items() if k != "scoring"},
+                                step="report")
+    config.scoring = dict(table.get("scoring", {}))
+    return {None: config}
 
 
 REGISTERED_STEP = Step("report", TrainingReportConfig, report_training_job, kind="job",
