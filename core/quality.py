@@ -41,11 +41,12 @@ import pyarrow as pa
 from core.flow import scope_sql
 from core.models import BUNDLED_LM
 from core.parallel import default_workers, process_pool
+from core.perplexity import DTYPES as PERPLEXITY_DTYPES
 from core.perplexity import PerplexityConfig, resolve_dtype, score_texts
 from core.progress import Progress, no_progress
 from core.quality_signals import SIGNAL_NAMES, SIGNALS_VERSION, compute_batch, language_group
-from core.steps import ScoredAndFiltered, Step, score_then_filter, split_recipe
-from core.workspace import Workspace, WorkspaceError
+from core.steps import ScoredAndFiltered, Step, param, score_then_filter, split_recipe
+from core.workspace import ROLES, Workspace, WorkspaceError
 
 SCORE_STEP = "quality_score"
 FILTER_STEP = "quality"
@@ -227,18 +228,29 @@ def _check_corpora(ws: Workspace, corpora: Sequence[str]) -> None:
 # --- scoring --------------------------------------------------------------------------------------------------
 @dataclass
 class QualityScoreConfig:
-    roles: list[str] = field(default_factory=lambda: list(DEFAULT_ROLES))
-    corpora: list[str] = field(default_factory=list)  # empty: every corpus of `roles`
-    recompute: bool = False  # signals again even where stored (after a definition change this is automatic)
-    batch_size: int = 2_000
-    workers: int = 0  # processes for the heuristics; 0: one per core (at most 4), 1: in this process
-    perplexity: bool = False
-    lm: str = BUNDLED_LM
-    max_tokens: int = 256
-    lm_batch_size: int = 8
-    dtype: str = "auto"
-    sample_per_corpus: int | None = None  # perplexity on at most this many documents per corpus (None: all)
-    weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    roles: list[str] = param(list(DEFAULT_ROLES), flag="--role", repeat=True, choices=ROLES, show_default=False,
+                             help=f"roles scored and filtered; repeatable (default: {', '.join(DEFAULT_ROLES)})")
+    corpora: list[str] = param([], flag="--corpus", repeat=True, metavar="NAME",
+                               help="only these corpora; repeatable")  # empty: every corpus of `roles`
+    # after a definition change this is automatic
+    recompute: bool = param(False, help="compute the signals again even where stored")
+    batch_size: int = param(2_000, cli=False, help="documents read per batch")
+    # 1: in this process
+    workers: int = param(0, show_default=False, help="processes for the heuristics (0: one per core)")
+    perplexity: bool = param(False, help="also measure language-model perplexity")
+    lm: str = param(BUNDLED_LM, help="causal LM for perplexity: a local path or hub id (default: the bundled "
+                                     "SmolLM2-135M)")
+    max_tokens: int = param(256, show_default=False, help="truncate documents to this many tokens (256)")
+    lm_batch_size: int = param(8, show_default=False, help="documents per forward pass (8)")
+    dtype: str = param("auto", choices=PERPLEXITY_DTYPES,
+                       help="auto: the fastest path within 2% of fp32 perplexity on this CPU (calibrated once); "
+                            "bf16/fp32: torch; or a path name (onnx-int8, onnx-fp32, ...)")
+    sample_per_corpus: int | None = param(None, metavar="N", help="perplexity on at most N documents per corpus (a "
+                                                                  "fixed hash-ordered sample; default all)")
+    weights: dict[str, float] = param(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS), show_default=False, parse=parse_weights,
+        render=lambda weights: ",".join(f"{k}={v:g}" for k, v in weights.items()),
+        help="composite weights, e.g. relevance=0.3,fluency=0.2,informativeness=0.3,safety=0.2")
 
 
 @dataclass
@@ -477,12 +489,21 @@ def score_quality(ws: Workspace, cfg: QualityScoreConfig | None = None,
 # --- filtering ------------------------------------------------------------------------------------------------
 @dataclass
 class QualityFilterConfig:
-    rules: list[str] = field(default_factory=lambda: list(DEFAULT_PRESETS))
-    thresholds: dict[str, float] = field(default_factory=dict)
-    roles: list[str] = field(default_factory=lambda: list(DEFAULT_ROLES))
-    corpora: list[str] = field(default_factory=list)
-    keep_share: float = 0.05  # random share of would-be drops kept (recorded as 'keep' / random_keep)
-    seed: int = 0
+    rules: list[str] = param(list(DEFAULT_PRESETS), always=True, show_default=False,
+                             help=f"comma-separated presets or rule names (presets: {', '.join(PRESETS)}; default: "
+                                  f"{','.join(DEFAULT_PRESETS)}); see --list-rules")
+    thresholds: dict[str, float] = param(
+        default_factory=dict, flag="--threshold", repeat=True, metavar="RULE=VALUE", show_default=False,
+        parse=parse_thresholds, render=lambda thresholds: [f"{k}={v:g}" for k, v in thresholds.items()],
+        help="override a threshold, e.g. word_count:min=20 or perplexity:max@zh=5000 (one language group: latin "
+             "or zh); repeatable; naming a rule also chooses it")
+    # the command line's --role / --corpus are the scoring's: one scope for both (QualityStepConfig.one_scope)
+    roles: list[str] = param(list(DEFAULT_ROLES), cli=False, help="roles filtered")
+    corpora: list[str] = param([], cli=False, help="only these corpora")
+    # recorded as 'keep' / random_keep
+    keep_share: float = param(0.05, help="random share of would-be drops kept anyway, recorded as random_keep "
+                                         "(default 0.05)")
+    seed: int = param(0, help="seed of the random keep share (default 0)")
 
     def validate(self) -> None:
         if not 0 <= self.keep_share < 1:
@@ -649,12 +670,18 @@ def scored_documents(ws: Workspace) -> int:
 # --- the demo -------------------------------------------------------------------------------------------------
 @dataclass
 class QualityStepConfig:
-    """The quality step as a recipe runs it: score (heuristics; perplexity on a bounded sample per corpus with
-    `perplexity`, `sample_per_corpus`, `max_tokens`), then filter with the rules and thresholds. One table holds
-    both configs' fields; `roles` and `corpora` go to both."""
+    """The quality step as a recipe and `studio score` run it: score (heuristics; perplexity on a bounded sample
+    per corpus with `perplexity`, `sample_per_corpus`, `max_tokens`), then filter with the rules and thresholds.
+    One table holds both configs' fields; `roles` and `corpora` go to both. (The filter comes first so that the
+    command line, like `--help`, names the rules first.)"""
 
-    score: QualityScoreConfig = field(default_factory=QualityScoreConfig)
     filter: QualityFilterConfig = field(default_factory=QualityFilterConfig)
+    score: QualityScoreConfig = field(default_factory=QualityScoreConfig)
+
+    def one_scope(self) -> QualityStepConfig:
+        """The filter reads the corpora scored: the command line's --role / --corpus set both."""
+        self.filter.roles, self.filter.corpora = list(self.score.roles), list(self.score.corpora)
+        return self
 
     def validate(self) -> None:
         self.filter.validate()
@@ -668,6 +695,11 @@ def _summary(result: ScoredAndFiltered) -> dict[str, Any]:
             "relevance_available": scored.composite["relevance_available"]}
 
 
+def _recipe_configs(table: dict[str, Any]) -> dict[str | None, QualityStepConfig]:
+    score, filter_ = split_recipe(table, QualityScoreConfig, QualityFilterConfig, step="quality",
+                                  shared=("roles", "corpora"))
+    return {None: QualityStepConfig(filter=filter_, score=score)}
+
+
 REGISTERED_STEP = Step("quality", QualityStepConfig, score_then_filter(score_quality, apply_filters),
-            summary=_summary, recipe_configs=lambda table: {None: QualityStepConfig(*split_recipe(
-                table, QualityScoreConfig, QualityFilterConfig, step="quality", shared=("roles", "corpora")))})
+                       command="score", summary=_summary, recipe_configs=_recipe_configs)

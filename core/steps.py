@@ -113,17 +113,24 @@ def param(default: Any = MISSING, *, help: str, flag: str | None = None, aliases
           choices: Sequence[Any] | None = None, minimum: float | None = None, maximum: float | None = None,
           repeat: bool = False, negate: str | None = None, group: str | None = None, metavar: str | None = None,
           required: bool = False, cli: bool = True, recipe: bool = True, show_default: bool = True,
+          positional: bool = False, always: bool = False, parse: Callable[[Any], Any] | None = None,
+          render: Callable[[Any], str | list[str]] | None = None,
           default_factory: Callable[[], Any] | None = None) -> Any:
     """A config field with its help, bounds and CLI spelling.
 
     flag: the option's name when it is not `--field-name`; aliases: more names for it; repeat: a list given as a
     repeated option (else comma-separated); negate: for a bool that defaults to true, the flag that turns it off
     (`--keep-case` for `casefold`); group: the `--help` section; cli / recipe: whether the field is an option /
-    a recipe key at all; a nested config dataclass field contributes its own fields."""
+    a recipe key at all; positional: a list given as the command's positional arguments (`studio ingest WS
+    FILE...`); always: `job_argv` writes it even at its default (a command line that names what it applies);
+    parse / render: for a field whose CLI form is text of its own (`--threshold RULE=VALUE` for a
+    dict), the CLI text (a list of them with `repeat`) -> the value, and the value -> the CLI text (a list with
+    `repeat`); a nested config dataclass field contributes its own fields."""
     metadata = {"help": help, "flag": flag, "aliases": tuple(aliases), "choices": tuple(choices) if choices else None,
                 "minimum": minimum, "maximum": maximum, "repeat": repeat, "negate": negate, "group": group,
                 "metavar": metavar, "required": required, "cli": cli, "recipe": recipe,
-                "show_default": show_default}
+                "show_default": show_default, "positional": positional, "always": always, "parse": parse,
+                "render": render}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     if isinstance(default, list | dict | set):
@@ -251,8 +258,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Seque
             continue
         group = p.meta.get("group")
         target = groups.setdefault(group, parser.add_argument_group(group)) if group else parser
+        if p.meta.get("positional"):  # its dest is its name; argparse takes no dest= for a positional
+            target.add_argument(p.name, nargs="+" if p.meta.get("required") else "*", help=_help(p),
+                                **({"metavar": p.meta["metavar"]} if p.meta.get("metavar") else {}))
+            continue
         names = [p.flag, *p.meta.get("aliases", ())]
         kwargs: dict[str, Any] = {"dest": p.name, "help": _help(p)}
+        if p.meta.get("parse"):  # text of its own, read by `parse` in config_from_args
+            kwargs.update(default=None, metavar=p.meta.get("metavar") or p.flag.lstrip("-").replace("-", "_").upper())
+            if p.meta.get("repeat"):
+                kwargs["action"] = "append"
+            target.add_argument(*names, **kwargs)
+            continue
         if p.is_bool:
             kwargs["action"] = "store_false" if p.meta.get("negate") else "store_true"
             kwargs["default"] = p.default
@@ -286,8 +303,10 @@ def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
         if not p.meta.get("cli", True) or not hasattr(args, p.name):
             continue
         value = getattr(args, p.name)
-        if value is None and p.is_list:
+        if value is None and (p.is_list or p.meta.get("parse")):
             continue
+        if p.meta.get("parse"):
+            value = p.meta["parse"](value)
         _put(values, p.name, value)
     values.update(fixed)
     return _build(cls, values)
@@ -318,26 +337,42 @@ def job_argv(step: str | Step, config: Any) -> list[str]:
     if step.command is None:
         raise ValueError(f"step {step.name} has no studio command")
     argv = [step.command]
+    options: list[str] = []
     for p in params_of(step.config):
         if not p.meta.get("cli", True):
             continue
         value = _get(config, p.name)
-        default = None if p.default is MISSING else p.default
-        if p.is_list:
-            value, default = list(value or []), list(default or [])
-        if value == default and not p.meta.get("required"):
+        if p.meta.get("positional"):  # right after the command: `studio ingest WORKSPACE FILE... --options`
+            argv += [_format(v) for v in value or []]
             continue
-        if p.is_bool:
+        options += _option_argv(p, value)
+    return argv + options
+
+
+def _option_argv(p: Param, value: Any) -> list[str]:
+    """The CLI words that give one option `value`: none where it is the field's default."""
+    argv: list[str] = []
+    default = None if p.default is MISSING else p.default
+    if p.is_list:
+        value, default = list(value or []), list(default or [])
+    if value == default and not (p.meta.get("required") or p.meta.get("always")):
+        return argv
+    if p.meta.get("render") and value is not None:
+        rendered = p.meta["render"](value)
+        for text in (rendered if p.meta.get("repeat") else [rendered]):
+            argv += [p.flag, text]
+    elif p.is_bool:
+        if value != default:
             argv.append(p.flag)  # differs from the default: the flag flips it
-        elif value is None:
-            continue
-        elif p.is_list and p.meta.get("repeat"):
-            for item in value:
-                argv += [p.flag, _format(item)]
-        elif p.is_list:
-            argv += [p.flag, ",".join(map(_format, value))]
-        else:
-            argv += [p.flag, _format(value)]
+    elif value is None:
+        pass
+    elif p.is_list and p.meta.get("repeat"):
+        for item in value:
+            argv += [p.flag, _format(item)]
+    elif p.is_list:
+        argv += [p.flag, ",".join(map(_format, value))]
+    else:
+        argv += [p.flag, _format(value)]
     return argv
 
 

@@ -18,6 +18,8 @@ from core.quality import (
     PRESETS,
     RULES,
     QualityFilterConfig,
+    QualityScoreConfig,
+    QualityStepConfig,
     composite_summary,
     corpus_summary,
     documents_near_threshold,
@@ -28,6 +30,7 @@ from core.quality import (
     signal_values,
 )
 from core.quality_signals import SIGNAL_BY_NAME
+from core.steps import job_argv
 from core.workspace import ROLES, active_run
 from studio import widgets as w
 
@@ -67,14 +70,11 @@ with st.expander("Compute signals and perplexity", expanded=not scored):
     if with_ppl:
         st.caption(f"Perplexity inference path on this CPU: {describe_perplexity_path()}.")
     if st.button("Score documents", type="primary" if not scored else "secondary", key="quality_score_button"):
-        argv = ["score"]
-        for role in score_roles or list(DEFAULT_ROLES):
-            argv += ["--role", role]
-        if with_ppl:
-            argv += ["--perplexity", "--max-tokens", str(max_tokens)]
-            if sample:
-                argv += ["--sample-per-corpus", str(sample)]
-        w.start_job(argv, "Quality scoring" + (" with perplexity" if with_ppl else ""))
+        scoring = (QualityScoreConfig(roles=score_roles or list(DEFAULT_ROLES), perplexity=True,
+                                      max_tokens=int(max_tokens), sample_per_corpus=int(sample) or None)
+                   if with_ppl else QualityScoreConfig(roles=score_roles or list(DEFAULT_ROLES)))
+        w.start_job(job_argv("quality", QualityStepConfig(score=scoring)),
+                    "Quality scoring" + (" with perplexity" if with_ppl else ""))
 
 if not scored:
     st.info("No document has quality signals yet: score the documents above.", icon=":material/info:")
@@ -165,12 +165,9 @@ if applied:
     st.caption(f"Applied now: presets {', '.join(applied.get('rules', []))}; moved thresholds "
                f"{json.dumps(applied.get('thresholds', {}))}; keep share {applied.get('keep_share')}.")
 
-apply_argv = ["score", "--rules", ",".join(presets), "--keep-share", f"{keep_share:g}", "--stored-only",
-              "--apply"]
-for role in roles or list(DEFAULT_ROLES):
-    apply_argv += ["--role", role]
-for k, v in overrides.items():
-    apply_argv += ["--threshold", f"{k}={v:g}"]
+# the filter's scope is the command line's --role (the scoring's): one scope for both
+apply_config = QualityStepConfig(filter=cfg, score=QualityScoreConfig(roles=list(cfg.roles)))
+apply_argv = [*job_argv("quality", apply_config), "--stored-only", "--apply"]
 w.apply_filter_button(preview.dropped, apply_argv, f"Quality filter ({', '.join(presets)})", "quality filter",
                       key="quality_apply_button")
 
