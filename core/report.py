@@ -37,7 +37,7 @@ from core.evaluate.models import ModelSpec, resolve_model
 from core.evaluate.stats import mcnemar, paired_difference, paired_ratio
 from core.models import BUNDLED_LM, ModelUnavailable
 from core.progress import Progress, no_progress
-from core.steps import Step, config_from_recipe
+from core.steps import Step, config_from_recipe, param
 from core.workspace import Workspace, WorkspaceError
 
 SECTIONS = ("Headline", "Scores by subject", "Perplexity", "Training curves", "Flipped items", "Lineage")
@@ -46,12 +46,19 @@ BASE_COLOR, TRAINED_COLOR = "#8c8c8c", "#1f77b4"
 
 @dataclass
 class ReportConfig:
-    jobs: list[str]  # job ids (the `jobs` table) or job output folders
-    out: str  # the HTML file; the JSON is written beside it
-    baseline: str | None = None  # default: each job's base model
-    min_gain: float = 0.0  # domain gain must exceed this (points of accuracy, as a fraction)
-    min_retention: float = RETENTION_TARGET
+    jobs: list[str] = param(required=True, help="comma-separated job ids or job output folders")  # or `jobs` rows
+    out: str = param(required=True, metavar="FILE.html", help="the HTML report (JSON beside it)")
+    baseline: str | None = param(None, metavar="PATH_OR_ID",
+                                 help="the base model (default: each job's base model)")
+    # domain gain must exceed this (points of accuracy, as a fraction)
+    min_gain: float = param(0.0, help="domain gain target (default: above 0)")
+    min_retention: float = param(RETENTION_TARGET, help=f"retention target (default {RETENTION_TARGET})")
+    # the scoring options of `studio eval` but its --model / --baseline (REPORT_SKIPS)
     scoring: EvalConfig = field(default_factory=lambda: EvalConfig(model=""))
+
+
+# `studio report`'s options are ReportConfig's fields; the models come from the jobs, not from `scoring`
+REPORT_SKIPS = ("scoring.model", "scoring.baseline")
 
 
 @dataclass

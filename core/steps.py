@@ -297,7 +297,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, skip: Seque
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
-    """The config the parsed options describe; options not given keep the field's default."""
+    """The config the parsed options describe; options not given keep the field's default; `fixed` values
+    (dotted for a nested config's field: `**{"scoring.model": ""}`) win over the options."""
     values: dict[str, Any] = {}
     for p in params_of(cls):
         if not p.meta.get("cli", True) or not hasattr(args, p.name):
@@ -308,7 +309,8 @@ def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any) -> Any:
         if p.meta.get("parse"):
             value = p.meta["parse"](value)
         _put(values, p.name, value)
-    values.update(fixed)
+    for name, value in fixed.items():
+        _put(values, name, value)
     return _build(cls, values)
 
 
@@ -336,10 +338,17 @@ def job_argv(step: str | Step, config: Any) -> list[str]:
     step = get_step(step) if isinstance(step, str) else step
     if step.command is None:
         raise ValueError(f"step {step.name} has no studio command")
-    argv = [step.command]
+    return [step.command, *config_argv(config)]
+
+
+def config_argv(config: Any, skip: Sequence[str] = ()) -> list[str]:
+    """The CLI words that give a command built with `add_config_arguments(parser, type(config), skip)` this
+    config: positional values first, then the options that differ from their defaults (for `studio eval`, which
+    is no registered step: `["eval", *config_argv(EvalConfig(...))]`)."""
+    argv: list[str] = []
     options: list[str] = []
-    for p in params_of(step.config):
-        if not p.meta.get("cli", True):
+    for p in params_of(type(config)):
+        if not p.meta.get("cli", True) or p.name in skip:
             continue
         value = _get(config, p.name)
         if p.meta.get("positional"):  # right after the command: `studio ingest WORKSPACE FILE... --options`

@@ -6,7 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core.benchmarks import benchmarks
-from core.evaluate import item_table, perplexity_table, score_table
+from core.evaluate import EvalConfig, item_table, perplexity_table, score_table
+from core.steps import config_argv
 from studio import widgets as w
 
 st.title(":material/fact_check: Evaluate")
@@ -42,14 +43,9 @@ with st.form("evaluate"):
     with_ppl = c6.checkbox("Perplexity", value=True, help="on the latest mix's validation sets")
     submitted = st.form_submit_button("Evaluate", type="primary", icon=":material/play_arrow:")
 if submitted:
-    argv = ["eval", "--model", model.strip(), "--formulation", formulation, "--shots", str(int(shots)),
-            "--benchmarks", ",".join(chosen), "--items-out", str(path / "artifacts" / "eval" / "items.jsonl")]
-    if baseline.strip():
-        argv += ["--baseline", baseline.strip()]
-    if limit:
-        argv += ["--limit", str(int(limit))]
-    if not with_ppl:
-        argv.append("--no-perplexity")
+    config = EvalConfig(model=model.strip(), baseline=baseline.strip() or None, benchmarks=list(chosen) or None,
+                        formulation=formulation, shots=int(shots), limit=int(limit) or None, perplexity=with_ppl)
+    argv = ["eval", *config_argv(config), "--items-out", str(path / "artifacts" / "eval" / "items.jsonl")]
     w.start_job(argv, f"Evaluate {model.strip()}")
 st.caption("Command line: `studio eval WORKSPACE --model PATH_OR_ID [--baseline PATH_OR_ID] [--benchmarks ...] "
            "[--formulation letter|cloze|both] [--shots K] [--limit N] [--items-out FILE]`")

@@ -8,8 +8,9 @@ from pathlib import Path
 import streamlit as st
 import streamlit.components.v1 as components
 
-from core.evaluate import RETENTION_TARGET
-from core.report import list_jobs, saved_reports
+from core.evaluate import RETENTION_TARGET, EvalConfig
+from core.report import REPORT_SKIPS, ReportConfig, list_jobs, saved_reports
+from core.steps import config_argv
 from studio import widgets as w
 
 st.title(":material/summarize: Report")
@@ -51,10 +52,8 @@ with st.expander("Build a report", expanded=not reports, icon=":material/play_ar
             st.error("Choose at least one job.", icon=":material/error:")
         else:
             out = path / "artifacts" / "reports" / f"{Path(name).stem or 'report'}.html"
-            argv = ["report", "--jobs", ",".join(targets), "--out", str(out), "--min-gain", str(min_gain / 100),
-                    "--min-retention", str(min_retention), "--formulation", formulation]
-            if limit:
-                argv += ["--limit", str(int(limit))]
-            w.start_job(argv, "Report")
+            config = ReportConfig(jobs=targets, out=str(out), min_gain=min_gain / 100, min_retention=min_retention,
+                                  scoring=EvalConfig(model="", formulation=formulation, limit=int(limit) or None))
+            w.start_job(["report", *config_argv(config, skip=REPORT_SKIPS)], "Report")
     st.caption("Command line: `studio report WORKSPACE --jobs JOB,... --out FILE.html [--json]`")
 

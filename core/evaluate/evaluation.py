@@ -38,7 +38,7 @@ from core.evaluate.tasks import (
     write_tasks,
 )
 from core.progress import Progress, no_progress
-from core.steps import Step
+from core.steps import Step, comma_list, param
 from core.workspace import Workspace, WorkspaceError
 
 RETENTION_TARGET = 0.95  # retention below this is flagged (the seeds' acceptance line)
@@ -48,21 +48,29 @@ METRICS = {"letter": ("acc",), "cloze": ("acc", "acc_norm")}
 
 @dataclass
 class EvalConfig:
-    model: str  # bundled:smollm2, a local folder (model or PEFT adapter) or a hub id available locally
-    baseline: str | None = None  # compared with `model`: gain on domain, retention on general benchmarks
-    benchmarks: list[str] | None = None  # benchmark corpora (default: all of the workspace)
-    formulation: str = "both"  # letter | cloze | both
-    shots: int = 0  # few-shot exemplars per subject (0 = zero-shot)
-    limit: int | None = None  # a seeded sample of this many items per benchmark (the same for every model)
-    seed: int = 0
-    fewshot: str | None = None  # exemplars JSONL (default: the shared MMLU dev set)
-    perplexity: bool = True  # perplexity and bits per byte on the mix's validation sets
-    mix: str | None = None  # mix id or name whose validation sets to use (default: the latest mix)
-    perplexity_docs: int = 200  # the first N documents of each validation set (the sets are shuffled)
-    max_length: int = 2048  # context of the rolling windows
-    batch_size: int = 8
-    dtype: str = "float32"
-    device: str = "auto"  # auto: cuda when available, else cpu
+    model: str = param(required=True, metavar="PATH_OR_ID",
+                       help="bundled:smollm2, a model or adapter folder, a job output folder or a local hub id")
+    # compared with `model`: gain on domain, retention on general benchmarks
+    baseline: str | None = param(None, metavar="PATH_OR_ID", help="compare with this model (domain gain, retention)")
+    benchmarks: list[str] | None = param(None, parse=lambda text: comma_list(text) or None, render=",".join,
+                                         help="comma-separated benchmark names (default: all of the workspace)")
+    formulation: str = param("both", choices=("letter", "cloze", "both"),
+                             help="letter: MMLU's prompt scored on ' A'..' D' (acc); cloze: 'Question: ...\\nAnswer:' "
+                                  "scored on each choice (acc, acc_norm); default both")
+    shots: int = param(0, help="few-shot exemplars per subject (default 0)")  # 0 = zero-shot
+    limit: int | None = param(None, help="a seeded sample of N items per benchmark, the same for every model")
+    seed: int = param(0, help="seed of the --limit sample (default 0)")
+    fewshot: str | None = param(None, metavar="FILE", help="exemplars, MCQ JSONL with subjects (default: the shared "
+                                                           "MMLU dev set, 5 per subject)")
+    perplexity: bool = param(True, negate="--no-perplexity", help="skip perplexity on the validation sets")
+    mix: str | None = param(None, help="mix (id, name or export folder) whose validation sets give perplexity "
+                                       "(default: the latest mix)")
+    # the first N documents of each validation set (the sets are shuffled)
+    perplexity_docs: int = param(200, help="documents of each validation set scored for perplexity (default 200)")
+    max_length: int = param(2048, cli=False, help="context of the rolling windows")
+    batch_size: int = param(8, help="lm-eval batch size (default 8)")
+    dtype: str = param("float32", help="model dtype (default float32)")
+    device: str = param("auto", help="cpu, cuda or auto (default)")  # auto: cuda when available, else cpu
 
     def formulations(self) -> list[str]:
         if self.formulation == "both":
