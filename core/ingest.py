@@ -25,6 +25,8 @@ import pyarrow as pa
 from core.parallel import default_workers, process_pool
 from core.progress import Progress, no_progress
 from core.readers import (
+    FORMATS,
+    LAYOUTS,
     CorruptSourceError,
     ReadOptions,
     SourceError,
@@ -34,25 +36,29 @@ from core.readers import (
     read_source,
     split_suffixes,
 )
+from core.steps import param
 from core.text import clean_text, content_hash, detect_language
-from core.workspace import Workspace, WorkspaceError
+from core.workspace import ROLES, Workspace, WorkspaceError
 
 
 @dataclass
 class IngestConfig:
-    sources: list[str]  # files, folders, globs or hf://owner/name[:config][/split]
-    corpus: str
-    role: str
-    fmt: str = "auto"
-    layout: str = "auto"
-    text_field: str | None = None
-    template: str | None = None
-    txt_unit: str = "paragraph"
-    encoding: str | None = None
-    pattern: str = "**/*"  # files taken from a folder
-    min_chars: int = 1
-    max_chars: int = 1_000_000
-    batch_size: int = 20_000
+    sources: list[str] = param(positional=True, required=True,
+                               help="files, folders (recursive), globs, or hf://owner/name[:config][/split]")
+    corpus: str = param(required=True, help="corpus name (created on first ingest)")
+    role: str = param(required=True, choices=ROLES, help="the corpus's role")
+    fmt: str = param("auto", flag="--format", choices=FORMATS, show_default=False, help="default: from the file name")
+    layout: str = param("auto", choices=LAYOUTS, show_default=False,
+                        help="how a record becomes a document (default: guessed per record)")
+    text_field: str | None = param(None, help="field name or dotted path of the text (default: text, then content)")
+    template: str | None = param(None, help="build the text from fields, e.g. '{title}\\n{answer}'")
+    txt_unit: str = param("paragraph", choices=("paragraph", "file"), show_default=False,
+                          help="TXT/Markdown: one document per paragraph or per file")
+    encoding: str | None = param(None, help="force an encoding (default: detected)")
+    pattern: str = param("**/*", show_default=False, help="glob for files inside folders")  # files from a folder
+    min_chars: int = param(1, show_default=False, help="shorter documents are recorded as errors")
+    max_chars: int = param(1_000_000, show_default=False, help="longer documents are recorded as errors")
+    batch_size: int = param(20_000, cli=False, help="documents written per batch")
 
     def read_options(self) -> ReadOptions:
         return ReadOptions(fmt=self.fmt, layout=self.layout, text_field=self.text_field, template=self.template,

@@ -9,8 +9,9 @@ import pandas as pd
 import streamlit as st
 
 from core.config import allowed_roots, resolve_within_roots, save_upload, upload_limit_mb
-from core.ingest import expand_sources, ingest_error_counts, ingest_errors, ingested_files
+from core.ingest import IngestConfig, expand_sources, ingest_error_counts, ingest_errors, ingested_files
 from core.readers import FORMATS, LAYOUTS, SourceError, preview_source
+from core.steps import config_argv, field_default
 from core.workspace import ROLES
 from studio import widgets as w
 
@@ -89,17 +90,12 @@ else:
                                               "general ability; instruction: SFT data; benchmark: held-out "
                                               "evaluation items")
     if st.button("Ingest", type="primary", key="ingest_run", icon=":material/play_arrow:", disabled=not corpus.strip()):
-        argv = ["ingest", *sources, "--corpus", corpus.strip(), "--role", role, "--format", fmt, "--layout", layout,
-                "--txt-unit", txt_unit]
-        if encoding:
-            argv += ["--encoding", encoding]
-        if template:
-            argv += ["--template", template.replace("\\n", "\n")]
-        elif text_field != "(automatic)":
-            argv += ["--text-field", text_field]
-        if any(Path(s).is_dir() for s in sources):
-            argv += ["--pattern", pattern]
-        w.start_job(argv, f"Ingest into {corpus.strip()}")
+        config = IngestConfig(
+            sources=sources, corpus=corpus.strip(), role=role, fmt=fmt, layout=layout, txt_unit=txt_unit,
+            encoding=encoding or None, template=template.replace("\\n", "\n") if template else None,
+            text_field=text_field if not template and text_field != "(automatic)" else None,
+            pattern=pattern if any(Path(s).is_dir() for s in sources) else field_default(IngestConfig, "pattern"))
+        w.start_job(["ingest", *config_argv(config)], f"Ingest into {corpus.strip()}")
 
 st.divider()
 st.subheader("Corpora")
