@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from core.mix import _turns_of
+from core.mix import instruction_turns
 from core.train.config import ConfigError
 
 VALIDATION_SETS = ("domain", "general")
@@ -178,7 +178,7 @@ def sft_examples(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     """Prompt-completion chat examples (the loss falls on the completion, the final response, only)."""
     examples = []
     for record in read_records(path):
-        parsed = _turns_of(_kind(record), record)
+        parsed = instruction_turns(_kind(record), record)
         if parsed is None:
             continue
         system, pairs = parsed
