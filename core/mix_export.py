@@ -39,6 +39,7 @@ from core.mix_screening import (
     screen_and_refill,
 )
 from core.progress import Progress, no_progress
+from core.steps import param
 from core.workspace import Workspace, WorkspaceError, code_version
 
 MANIFEST_FORMAT = "studio-mix/1"
@@ -191,6 +192,22 @@ def duckdb_memory_limit(ws: Workspace, limit: str | None) -> Iterator[None]:
     finally:
         with contextlib.suppress(Exception):
             ws.con.execute(f"SET memory_limit = '{before}'")
+
+
+@dataclass
+class MixExportConfig:
+    """What `studio mix` exports (its options) and the Mix page launches: a recipe file, built and exported."""
+
+    recipe: str | None = param(None, metavar="FILE", help="the recipe (TOML); see `--write-preset` for a starting "
+                                                          "point")
+    out: str | None = param(None, metavar="DIR",
+                            help="export folder (default: WORKSPACE/artifacts/exports/<recipe name>)")
+    memory_limit: str = param(EXPORT_MEMORY_LIMIT, help="DuckDB's memory during the export; it spills to disk "
+                                                        "beyond it")
+
+    def validate(self) -> None:
+        if not self.recipe:
+            raise ValueError("--recipe FILE is required")
 
 
 def build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None = None,

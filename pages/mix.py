@@ -21,6 +21,7 @@ from core.mix import (
     PRESETS,
     SOURCES,
     Component,
+    MixExportConfig,
     MixRecipe,
     Phase,
     ValidationConfig,
@@ -33,6 +34,7 @@ from core.mix import (
     sample_documents,
     save_recipe,
 )
+from core.steps import config_argv
 from core.workspace import WorkspaceError
 from studio import widgets as w
 
@@ -269,7 +271,7 @@ job = w.current_job(path)
 if c3.button("Export mix", type="primary", icon=":material/output:", width="stretch",
              disabled=bool(job and job.running)):
     save_recipe(current, recipe_file)
-    w.start_job(["mix", "--recipe", str(recipe_file)], f"Export mix {current.name}")
+    w.start_job(["mix", *config_argv(MixExportConfig(recipe=str(recipe_file)))], f"Export mix {current.name}")
 st.caption(f"Exports go to `{path / 'artifacts' / 'exports' / current.name}`; the same recipe and seed give a "
            "byte-identical export.")
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 
 from core.mix import (
-    EXPORT_MEMORY_LIMIT,
     PRESETS,
+    MixExportConfig,
     build_mix,
     load_recipe,
     plan_mix,
     preset_recipe,
     save_recipe,
 )
+from core.steps import add_config_arguments, config_from_args
 from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
@@ -24,17 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "carve out validation sets, decontaminate against the benchmarks and export JSONL, Parquet, "
                     "alpaca/sharegpt, LLaMA-Factory dataset_info.json and a manifest.")
     add_workspace_arguments(p)
-    p.add_argument("--recipe", type=str, metavar="FILE",
-                   help="the recipe (TOML); see `--write-preset` for a starting point")
-    p.add_argument("--out", type=str, metavar="DIR",
-                   help="export folder (default: WORKSPACE/artifacts/exports/<recipe name>)")
+    add_config_arguments(p, MixExportConfig)
+    # the command's other modes: accounting only, or writing a starting recipe
     p.add_argument("--plan", action="store_true",
                    help="only show the accounting (available versus requested tokens); export nothing")
     p.add_argument("--write-preset", metavar="NAME", choices=list(PRESETS),
                    help=f"write a preset recipe to --recipe FILE and stop ({'; '.join(PRESETS)})")
     p.add_argument("--tokens", type=int, default=1_000_000, help="token budget for --write-preset")
-    p.add_argument("--memory-limit", default=EXPORT_MEMORY_LIMIT,
-                   help="DuckDB's memory during the export; it spills to disk beyond it (default %(default)s)")
     p.set_defaults(handler=mix_command)
 
 
@@ -51,20 +48,20 @@ def _plan_lines(plan) -> list[str]:
 
 
 def mix_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    if not args.recipe:
-        raise ValueError("--recipe FILE is required")
+    cfg = config_from_args(MixExportConfig, args)
+    cfg.validate()
     if args.write_preset:
         recipe = preset_recipe(args.write_preset, args.tokens)
-        path = save_recipe(recipe, args.recipe)
+        path = save_recipe(recipe, cfg.recipe)
         return CommandResult({"recipe": str(path), "preset": args.write_preset},
                              [f"wrote preset {args.write_preset!r} ({args.tokens:,} tokens) to {path}"])
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(cfg.recipe)
     if args.plan:
         with Workspace.open(args.workspace, create=False, read_only=True) as ws:
             plan = plan_mix(ws, recipe)
         return CommandResult({"plan": plan.to_dict()}, _plan_lines(plan))
     with Workspace.open(args.workspace, create=False, wait_s=60.0) as ws:
-        result = build_mix(ws, recipe, args.out, report, memory_limit=args.memory_limit)
+        result = build_mix(ws, recipe, cfg.out, report, memory_limit=cfg.memory_limit)
     d = result.decontamination
     lines = _plan_lines(result.plan) + [
         "",
