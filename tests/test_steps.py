@@ -127,3 +127,62 @@ def test_dedup_defaults_live_in_its_config_only() -> None:
     assert by_name["embed_model"].flag == "--model" and by_name["normalisation.casefold"].flag == "--keep-case"
     argv = job_argv("dedup", DedupConfig(method="exact", normalisation={"casefold": False}, corpora=["a", "b"]))
     assert argv == ["dedup", "--method", "exact", "--corpora", "a,b", "--keep-case"]
+
+
+def _parsed(argv: list[str]) -> Any:
+    return build_parser().parse_args(argv)
+
+
+def test_score_eval_ingest_mix_and_report_take_their_options_from_their_configs(tmp_path: Path) -> None:
+    """The hand-written commands' flags (interfaces) read into their configs, and a config's argument list reads
+    back into the same config: the page's job and the command line cannot drift apart."""
+    from core.evaluate import EvalConfig
+    from core.ingest import IngestConfig
+    from core.mix import MixExportConfig
+    from core.quality import QualityFilterConfig, QualityScoreConfig, QualityStepConfig
+    from core.report import REPORT_SKIPS, ReportConfig
+    from core.steps import config_argv, config_from_args
+
+    ws = str(tmp_path / "ws")
+    quality = config_from_args(QualityStepConfig, _parsed(
+        ["score", ws, "--rules", "c4,safety", "--threshold", "word_count:min=20", "--threshold",
+         "perplexity:max@zh=5000", "--keep-share", "0.1", "--seed", "3", "--role", "domain", "--corpus", "a",
+         "--perplexity", "--lm", "m", "--max-tokens", "64", "--lm-batch-size", "4", "--dtype", "fp32",
+         "--sample-per-corpus", "16", "--weights", "relevance=0.5", "--workers", "1", "--recompute"])).one_scope()
+    assert quality.filter == QualityFilterConfig(rules=["c4", "safety"], roles=["domain"], corpora=["a"],
+                                                 thresholds={"word_count:min": 20.0, "perplexity:max@zh": 5000.0},
+                                                 keep_share=0.1, seed=3)
+    assert quality.score == QualityScoreConfig(
+        roles=["domain"], corpora=["a"], recompute=True, workers=1, perplexity=True, lm="m", max_tokens=64,
+        lm_batch_size=4, dtype="fp32", sample_per_corpus=16,
+        weights={"relevance": 0.5, "fluency": 0.2, "informativeness": 0.3, "safety": 0.2})
+    argv = job_argv("quality", quality)
+    assert argv[:2] == ["score", "--rules"]  # the rules are always named on the page's command line
+    assert config_from_args(QualityStepConfig, _parsed([argv[0], ws, *argv[1:]])).one_scope() == quality
+    assert config_from_args(QualityStepConfig, _parsed(["score", ws])) == QualityStepConfig()
+
+    evaluation = config_from_args(EvalConfig, _parsed(
+        ["eval", ws, "--model", "m", "--baseline", "b", "--benchmarks", "x,y", "--formulation", "cloze",
+         "--shots", "5", "--limit", "10", "--no-perplexity"]))
+    assert evaluation == EvalConfig(model="m", baseline="b", benchmarks=["x", "y"], formulation="cloze", shots=5,
+                                    limit=10, perplexity=False)
+    assert config_from_args(EvalConfig, _parsed(["eval", ws, "--model", "m", *config_argv(evaluation)[2:]])) \
+        == evaluation
+    assert config_from_args(EvalConfig, _parsed(["eval", ws, "--model", "m", "--benchmarks", ""])).benchmarks is None
+
+    report = ReportConfig(jobs=["j1", "j2"], out="r.html", min_gain=0.01,
+                          scoring=EvalConfig(model="", limit=100, formulation="letter"))
+    argv = config_argv(report, skip=REPORT_SKIPS)
+    assert "--model" not in argv and "--baseline" not in argv
+    assert config_from_args(ReportConfig, _parsed(["report", ws, *argv]), **{"scoring.model": ""}) == report
+
+    ingest = IngestConfig(sources=["a.jsonl", "b.csv"], corpus="c", role="domain", fmt="jsonl",
+                          template="{q}\n{a}")
+    argv = config_argv(ingest)
+    assert argv[:2] == ["a.jsonl", "b.csv"]  # the positional sources first, as `studio ingest WS FILE...` takes
+    assert config_from_args(IngestConfig, _parsed(["ingest", ws, *argv])) == ingest
+
+    assert config_argv(MixExportConfig(recipe="r.toml")) == ["--recipe", "r.toml"]
+    assert config_from_args(MixExportConfig, _parsed(["mix", ws, "--recipe", "r.toml", "--out", "d",
+                                                      "--memory-limit", "1GB"])) \
+        == MixExportConfig(recipe="r.toml", out="d", memory_limit="1GB")
