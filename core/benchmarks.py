@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from core.ingest import IngestConfig, expand_sources, ingest
 from core.progress import Progress, no_progress
-from core.readers import gold_index
+from core.record_layouts import gold_index
 from core.workspace import Workspace, WorkspaceError
 
 BENCHMARK_KINDS = ("domain", "general")

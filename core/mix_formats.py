@@ -11,7 +11,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.readers import sharegpt_turns
+from core.record_layouts import sharegpt_turns
 
 
 @dataclass

@@ -16,7 +16,7 @@ import contextlib
 import csv
 import gzip
 import io
-import string
+import itertools
 import zlib
 from collections import deque
 from collections.abc import Iterator
@@ -26,14 +26,25 @@ from typing import IO, Any
 
 import orjson
 
+from core.record_layouts import (  # noqa: F401  (re-exported: `from core.readers import ...` keeps working)
+    DEFAULT_TEXT_FIELDS,
+    LAYOUTS,
+    dotted_get,
+    gold_index,
+    guess_layout,
+    mcq_problem,
+    render_alpaca,
+    render_mcq,
+    render_turns,
+    sharegpt_turns,
+)
+
 COMPRESSION_SUFFIXES = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 FORMAT_BY_SUFFIX = {
     ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv",
     ".tsv": "tsv", ".txt": "txt", ".md": "md", ".markdown": "md",
 }
 FORMATS = ("auto", "jsonl", "json", "parquet", "csv", "tsv", "txt", "md")
-LAYOUTS = ("auto", "text", "alpaca", "sharegpt", "mcq", "qa")
-DEFAULT_TEXT_FIELDS = ("text", "content")
 SNIPPET_CHARS = 200
 PREVIEW_LINE_BYTES = 16 << 20  # a preview shows longer lines by their size only
 
@@ -248,107 +259,7 @@ def _text_sample(path: Path, compression: str, opts: ReadOptions) -> bytes:
     return sample
 
 
-# --- turning a parsed record into a document ----------------------------------------------------------------
-def dotted_get(record: Any, path: str) -> Any:
-    value = record
-    for part in path.split("."):
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise KeyError(path)
-    return value
-
-
-def render_alpaca(rec: dict[str, Any]) -> str:
-    parts = [str(rec.get("system") or "").strip(), str(rec.get("instruction") or "").strip(),
-             str(rec.get("input") or "").strip()]
-    prompt = "\n".join(p for p in parts if p)
-    return f"{prompt}\n\n{str(rec.get('output') or '').strip()}".strip()
-
-
-def sharegpt_turns(rec: dict[str, Any]) -> list[dict[str, str]]:
-    """Normalise sharegpt (`conversations` of from/value) and OpenAI-style (`messages` of role/content)."""
-    turns = rec.get("conversations") if "conversations" in rec else rec.get("messages")
-    if not isinstance(turns, list):
-        raise ValueError("conversations is not a list")
-    out = []
-    for turn in turns:
-        if not isinstance(turn, dict):
-            raise ValueError("a turn is not an object")
-        speaker = turn.get("from", turn.get("role"))
-        value = turn.get("value", turn.get("content"))
-        if not isinstance(value, str) or speaker is None:
-            raise ValueError("a turn lacks from/value")
-        out.append({"from": str(speaker), "value": value})
-    return out
-
-
-def render_turns(turns: list[dict[str, str]]) -> str:
-    return "\n\n".join(t["value"].strip() for t in turns if t["value"].strip())
-
-
-def gold_index(value: Any, n_choices: int) -> int | None:
-    """The 0-based gold answer of a multiple-choice item, or None where it has none (missing or null).
-
-    Only an integer (or an integral number, or a string of digits, as CSV and some exports write it) within
-    the choices counts: 2.5, true or 7 of 4 choices raise ValueError rather than being coerced to an answer."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):  # a bool is an int to Python, never an answer index
-        raise ValueError(f"answer_index {value!r} is not an integer")
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ValueError(f"answer_index {value!r} is not an integer")
-        value = int(value)
-    elif isinstance(value, str):
-        if not value.strip().isdigit():
-            raise ValueError(f"answer_index {value!r} is not an integer")
-        value = int(value.strip())
-    elif not isinstance(value, int):
-        raise ValueError(f"answer_index {value!r} is not an integer")
-    if not 0 <= value < n_choices:
-        raise ValueError(f"answer_index {value} is outside the {n_choices} choices")
-    return value
-
-
-def mcq_problem(rec: dict[str, Any]) -> str | None:
-    """Why a multiple-choice record cannot be a benchmark item (None when it can)."""
-    question, choices = rec.get("question"), rec.get("choices")
-    if not isinstance(question, str):
-        return "benchmark item lacks a question" if question is None else "benchmark question is not a string"
-    if not question.strip():
-        return "benchmark item has an empty question"
-    if not isinstance(choices, list):
-        return "benchmark item has no choices list" if choices is None else "benchmark choices are not a list"
-    if not choices:
-        return "benchmark item has no choices"
-    if any(c is None or isinstance(c, dict | list) or not str(c).strip() for c in choices):
-        return "benchmark item has an empty or non-text choice"
-    try:
-        gold_index(rec.get("answer_index"), len(choices))
-    except ValueError:
-        return "benchmark item has an invalid answer_index"
-    return None
-
-
-def render_mcq(rec: dict[str, Any]) -> str:
-    letters = string.ascii_uppercase
-    options = "\n".join(f"{letters[i]}. {c}" for i, c in enumerate(rec["choices"]))
-    return f"{str(rec['question']).strip()}\n{options}"
-
-
-def _guess_layout(rec: dict[str, Any]) -> str:
-    if "instruction" in rec and "output" in rec:
-        return "alpaca"
-    if isinstance(rec.get("conversations"), list) or isinstance(rec.get("messages"), list):
-        return "sharegpt"
-    if "question" in rec and "choices" in rec:  # a null or empty choices list is a bad item, not a text record
-        return "mcq"
-    return "text"
-
-
+# --- turning a parsed record into a document (its layout: core.record_layouts) ----------------------------
 def record_to_document(rec: Any, opts: ReadOptions, line: int | None, offset: int | None) -> SourceRecord:
     out = SourceRecord(line=line, byte_offset=offset)
     if not isinstance(rec, dict):
@@ -365,7 +276,7 @@ def record_to_document(rec: Any, opts: ReadOptions, line: int | None, offset: in
             else:
                 out.text = value
             return out
-        layout = opts.layout if opts.layout != "auto" else _guess_layout(rec)
+        layout = opts.layout if opts.layout != "auto" else guess_layout(rec)
         if layout == "text":
             for name in DEFAULT_TEXT_FIELDS:
                 if isinstance(rec.get(name), str):
@@ -540,11 +451,33 @@ def _lines_with_offsets(path: Path, compression: str, encoding: str,
             offset += line.size if isinstance(line, LongLine) else size_of(line)
 
 
+@dataclass
+class ParsedRecord:
+    """A record as a format's parser gives it, before it becomes a document (`record_to_document`): what the
+    Ingest page's preview shows, from the same parser the ingest reads with."""
+
+    line: int | None
+    offset: int | None
+    record: Any
+
+
+def _documents(items: Iterator[SourceRecord | ParsedRecord], opts: ReadOptions) -> Iterator[SourceRecord]:
+    """A parser's records as documents (its error records as they are)."""
+    for item in items:
+        yield item if isinstance(item, SourceRecord) else record_to_document(item.record, opts, item.line,
+                                                                             item.offset)
+
+
 def _read_jsonl(path: Path, compression: str, encoding: str, opts: ReadOptions) -> Iterator[SourceRecord]:
+    yield from _documents(_jsonl_records(path, compression, encoding, opts.max_record_bytes), opts)
+
+
+def _jsonl_records(path: Path, compression: str, encoding: str,
+                   limit: int | None) -> Iterator[SourceRecord | ParsedRecord]:
     loads = orjson.loads
-    for number, offset, line in _lines_with_offsets(path, compression, encoding, opts.max_record_bytes):
+    for number, offset, line in _lines_with_offsets(path, compression, encoding, limit):
         if isinstance(line, LongLine):
-            reason, detail = _oversized(line, opts.max_record_bytes)
+            reason, detail = _oversized(line, limit)
             yield SourceRecord(number, offset, error=reason, detail=detail)
             continue
         if not line.strip():
@@ -558,10 +491,15 @@ def _read_jsonl(path: Path, compression: str, encoding: str, opts: ReadOptions) 
             raw = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
             yield SourceRecord(number, offset, error="malformed JSON", detail=_snippet(f"{exc}: {raw.strip()}"))
             continue
-        yield record_to_document(rec, opts, number, offset)
+        yield ParsedRecord(number, offset, rec)
 
 
 def _read_json_array(path: Path, compression: str, encoding: str, opts: ReadOptions) -> Iterator[SourceRecord]:
+    yield from _documents(_json_array_records(path, compression, encoding, opts.max_record_bytes), opts)
+
+
+def _json_array_records(path: Path, compression: str, encoding: str,
+                        limit: int | None) -> Iterator[SourceRecord | ParsedRecord]:
     with open_binary(path, compression) as fh:
         data = fh.read()
     try:
@@ -570,7 +508,7 @@ def _read_json_array(path: Path, compression: str, encoding: str, opts: ReadOpti
     except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
         # A JSON array that does not parse may still be JSON Lines with a .json name.
         if data.lstrip()[:1] == b"{":
-            yield from _read_jsonl(path, compression, encoding, opts)
+            yield from _jsonl_records(path, compression, encoding, limit)
             return
         if isinstance(exc, UnicodeDecodeError):
             yield SourceRecord(None, exc.start, error="invalid UTF-8" if encoding.startswith("utf-8")
@@ -582,10 +520,10 @@ def _read_json_array(path: Path, compression: str, encoding: str, opts: ReadOpti
         return
     if isinstance(parsed, dict):
         lists = [v for v in parsed.values() if isinstance(v, list)]
-        is_record = _guess_layout(parsed) != "text" or any(k in parsed for k in DEFAULT_TEXT_FIELDS)
+        is_record = guess_layout(parsed) != "text" or any(k in parsed for k in DEFAULT_TEXT_FIELDS)
         parsed = lists[0] if len(lists) == 1 and not is_record else [parsed]
     for index, rec in enumerate(parsed):
-        yield record_to_document(rec, opts, index, None)
+        yield ParsedRecord(index, None, rec)
 
 
 class _CsvLines:
@@ -624,7 +562,13 @@ class _CsvLines:
 
 def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
               delimiter: str) -> Iterator[SourceRecord]:
-    limit = opts.max_record_bytes
+    yield from _documents(_csv_records(path, compression, encoding, opts, delimiter, opts.max_record_bytes), opts)
+
+
+def _csv_records(path: Path, compression: str, encoding: str, opts: ReadOptions, delimiter: str,
+                 limit: int | None, need_text: bool = True) -> Iterator[SourceRecord | ParsedRecord]:
+    """The rows of a CSV/TSV file as records; with `need_text` (reading, not previewing) a header without a text
+    column, when the options name none, is one error instead of a row of errors."""
     # Characters, counted against a limit in bytes: never stricter than the limit (a character is >= 1 byte).
     csv.field_size_limit(limit if limit is not None else 1 << 30)
     delimiter = opts.csv_delimiter or delimiter
@@ -635,8 +579,8 @@ def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
         if header is None:
             return
         header = [h.strip().lstrip("\ufeff") for h in header]
-        if not opts.text_field and not opts.template and not (set(header) & set(DEFAULT_TEXT_FIELDS)) \
-                and _guess_layout(dict.fromkeys(header)) == "text" and "question" not in {h.lower() for h in header}:
+        if need_text and not opts.text_field and not opts.template and not (set(header) & set(DEFAULT_TEXT_FIELDS)) \
+                and guess_layout(dict.fromkeys(header)) == "text" and "question" not in {h.lower() for h in header}:
             yield SourceRecord(1, None, error="missing text field",
                                detail=f"choose a text field or template; columns: {header[:20]}")
             return
@@ -680,7 +624,7 @@ def _read_csv(path: Path, compression: str, encoding: str, opts: ReadOptions,
             rec: dict[str, Any] = dict(zip(header, row, strict=True))
             if "choices" not in rec and "question" in {k.lower() for k in rec} and _choice_columns(rec):
                 rec = _mmlu_row(rec)
-            yield record_to_document(rec, opts, start, None)
+            yield ParsedRecord(start, None, rec)
 
 
 def _choice_columns(rec: dict[str, Any]) -> list[str]:
@@ -752,12 +696,16 @@ def _read_text(path: Path, compression: str, encoding: str, opts: ReadOptions) -
 
 
 def _read_parquet(path: Path, opts: ReadOptions) -> Iterator[SourceRecord]:
+    yield from _documents(_parquet_records(path), opts)
+
+
+def _parquet_records(path: Path, batch_size: int = 8192) -> Iterator[ParsedRecord]:
     import pyarrow.parquet as pq
 
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=8192):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
         for rec in batch.to_pylist():
-            yield record_to_document(rec, opts, row, None)
+            yield ParsedRecord(row, None, rec)
             row += 1
 
 
@@ -822,55 +770,36 @@ def preview_source(path: Path, opts: ReadOptions | None = None, limit: int = 10)
         raise SourceError(f"unsupported file type: {path.name}")
     encoding = "" if fmt == "parquet" else (opts.encoding or source_encoding(fmt, _text_sample(path, compression,
                                                                                               opts)))
-    rows: list[dict[str, Any]] = []
+    # The reader's own parsers, so the preview shows the records exactly as the ingest will read them.
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        batch = next(pq.ParquetFile(path).iter_batches(batch_size=limit), None)
-        rows = batch.to_pylist() if batch is not None else []
+        items: Iterator[SourceRecord | ParsedRecord] = _parquet_records(path, batch_size=limit)
     elif fmt == "jsonl":
-        for _, _, line in _lines_with_offsets(path, compression, encoding, opts.max_record_bytes or PREVIEW_LINE_BYTES):
-            if len(rows) >= limit:
-                break
-            if isinstance(line, LongLine):
-                rows.append({"(oversized line)": f"{line.size:,} bytes: {line.head}…"})
-            elif line.strip():
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    rec = {"(malformed line)": line.decode("utf-8", "replace") if isinstance(line, bytes) else line}
-                rows.append(rec if isinstance(rec, dict) else {"(value)": rec})
+        items = _jsonl_records(path, compression, encoding, opts.max_record_bytes or PREVIEW_LINE_BYTES)
     elif fmt == "json":
-        with open_binary(path, compression) as fh:
-            parsed = orjson.loads(fh.read().decode(encoding).lstrip("\ufeff"))
-        if isinstance(parsed, dict):
-            lists = [v for v in parsed.values() if isinstance(v, list)]
-            parsed = lists[0] if len(lists) == 1 else [parsed]
-        rows = [r if isinstance(r, dict) else {"(value)": r} for r in parsed[:limit]]
+        items = _json_array_records(path, compression, encoding, opts.max_record_bytes or PREVIEW_LINE_BYTES)
     elif fmt in {"csv", "tsv"}:
-        with open_binary(path, compression) as fh:
-            text = io.TextIOWrapper(fh, encoding=encoding, errors="replace", newline="")
-            reader = csv.DictReader(text, delimiter=opts.csv_delimiter or ("\t" if fmt == "tsv" else ","))
-            for row in reader:
-                if len(rows) >= limit:
-                    break
-                rows.append({(k or "").lstrip("\ufeff"): v for k, v in row.items()})
+        items = _csv_records(path, compression, encoding, opts, "\t" if fmt == "tsv" else ",",
+                             opts.max_record_bytes or PREVIEW_LINE_BYTES, need_text=False)
     else:
-        rows = [{"text": r.text} for r in _take(_read_text(path, compression, encoding, opts), limit)]
+        items = _read_text(path, compression, encoding, opts)
+    rows = [_preview_row(item) for item in itertools.islice(items, limit)]
     lengths: dict[str, int] = {}
     for row in rows:
         for key, n in _string_paths(row):
             lengths[key] = lengths.get(key, 0) + n
     preferred = [f for f in DEFAULT_TEXT_FIELDS if f in lengths]
     fields = preferred + sorted((f for f in lengths if f not in preferred), key=lambda f: -lengths[f])
-    layout = _guess_layout(rows[0]) if rows and isinstance(rows[0], dict) else "text"
+    layout = guess_layout(rows[0]) if rows and isinstance(rows[0], dict) else "text"
     return Preview(fmt=fmt, encoding=encoding, rows=rows, fields=fields, guessed_layout=layout)
 
 
-def _take(records: Iterator[SourceRecord], limit: int) -> list[SourceRecord]:
-    out = []
-    for rec in records:
-        if len(out) >= limit:
-            break
-        out.append(rec)
-    return out
+def _preview_row(item: SourceRecord | ParsedRecord) -> dict[str, Any]:
+    """One previewed row: the raw record (a value that is not an object under "(value)"), a text paragraph as
+    {"text": ...}, a line the reader rejects by its reason."""
+    if isinstance(item, ParsedRecord):
+        return item.record if isinstance(item.record, dict) else {"(value)": item.record}
+    if item.error is None:
+        return {"text": item.text}
+    if item.error.startswith("oversized"):
+        return {"(oversized line)": item.detail}
+    return {"(malformed line)": f"{item.error}: {item.detail}"}
