@@ -215,82 +215,11 @@ def run_recall(ws: Workspace, cfg: RecallConfig | None = None, progress: Progres
         doc_arr = np.asarray(doc_ids, dtype=object)
         tokens = pool.column("tokens").to_numpy()
         excluded = best_sims >= cfg.cap
-
-        # Every search result, as stored evidence for the page's what-if counts.
-        valid = hit_idx >= 0
-        rows_item = np.repeat(np.arange(n_items), k_search).reshape(n_items, k_search)[valid]
-        rows_rank = np.tile(np.arange(1, k_search + 1), n_items).reshape(n_items, k_search)[valid]
-        hits = pa.table({"item_doc_id": pa.array(item_ids[rows_item], pa.string()),
-                         "doc_id": pa.array(doc_arr[hit_idx[valid]], pa.string()),
-                         "rank": pa.array(rows_rank, pa.int32()),
-                         "similarity": pa.array(hit_sims[valid], pa.float32())})
-        candidates = pa.table({"doc_id": pool.column("doc_id"), "corpus": pool.column("corpus"),
-                               "tokens": pool.column("tokens"),
-                               "best_item": pa.array(item_ids[best_idx], pa.string()),
-                               "best_similarity": pa.array(best_sims, pa.float32())})
-        con = ws.con
-        for name, table in (("new_hits", hits), ("new_candidates", candidates)):
-            con.register(name, table)
-        con.execute("INSERT INTO recall_hits SELECT ?, item_doc_id, doc_id, rank, similarity FROM new_hits",
-                    [run.run_id])
-        con.execute("INSERT INTO recall_candidates SELECT ?, doc_id, corpus, tokens, best_item, best_similarity "
-                    "FROM new_candidates", [run.run_id])
-        con.unregister("new_hits")
-        con.unregister("new_candidates")
-        # The recall: per item, its first k neighbours that are not capped and reach the floor.
-        con.execute(f"CREATE OR REPLACE TEMP TABLE recall_kept AS {KEPT_SQL}", [run.run_id, cfg.cap, cfg.k, cfg.floor])
-        con.execute(
-            "INSERT INTO recall_set SELECT ?, doc_id, arg_max(item_doc_id, similarity), max(similarity), count(*) "
-            "FROM recall_kept GROUP BY doc_id", [run.run_id])
-        con.execute(
-            """
-            INSERT INTO recall_item_stats
-            SELECT ?, i.doc_id, i.corpus, i.subject, coalesce(k.hits, 0), coalesce(c.capped, 0), c.best
-            FROM benchmark_items i
-            LEFT JOIN (SELECT item_doc_id, count(*) AS hits FROM recall_kept GROUP BY 1) k
-                   ON k.item_doc_id = i.doc_id
-            LEFT JOIN (SELECT item_doc_id, count(*) FILTER (WHERE similarity >= ?) AS capped,
-                              max(similarity) AS best
-                       FROM recall_hits WHERE run_id = ? GROUP BY 1) c ON c.item_doc_id = i.doc_id
-            WHERE i.doc_id IN (SELECT unnest(?::VARCHAR[]))
-            """, [run.run_id, cfg.cap, run.run_id, item_ids.tolist()])
-        con.execute("DROP TABLE recall_kept")
-
-        # The hard exclusion: one drop per capped candidate, naming its closest item and the similarity.
-        capped = np.flatnonzero(excluded)
-        if len(capped):
-            details = []
-            item_corpus = dict(zip(item_ids.tolist(), items.column("corpus").to_pylist(), strict=True))
-            item_label = dict(zip(item_ids.tolist(), items.column("item_id").to_pylist(), strict=True))
-            for i in capped:
-                item = item_ids[best_idx[i]]
-                details.append(json.dumps({"item": item, "benchmark": item_corpus[item], "item_id": item_label[item],
-                                           "similarity": round(float(best_sims[i]), 4)}))
-            ws.record_decisions(run, pa.table({
-                "doc_id": pa.array(doc_arr[capped], pa.string()),
-                "verdict": pa.array(["drop"] * len(capped), pa.string()),
-                "reason": pa.array([f"leakage cap: cosine {best_sims[i]:.3f} >= {cfg.cap} to "
-                                    f"{item_corpus[item_ids[best_idx[i]]]} item {item_label[item_ids[best_idx[i]]]}"
-                                    for i in capped], pa.string()),
-                "score": pa.array(best_sims[capped].astype(np.float64)),
-                "threshold": pa.array([float(cfg.cap)] * len(capped)),
-                "details": pa.array(details, pa.string()),
-            }))
-            # The mirror image: items with a near copy in the pool.
-            con.execute(
-                "INSERT INTO benchmark_item_flags SELECT ?, best_item, 'near', arg_max(doc_id, best_similarity), "
-                "max(best_similarity), NULL FROM recall_candidates WHERE run_id = ? AND best_similarity >= ? "
-                "GROUP BY best_item", [run.run_id, run.run_id, cfg.cap])
-
-        # The control set, from the pool without the capped documents.
-        recalled_ids = [r[0] for r in ws.query("SELECT doc_id FROM recall_set WHERE run_id = ?", [run.run_id])]
-        position = {d: i for i, d in enumerate(doc_ids)}
-        recalled_pos = np.asarray([position[d] for d in recalled_ids], dtype=np.int64)
-        eligible = np.flatnonzero(~excluded)
-        control_pos = eligible[control_sample(tokens[eligible], tokens[recalled_pos], cfg.seed)]
-        con.register("new_control", pa.table({"doc_id": pa.array(doc_arr[control_pos], pa.string())}))
-        con.execute("INSERT INTO recall_control SELECT ?, doc_id FROM new_control", [run.run_id])
-        con.unregister("new_control")
+        _store_search(ws, run.run_id, pool, item_ids, doc_arr, hit_sims, hit_idx, best_sims, best_idx)
+        _record_recall_set(ws, run.run_id, cfg, item_ids)
+        capped = _record_cap_exclusions(ws, run, cfg, items, item_ids, doc_arr, best_sims, best_idx, excluded)
+        recalled_ids, recalled_pos, control_pos = _record_control(ws, run.run_id, cfg, doc_ids, doc_arr, tokens,
+                                                                  excluded)
 
         flagged = ws.scalar("SELECT count(DISTINCT item_doc_id) FROM benchmark_item_flags WHERE run_id = ?",
                             [run.run_id])
@@ -303,6 +232,102 @@ def run_recall(ws: Workspace, cfg: RecallConfig | None = None, progress: Progres
         run.counts = {k: v for k, v in result.to_dict().items() if isinstance(v, int | float | str)}
     progress(1.0, f"recalled {result.recalled_documents:,} documents; {result.excluded_by_cap:,} excluded by the cap")
     return result
+
+
+def _store_search(ws: Workspace, run_id: str, pool: pa.Table, item_ids: np.ndarray, doc_arr: np.ndarray,
+                  hit_sims: np.ndarray, hit_idx: np.ndarray, best_sims: np.ndarray, best_idx: np.ndarray) -> None:
+    """Every search result, as stored evidence for the page's what-if counts: each item's neighbours
+    (recall_hits) and each pool document's closest item (recall_candidates)."""
+    n_items, k_search = hit_idx.shape
+    valid = hit_idx >= 0
+    rows_item = np.repeat(np.arange(n_items), k_search).reshape(n_items, k_search)[valid]
+    rows_rank = np.tile(np.arange(1, k_search + 1), n_items).reshape(n_items, k_search)[valid]
+    hits = pa.table({"item_doc_id": pa.array(item_ids[rows_item], pa.string()),
+                     "doc_id": pa.array(doc_arr[hit_idx[valid]], pa.string()),
+                     "rank": pa.array(rows_rank, pa.int32()),
+                     "similarity": pa.array(hit_sims[valid], pa.float32())})
+    candidates = pa.table({"doc_id": pool.column("doc_id"), "corpus": pool.column("corpus"),
+                           "tokens": pool.column("tokens"),
+                           "best_item": pa.array(item_ids[best_idx], pa.string()),
+                           "best_similarity": pa.array(best_sims, pa.float32())})
+    con = ws.con
+    for name, table in (("new_hits", hits), ("new_candidates", candidates)):
+        con.register(name, table)
+    con.execute("INSERT INTO recall_hits SELECT ?, item_doc_id, doc_id, rank, similarity FROM new_hits", [run_id])
+    con.execute("INSERT INTO recall_candidates SELECT ?, doc_id, corpus, tokens, best_item, best_similarity "
+                "FROM new_candidates", [run_id])
+    con.unregister("new_hits")
+    con.unregister("new_candidates")
+
+
+def _record_recall_set(ws: Workspace, run_id: str, cfg: RecallConfig, item_ids: np.ndarray) -> None:
+    """The recall: per item, its first k neighbours that are not capped and reach the floor (recall_set), and
+    each item's figures (recall_item_stats)."""
+    con = ws.con
+    con.execute(f"CREATE OR REPLACE TEMP TABLE recall_kept AS {KEPT_SQL}", [run_id, cfg.cap, cfg.k, cfg.floor])
+    con.execute(
+        "INSERT INTO recall_set SELECT ?, doc_id, arg_max(item_doc_id, similarity), max(similarity), count(*) "
+        "FROM recall_kept GROUP BY doc_id", [run_id])
+    con.execute(
+        """
+        INSERT INTO recall_item_stats
+        SELECT ?, i.doc_id, i.corpus, i.subject, coalesce(k.hits, 0), coalesce(c.capped, 0), c.best
+        FROM benchmark_items i
+        LEFT JOIN (SELECT item_doc_id, count(*) AS hits FROM recall_kept GROUP BY 1) k
+               ON k.item_doc_id = i.doc_id
+        LEFT JOIN (SELECT item_doc_id, count(*) FILTER (WHERE similarity >= ?) AS capped,
+                          max(similarity) AS best
+                   FROM recall_hits WHERE run_id = ? GROUP BY 1) c ON c.item_doc_id = i.doc_id
+        WHERE i.doc_id IN (SELECT unnest(?::VARCHAR[]))
+        """, [run_id, cfg.cap, run_id, item_ids.tolist()])
+    con.execute("DROP TABLE recall_kept")
+
+
+def _record_cap_exclusions(ws: Workspace, run: Any, cfg: RecallConfig, items: pa.Table, item_ids: np.ndarray,
+                           doc_arr: np.ndarray, best_sims: np.ndarray, best_idx: np.ndarray,
+                           excluded: np.ndarray) -> np.ndarray:
+    """The hard exclusion: one drop per capped candidate, naming its closest item and the similarity; and the
+    mirror image, items with a near copy in the pool. Returns the capped candidates' positions."""
+    capped = np.flatnonzero(excluded)
+    if not len(capped):
+        return capped
+    details = []
+    item_corpus = dict(zip(item_ids.tolist(), items.column("corpus").to_pylist(), strict=True))
+    item_label = dict(zip(item_ids.tolist(), items.column("item_id").to_pylist(), strict=True))
+    for i in capped:
+        item = item_ids[best_idx[i]]
+        details.append(json.dumps({"item": item, "benchmark": item_corpus[item], "item_id": item_label[item],
+                                   "similarity": round(float(best_sims[i]), 4)}))
+    ws.record_decisions(run, pa.table({
+        "doc_id": pa.array(doc_arr[capped], pa.string()),
+        "verdict": pa.array(["drop"] * len(capped), pa.string()),
+        "reason": pa.array([f"leakage cap: cosine {best_sims[i]:.3f} >= {cfg.cap} to "
+                            f"{item_corpus[item_ids[best_idx[i]]]} item {item_label[item_ids[best_idx[i]]]}"
+                            for i in capped], pa.string()),
+        "score": pa.array(best_sims[capped].astype(np.float64)),
+        "threshold": pa.array([float(cfg.cap)] * len(capped)),
+        "details": pa.array(details, pa.string()),
+    }))
+    ws.con.execute(
+        "INSERT INTO benchmark_item_flags SELECT ?, best_item, 'near', arg_max(doc_id, best_similarity), "
+        "max(best_similarity), NULL FROM recall_candidates WHERE run_id = ? AND best_similarity >= ? "
+        "GROUP BY best_item", [run.run_id, run.run_id, cfg.cap])
+    return capped
+
+
+def _record_control(ws: Workspace, run_id: str, cfg: RecallConfig, doc_ids: list[str], doc_arr: np.ndarray,
+                    tokens: np.ndarray, excluded: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The control set, from the pool without the capped documents, matched to the recalled set's lengths.
+    Returns the recalled ids, their pool positions and the control's pool positions."""
+    recalled_ids = [r[0] for r in ws.query("SELECT doc_id FROM recall_set WHERE run_id = ?", [run_id])]
+    position = {d: i for i, d in enumerate(doc_ids)}
+    recalled_pos = np.asarray([position[d] for d in recalled_ids], dtype=np.int64)
+    eligible = np.flatnonzero(~excluded)
+    control_pos = eligible[control_sample(tokens[eligible], tokens[recalled_pos], cfg.seed)]
+    ws.con.register("new_control", pa.table({"doc_id": pa.array(doc_arr[control_pos], pa.string())}))
+    ws.con.execute("INSERT INTO recall_control SELECT ?, doc_id FROM new_control", [run_id])
+    ws.con.unregister("new_control")
+    return recalled_ids, recalled_pos, control_pos
 
 
 # --- statistics (SQL over the stored results; the page uses them for live what-if counts) ----------------------
