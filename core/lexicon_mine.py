@@ -63,6 +63,7 @@ import pandas as pd
 from core.flow import scope_sql
 from core.parallel import default_workers, process_pool
 from core.progress import Progress, no_progress
+from core.steps import param
 from core.terms import FILTER_STEP as TERMS_FILTER_STEP
 from core.terms import Lexicon, TermMatcher, english_plurals, score_texts
 from core.workspace import Workspace
@@ -262,22 +263,32 @@ def count_corpus(texts: Sequence[str], group: str, max_n: int = 3, pool: Any = N
 # --- scoring ------------------------------------------------------------------------------------------------------
 @dataclass
 class LexiconMineConfig:
-    domain: list[str] = field(default_factory=list)  # corpus names; empty: every corpus of role 'domain'
-    general: list[str] = field(default_factory=list)  # corpus names; empty: every corpus of role 'general'
-    out: str | None = None  # lexicon CSV to write; default artifacts/lexicons/<name>.csv
-    name: str = "mined"  # lexicon name (file stem) when `out` is not given
-    language: str = "auto"  # en | zh | auto (each language group present on both sides)
-    min_df: int = 5  # a term is in at least this many domain documents
-    top: int = 3_000  # at most this many terms per language group
-    min_z: float = 1.0  # z-score floor: the domain rate at least one standard error above the general one
-    min_log_odds: float = 2.0  # effect-size floor: delta >= 2 is a rate at least e^2 (7.4) times the general one
-    full_weight_log_odds: float = 3.0  # weight = min(1, delta / this): full weight at a rate 20x the general one
-    max_general_share: float = 0.01  # a term in more than this share of general documents is ordinary language
-    prior: float = 0.01  # a_0 as a share of all occurrences: the strength of the informative prior
-    max_n: int = 3  # longest word n-gram (English)
-    jieba_chars: int = 1_000_000  # Chinese: characters of domain text segmented by jieba for words over 4 characters
-    workers: int = 0  # processes for counting (0: one per core, at most 4)
-    parallel_from: int = 50_000  # documents from which counting runs in worker processes
+    # corpus names; empty: every corpus of that role
+    domain: list[str] = param([], metavar="CORPORA", show_default=False,
+                              help="comma-separated domain corpora (default: every corpus of role domain)")
+    general: list[str] = param([], metavar="CORPORA", show_default=False,
+                               help="comma-separated general corpora (default: every corpus of role general)")
+    out: str | None = param(None, metavar="FILE", help="lexicon CSV to write (default: "
+                                                       "WORKSPACE/artifacts/lexicons/mined.csv, listed by the "
+                                                       "Terminology page)")
+    name: str = param("mined", cli=False, help="lexicon name (file stem) when `out` is not given")
+    language: str = param("auto", choices=LANGUAGES,
+                          help="en: word n-grams; zh: Chinese n-grams; auto: each language present on both sides")
+    min_df: int = param(5, help="a term occurs in at least this many domain documents")
+    top: int = param(3_000, help="at most this many terms per language")
+    # the domain rate at least one standard error above the general one
+    min_z: float = param(1.0, help="z-score floor")
+    min_log_odds: float = param(2.0, help="log-odds floor: 2 is a rate e^2 = 7.4 times the general one")
+    # weight = min(1, delta / this): full weight at a rate 20x the general one
+    full_weight_log_odds: float = param(3.0, cli=False, help="log-odds at which a term has full weight")
+    # a term in more than this share of general documents is ordinary language
+    max_general_share: float = param(0.01, help="drop terms found in more than this share of general documents")
+    prior: float = param(0.01, help="strength of the Dirichlet prior, as a share of all occurrences")
+    max_n: int = param(3, cli=False, help="longest word n-gram (English)")
+    # Chinese words over 4 characters come from jieba on this many characters of domain text
+    jieba_chars: int = param(1_000_000, cli=False, help="characters of domain text segmented by jieba")
+    workers: int = param(0, show_default=False, help="counting processes (0: one per core)")  # at most 4
+    parallel_from: int = param(50_000, cli=False, help="documents from which counting runs in worker processes")
 
     def validate(self) -> None:
         if self.language not in LANGUAGES:

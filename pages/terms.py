@@ -22,7 +22,7 @@ from core.lexicon_mine import (
     selection_lexicon,
     write_lexicon,
 )
-from core.steps import job_argv
+from core.steps import config_argv, job_argv
 from core.terms import (
     DEFAULT_LEXICONS,
     FILTER_STEP,
@@ -152,9 +152,9 @@ with st.expander("Mine a lexicon from the workspace's corpora", expanded=bool(mi
     mine_name = k6.text_input("Lexicon name", "mined", key="mine_name")
     mine_file = clean_file_name(mine_name, "mined", ".csv")
     mine_stem = Path(mine_file).stem
-    mine_argv = ["lexicon-mine", "--domain", ",".join(mine_domain), "--general", ",".join(mine_general),
-                 "--out", str(upload_dir / mine_file), "--min-df", str(mine_min_df), "--top",
-                 str(mine_top), "--language", mine_language]
+    mine_argv = ["lexicon-mine", *config_argv(LexiconMineConfig(
+        domain=list(mine_domain), general=list(mine_general), out=str(upload_dir / mine_file),
+        min_df=int(mine_min_df), top=int(mine_top), language=mine_language))]
     overlap = set(mine_domain) & set(mine_general)
     if overlap:
         st.warning(f"{', '.join(sorted(overlap))} is chosen as both domain and general.", icon=":material/warning:")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from core import lexicon_mine
-from core.steps import config_from_args, get_step
+from core.steps import add_config_arguments, config_from_args, get_step
 from core.terms import (
     TermsStepConfig,
     apply_term_filter,
@@ -15,7 +15,7 @@ from core.terms import (
     score_terms,
 )
 from core.workspace import Workspace
-from studio.cli import CommandResult, Reporter, add_workspace_arguments, comma_list
+from studio.cli import CommandResult, Reporter, add_workspace_arguments
 from studio.commands.steps import step_command_parser
 
 
@@ -33,44 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def register_mine(sub: argparse._SubParsersAction) -> None:
-    defaults = lexicon_mine.LexiconMineConfig()
     p = sub.add_parser(
         "lexicon-mine", help="mine a lexicon: terms the domain corpora use far more often than the general ones",
         description="Score word 1-3-grams (Chinese: jieba words and character 2-4-grams) by the log-odds ratio "
                     "with informative Dirichlet prior (Monroe, Colaresi & Quinn 2008) of the domain corpora against "
                     "the general ones, and write the best as a term,weight CSV lexicon for `studio terms`.")
     add_workspace_arguments(p)
-    p.add_argument("--domain", metavar="CORPORA", help="comma-separated domain corpora (default: every corpus of "
-                                                       "role domain)")
-    p.add_argument("--general", metavar="CORPORA", help="comma-separated general corpora (default: every corpus "
-                                                        "of role general)")
-    p.add_argument("--out", metavar="FILE", help="lexicon CSV to write (default: "
-                                                 "WORKSPACE/artifacts/lexicons/mined.csv, listed by the Terminology "
-                                                 "page)")
-    p.add_argument("--language", choices=lexicon_mine.LANGUAGES, default=defaults.language,
-                   help="en: word n-grams; zh: Chinese n-grams; auto: each language present on both sides "
-                        "(default %(default)s)")
-    p.add_argument("--min-df", type=int, default=defaults.min_df,
-                   help="a term occurs in at least this many domain documents (default %(default)s)")
-    p.add_argument("--top", type=int, default=defaults.top, help="at most this many terms per language "
-                                                                 "(default %(default)s)")
-    p.add_argument("--min-z", type=float, default=defaults.min_z, help="z-score floor (default %(default)s)")
-    p.add_argument("--min-log-odds", type=float, default=defaults.min_log_odds,
-                   help="log-odds floor: 2 is a rate e^2 = 7.4 times the general one (default %(default)s)")
-    p.add_argument("--max-general-share", type=float, default=defaults.max_general_share,
-                   help="drop terms found in more than this share of general documents (default %(default)s)")
-    p.add_argument("--prior", type=float, default=defaults.prior,
-                   help="strength of the Dirichlet prior, as a share of all occurrences (default %(default)s)")
-    p.add_argument("--workers", type=int, default=defaults.workers, help="counting processes (0: one per core)")
+    add_config_arguments(p, lexicon_mine.LexiconMineConfig)
     p.set_defaults(handler=mine_command)
 
 
 def mine_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    cfg = lexicon_mine.LexiconMineConfig(
-        domain=comma_list(args.domain), general=comma_list(args.general),
-        out=str(args.out) if args.out else None, language=args.language, min_df=args.min_df, top=args.top,
-        min_z=args.min_z, min_log_odds=args.min_log_odds, max_general_share=args.max_general_share,
-        prior=args.prior, workers=args.workers)
+    cfg = config_from_args(lexicon_mine.LexiconMineConfig, args)
     cfg.validate()
     with Workspace.open(args.workspace, create=False) as ws:
         result = lexicon_mine.run(ws, cfg, report)
