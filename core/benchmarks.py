@@ -18,6 +18,7 @@ import pyarrow as pa
 from core.ingest import IngestConfig, expand_sources, ingest
 from core.progress import Progress, no_progress
 from core.record_layouts import gold_index
+from core.steps import param
 from core.workspace import Workspace, WorkspaceError
 
 BENCHMARK_KINDS = ("domain", "general")
@@ -27,12 +28,14 @@ _SPLIT_SUFFIXES = ("_test", "_dev", "_val", "_validation", "_train")
 
 @dataclass
 class BenchmarkImportConfig:
-    sources: list[str]
-    name: str  # the benchmark's corpus name
-    kind: str  # domain | general
-    fmt: str = "auto"  # auto | mcq | qa
-    encoding: str | None = None
-    description: str = ""
+    sources: list[str] = param(positional=True, required=True, help="files, folders or globs of the benchmark")
+    name: str = param(required=True, help="benchmark (corpus) name")  # the benchmark's corpus name
+    kind: str = param(required=True, choices=BENCHMARK_KINDS,
+                      help="domain: measures domain gain; general: measures retention")
+    fmt: str = param("auto", flag="--format", choices=BENCHMARK_FORMATS, show_default=False,
+                     help="mcq: question/choices/answer; qa: free-text question/answer; auto: by record")
+    encoding: str | None = param(None, help="force an encoding (default: detected; CMMLU CSVs may be GB18030)")
+    description: str = param("", help="a line on what the benchmark measures")
 
 
 @dataclass

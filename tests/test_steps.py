@@ -133,11 +133,13 @@ def _parsed(argv: list[str]) -> Any:
     return build_parser().parse_args(argv)
 
 
-def test_score_eval_ingest_mix_and_report_take_their_options_from_their_configs(tmp_path: Path) -> None:
-    """The hand-written commands' flags (interfaces) read into their configs, and a config's argument list reads
+def test_hand_written_commands_take_their_options_from_their_configs(tmp_path: Path) -> None:
+    """The commands' flags (interfaces) read into their configs, and a config's argument list reads
     back into the same config: the page's job and the command line cannot drift apart."""
+    from core.benchmarks import BenchmarkImportConfig
     from core.evaluate import EvalConfig
     from core.ingest import IngestConfig
+    from core.lexicon_mine import LexiconMineConfig
     from core.mix import MixExportConfig
     from core.quality import QualityFilterConfig, QualityScoreConfig, QualityStepConfig
     from core.report import REPORT_SKIPS, ReportConfig
@@ -181,6 +183,13 @@ def test_score_eval_ingest_mix_and_report_take_their_options_from_their_configs(
     argv = config_argv(ingest)
     assert argv[:2] == ["a.jsonl", "b.csv"]  # the positional sources first, as `studio ingest WS FILE...` takes
     assert config_from_args(IngestConfig, _parsed(["ingest", ws, *argv])) == ingest
+
+    mine = LexiconMineConfig(domain=["a", "b"], general=["c"], out="m.csv", min_df=3, language="en")
+    assert config_from_args(LexiconMineConfig, _parsed(["lexicon-mine", ws, *config_argv(mine)])) == mine
+    bench = BenchmarkImportConfig(sources=["t.csv"], name="mmlu", kind="general", fmt="mcq", encoding="gb18030")
+    assert config_from_args(BenchmarkImportConfig, _parsed(
+        ["bench-import", ws, "t.csv", "--name", "mmlu", "--kind", "general", "--format", "mcq", "--encoding",
+         "gb18030"])) == bench
 
     assert config_argv(MixExportConfig(recipe="r.toml")) == ["--recipe", "r.toml"]
     assert config_from_args(MixExportConfig, _parsed(["mix", ws, "--recipe", "r.toml", "--out", "d",

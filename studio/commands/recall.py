@@ -6,11 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from core.benchmarks import BENCHMARK_FORMATS, BENCHMARK_KINDS, BenchmarkImportConfig, import_benchmark
+from core.benchmarks import BenchmarkImportConfig, import_benchmark
 from core.decontam import DecontamConfig, check_texts, contamination_index, run_decontam
 from core.readers import ReadOptions, SourceInfo, read_source
 from core.recall import RecallConfig, run_recall
-from core.steps import config_from_args, get_step
+from core.steps import add_config_arguments, config_from_args, get_step
 from core.workspace import Workspace, WorkspaceError
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 from studio.commands.steps import step_command_parser
@@ -20,14 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench-import", help="import a benchmark (MCQ JSONL, MMLU/CMMLU CSV, free-text QA) "
                                             "as domain or general (retention)")
     add_workspace_arguments(p)
-    p.add_argument("sources", nargs="+", help="files, folders or globs of the benchmark")
-    p.add_argument("--name", required=True, help="benchmark (corpus) name")
-    p.add_argument("--kind", required=True, choices=BENCHMARK_KINDS,
-                   help="domain: measures domain gain; general: measures retention")
-    p.add_argument("--format", dest="fmt", default="auto", choices=BENCHMARK_FORMATS,
-                   help="mcq: question/choices/answer; qa: free-text question/answer; auto: by record")
-    p.add_argument("--encoding", help="force an encoding (default: detected; CMMLU CSVs may be GB18030)")
-    p.add_argument("--description", default="")
+    add_config_arguments(p, BenchmarkImportConfig)
     p.set_defaults(handler=bench_import_command)
 
     p = step_command_parser(sub, get_step("recall"),
@@ -45,8 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def bench_import_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    cfg = BenchmarkImportConfig(sources=args.sources, name=args.name, kind=args.kind, fmt=args.fmt,
-                                encoding=args.encoding, description=args.description)
+    cfg = config_from_args(BenchmarkImportConfig, args)
     with Workspace.open(args.workspace, create=False) as ws:
         result = import_benchmark(ws, cfg, report)
     info = result.benchmark
