@@ -34,9 +34,9 @@ from core.mix_recipe import MixRecipe, exports_folder, recipe_to_dict, recipe_to
 from core.mix_screening import (
     ContaminationChecker,
     Screening,
-    check_texts,
     contamination_checker,
     screen_and_refill,
+    screen_texts,
 )
 from core.progress import Progress, no_progress
 from core.steps import param
@@ -382,7 +382,7 @@ class DecontamTally:
             verdicts = [self.screening.verdicts.get(doc_id, (text, [])) for doc_id, text in
                         zip(batch.column("doc_id").to_pylist(), texts, strict=True)]
         else:
-            verdicts = check_texts(self.checker, texts)
+            verdicts = screen_texts(self.checker, texts)
         for k, text in enumerate(texts):
             new, overlaps = verdicts[k]
             decontam["checked_documents"] += 1

@@ -31,7 +31,7 @@ class Screening:
     planned_shares: dict[str, float] = field(default_factory=dict)
 
 
-def check_texts(checker: ContaminationChecker, texts: list[str]) -> list[tuple[str | None, list[Any]]]:
+def screen_texts(checker: ContaminationChecker, texts: list[str]) -> list[tuple[str | None, list[Any]]]:
     """(the cleaned text, None when dropped; the overlaps) for each text; unchanged texts come back as they are."""
     found = checker.find_many(texts) if hasattr(checker, "find_many") else None
     out = []
@@ -60,7 +60,7 @@ def screen_and_refill(ws: Workspace, recipe: MixRecipe, plan: MixPlan, exclusion
         for batch in ws.con.sql(sql).to_arrow_reader(BATCH_ROWS):
             ids = batch.column("doc_id").to_pylist()
             texts = batch.column("text").to_pylist()
-            for doc_id, text, (new, overlaps) in zip(ids, texts, check_texts(checker, texts), strict=True):
+            for doc_id, text, (new, overlaps) in zip(ids, texts, screen_texts(checker, texts), strict=True):
                 if new is None or new != text:
                     screening.verdicts[doc_id] = (new, overlaps)
                     if new is None:
