@@ -163,6 +163,8 @@ def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress =
         configs = step.configs_from_recipe(table)
         counts: dict[str, Any] = {}
         started = time.monotonic()
+        # said before the step's first report, which may come only after it loaded a model
+        progress(index / len(planned), f"{step.name}: starting")
         with tracker.stage(first_stage + index) if tracker else contextlib.nullcontext() as stage:
             for part, (label, config) in enumerate(configs.items()):
                 def step_progress(fraction: float, message: str, index: int = index, name: str = step.name,
