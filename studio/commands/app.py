@@ -91,7 +91,9 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
     print(f"studio: serving {workspace} at http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     # The server dies with this process: SIGTERM, SIGINT and SIGHUP are passed on to it (and waited for), and a
     # SIGKILL of this process, which cannot be passed on, reaches it as the kernel's parent-death signal.
-    server = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, preexec_fn=set_parent_death_signal)  # noqa: PLW1509
+    # With --json, stdout is the one JSON object: the server's own banner goes to stderr.
+    server = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, preexec_fn=set_parent_death_signal,  # noqa: PLW1509
+                              stdout=sys.stderr if getattr(args, "json", False) else None)
     stopping: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
