@@ -23,7 +23,6 @@ from core.workspace import snapshot_info
 from studio import widgets as w
 
 REFRESH_S = 3.0  # how often the page redraws while the demo build runs
-STATE_LABELS = {"done": "✅ done", "running": "⏳ running", "waiting": "· waiting", "failed": "❌ failed"}
 
 st.title(":material/dashboard: Overview")
 path = w.require_workspace()
@@ -31,23 +30,22 @@ w.job_panel()
 
 
 def demo_build(job: Job) -> None:
-    """The demo build's stages: done (with seconds), running (with its progress), waiting."""
+    """The demo build's stages: done (with seconds), running (for how long; the job panel above shows its
+    progress), waiting."""
     stages = read_demo_stages(job)
     if not stages:
         return
     done = sum(s.state == "done" for s in stages)
+    running = next((s for s in stages if s.state == "running"), None)
     with st.container(border=True):
-        st.markdown(f"**The demo build** ({job.status}): {done} of {len(stages)} stages done. Pages show the "
-                    "workspace as it fills in.")
-        progress = job.progress()
-        running = next((s for s in stages if s.state == "running"), None)
-        st.progress(min(max(done / len(stages), 0.0), 1.0),
-                    text=f"{running.name}: {progress['message']}" if running else None)
+        st.markdown(f"**The demo build** ({job.status}): {done} of {len(stages)} stages done"
+                    + (f", now **{running.name}**" if running else "")
+                    + ". The pages show the workspace as it fills in; `studio demo` prints each stage's wall time.")
         table = pd.DataFrame([{
-            "stage": s.name, "state": STATE_LABELS.get(s.state, s.state),
+            "stage": s.name, "state": s.state,
             "seconds": s.seconds if s.seconds is not None else
             round(time.time() - s.started) if s.state == "running" and s.started else None,
-            "counts": ", ".join(f"{k}={v}" for k, v in s.counts.items()),
+            "counts": ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in s.counts.items()),
         } for s in stages])
         st.dataframe(table, hide_index=True, height=min(38 + 35 * len(stages), 300),
                      column_config={"seconds": st.column_config.NumberColumn(format="%.0f s")})
