@@ -50,6 +50,10 @@ class WorkspaceError(RuntimeError):
     """A problem the user can fix (a bad path, a locked workspace, an unknown corpus)."""
 
 
+class WorkspaceBusy(WorkspaceError):
+    """Another process holds the workspace's database (DuckDB allows one writer process, and no reader beside it)."""
+
+
 @dataclass
 class Run:
     """One execution of a step; counts set here are stored on the run when it ends."""
@@ -201,7 +205,8 @@ class Workspace:
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                    raise WorkspaceError(cls._open_error(path, exc)) from exc
+                    error = WorkspaceBusy if "lock" in str(exc).lower() else WorkspaceError
+                    raise error(cls._open_error(path, exc)) from exc
                 waited = time.monotonic() - started
                 if waited >= next_report:  # at once, then every few seconds
                     log.warning("waiting for workspace %s, in use by %s (%.0f s of %.0f s)", path,
@@ -234,9 +239,7 @@ class Workspace:
         is the error, as `open` gives it."""
         try:
             return cls.open(path, create=False, read_only=True)
-        except WorkspaceError as exc:
-            if not isinstance(exc.__cause__, duckdb.IOException) or "lock" not in str(exc.__cause__).lower():
-                raise
+        except WorkspaceBusy as exc:
             path = Path(path).expanduser().resolve()
             info = snapshot_info(path)
             if info is None:

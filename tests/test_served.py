@@ -43,10 +43,10 @@ time.sleep(600)
 """
 
 
-@pytest.fixture
-def held_workspace(tmp_path: Path, data_dir: Path) -> Iterator[Path]:
+@pytest.fixture(scope="module")
+def held_workspace(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Iterator[Path]:
     """A workspace whose write lock another process holds, with a snapshot published before its last ingest."""
-    path = tmp_path / "ws"
+    path = tmp_path_factory.mktemp("held") / "ws"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(data_dir / HISTORY),
                                str(data_dir / WIKIPEDIA)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -200,6 +200,18 @@ def test_studio_demo_serves_at_once_and_its_build_runs_on(tmp_path: Path, data_d
     assert snapshot_info(workspace)["after"] == "dedup"
 
 
+def test_studio_app_serves_a_workspace_a_job_holds(held_workspace: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    app = subprocess.Popen([sys.executable, "-m", "studio.cli", "app", str(held_workspace), "--port", str(port),
+                            "--host", "127.0.0.1"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                           stderr=open(tmp_path / "app.log", "w"), start_new_session=True)  # noqa: SIM115
+    try:
+        _wait_http(port, app)
+    finally:
+        _stop(app)
+    assert "serving it meanwhile" in (tmp_path / "app.log").read_text()
+
+
 @pytest.mark.browser
 def test_the_overview_fills_in_while_the_demo_builds(tmp_path: Path, data_dir: Path, browser_page) -> None:
     workspace, port = tmp_path / "ws", _free_port()
@@ -235,3 +247,12 @@ def test_the_overview_fills_in_while_the_demo_builds(tmp_path: Path, data_dir: P
         if (running := demo_job(workspace, active_only=True)) is not None:
             os.killpg(running.pid, signal.SIGCONT)
             os.killpg(running.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("page", ["corpus.py", "dedup.py", "quality.py", "terms.py", "recall.py", "mix.py",
+                                  "train.py", "evaluate.py", "report.py", "ingest.py"])
+def test_every_page_reads_the_snapshot_while_the_workspace_is_held(held_workspace: Path, page: str) -> None:
+    at = run_page(page, held_workspace)
+    assert not at.exception, at.exception
+    assert not [e.value for e in at.error if "in use by" in e.value]  # no busy stop
+    assert sum("being written by" in i.value for i in at.info) == 1  # once, however many blocks read

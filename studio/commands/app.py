@@ -24,7 +24,7 @@ from core.demo import (
 )
 from core.jobs import JOB_DIR_ENV, Job, get_step_job, launch_step_job
 from core.parallel import set_parent_death_signal
-from core.workspace import DB_NAME, Workspace
+from core.workspace import DB_NAME, Workspace, WorkspaceBusy
 from studio.access import SignInRequired, bind_refusal, is_loopback, read_auth_settings, sign_in_problem
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
@@ -124,8 +124,12 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
 
 def app_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     check_access(args)
-    # Migrate first, so the app opens a current schema; only `init` and `demo` create a workspace.
-    Workspace.open(args.workspace, create=False).close()
+    # Migrate first, so the app opens a current schema; only `init` and `demo` create a workspace. A workspace a job
+    # writes (the demo's build) is served as it is: the job migrated it, and the pages read its published snapshot.
+    try:
+        Workspace.open(args.workspace, create=False, wait_s=2.0).close()
+    except WorkspaceBusy as exc:
+        print(f"studio app: {exc}; serving it meanwhile (the pages read the snapshot it publishes)", file=sys.stderr)
     code = serve(args.workspace, args)
     return CommandResult({"workspace": str(args.workspace), "exit": code}, ["studio app stopped"], code)
 
