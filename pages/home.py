@@ -23,6 +23,7 @@ from core.workspace import snapshot_info
 from studio import widgets as w
 
 REFRESH_S = 3.0  # how often the page redraws while the demo build runs
+CACHE_KEY = "_overview_snapshot"  # (the snapshot's info, what was read from it)
 
 st.title(":material/dashboard: Overview")
 path = w.require_workspace()
@@ -63,18 +64,26 @@ def overview() -> None:
             st.info("The first corpus is being ingested; the pages show the workspace as soon as it is in.",
                     icon=":material/hourglass_top:")
             return
+        # Redrawn every few seconds on a 2-core machine the build needs: a snapshot already read is not read again.
+        cached = st.session_state.get(CACHE_KEY)
+        if cached is not None and cached[0] == snapshot_info(path):
+            w.snapshot_banner(path, cached[0])
+            status, flow, stale, runs, fate = cached[1]
+            draw(status, flow, stale, runs.copy(), fate)  # draw() adds columns to its runs
+            return
     with w.read_ws() as ws:
         status = workspace_status(ws)
         flow = funnel(ws)
         stale = stale_steps(ws)
         runs = pd.DataFrame(ws.runs(limit=200))
         fate = pd.DataFrame(fate_by_role(ws))
-    draw(status, flow, stale, runs, fate)
+        read_from = ws.snapshot_of
+    st.session_state[CACHE_KEY] = (read_from, (status, flow, stale, runs, fate)) if read_from else None
+    draw(status, flow, stale, runs.copy(), fate)
 
 
 def draw(status: dict[str, Any], flow: Funnel, stale: list[StaleStep], runs: pd.DataFrame,
          fate: pd.DataFrame) -> None:
-
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Documents", f"{status['documents']:,}")
     c2.metric("Current (after filters)", f"{status['current_documents']:,}")
