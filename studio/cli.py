@@ -76,6 +76,7 @@ class Reporter:
         # Run as a job (`core.jobs.launch_step_job`): its progress.json, rewritten at most twice a second.
         self.job_dir = os.environ.get(JOB_DIR_ENV)
         self._last_job_write = 0.0
+        self._last_job_step = ""
         # --json keeps stdout for the one object; a job's stderr is its log, which gets the lines all the same.
         self.lines = (not quiet or bool(self.job_dir)) and not sys.stderr.isatty()
         self.file = open(progress_file, "a", buffering=1, encoding="utf-8") if progress_file else None  # noqa: SIM115
@@ -92,8 +93,12 @@ class Reporter:
     def __call__(self, fraction: float, message: str) -> None:
         if self.file:
             self.file.write(json.dumps({"t": time.time(), "fraction": fraction, "message": message}) + "\n")
-        if self.job_dir and (fraction >= 1 or time.monotonic() - self._last_job_write >= 0.5):
-            self._last_job_write = time.monotonic()
+        # A new step is written at once: it may be followed by a long silence (a model loading), during which the
+        # job panel must not show the step before it.
+        step = _step_of(message)
+        if self.job_dir and (fraction >= 1 or step != self._last_job_step
+                             or time.monotonic() - self._last_job_write >= 0.5):
+            self._last_job_write, self._last_job_step = time.monotonic(), step
             write_progress(Path(self.job_dir), fraction, message)
         if self.lines:
             self._line_progress(fraction, message)
@@ -115,7 +120,7 @@ class Reporter:
         sys.stderr.flush()
 
     def _line_progress(self, fraction: float, message: str) -> None:
-        step = re.sub(r"\d[\d,.]*", "#", message)  # the same step whatever its figures
+        step = _step_of(message)
         with self._lock:
             self._latest = (fraction, message)
             if step != self._last_step or fraction >= 1:
@@ -146,6 +151,11 @@ class Reporter:
             sys.stderr.write("\r\033[K")
         if self.file:
             self.file.close()
+
+
+def _step_of(message: str) -> str:
+    """A progress message without its figures: the same step whatever its counts."""
+    return re.sub(r"\d[\d,.]*", "#", message)
 
 
 Handler = Callable[[argparse.Namespace, Reporter], CommandResult]

@@ -105,6 +105,21 @@ def test_overview_reads_the_snapshot_with_a_banner_while_the_workspace_is_held(h
     assert metric_value(at, "Corpora") == "1"
 
 
+def test_a_job_reports_each_new_step_at_once_and_prints_lines_to_its_log(tmp_path: Path, monkeypatch,
+                                                                         capsys) -> None:
+    from core.jobs import JOB_DIR_ENV
+    from studio.cli import Reporter
+
+    monkeypatch.setenv(JOB_DIR_ENV, str(tmp_path))
+    reporter = Reporter(quiet=True, progress_file=None)  # a job runs with --json
+    reporter(0.70, "ingest medquad: 4,896 records read")
+    reporter(0.71, "tokens: starting")  # within the 0.5 s throttle, but a new step: the panel must show it
+    assert json.loads((tmp_path / "progress.json").read_text())["message"] == "tokens: starting"
+    reporter.close()
+    err = capsys.readouterr().err  # stderr is the job's log: progress lines, though stdout is --json
+    assert "ingest medquad: 4,896 records read" in err and "tokens: starting" in err
+
+
 # --- `studio demo`: served at once, the build a background job ---------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
