@@ -85,7 +85,7 @@ class DemoTracker:
         paced = not always and self._last_publish_end is not None and self.published
         if paced and time.monotonic() - self._last_publish_end < PUBLISH_PACE * self.published[-1][1]:
             return
-        seconds = self.ws.publish_snapshot(after)
+        seconds = self.ws.publish_snapshot(after, best_effort=True)
         self._last_publish_end = time.monotonic()
         if seconds is not None:
             self.published.append((after, round(seconds, 2)))

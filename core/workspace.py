@@ -227,7 +227,7 @@ class Workspace:
         if not read_only:
             ws._write_lock_info()
             if os.environ.get(PUBLISH_ON_OPEN_ENV):
-                ws.publish_snapshot(f"before {_short_command()}", only_if_changed=True)
+                ws.publish_snapshot(f"before {_short_command()}", only_if_changed=True, best_effort=True)
             ws._migrate()
             ws._close_interrupted_runs()
         return ws
@@ -251,15 +251,24 @@ class Workspace:
             con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
             return cls(path, con, True, snapshot_of=info)
 
-    def publish_snapshot(self, after: str, *, only_if_changed: bool = False) -> float | None:
+    def publish_snapshot(self, after: str, *, only_if_changed: bool = False, best_effort: bool = False
+                         ) -> float | None:
         """Publish a consistent read-only copy of the workspace beside it (`studio.snapshot.duckdb`), which readers
         open while this writer holds the database: every table and view as committed (plus this connection's own
         open transaction, so call it between transactions), written under a temporary name and renamed into
         place, so a reader sees the previous copy or this one, never half of one. `after` says what the copy
         shows (e.g. "ingest medquad_nih"). With `only_if_changed`, nothing is copied while the database files are
-        as they were after the last publish. Returns the seconds it took, or None when it skipped."""
+        as they were after the last publish. With `best_effort` (a step publishing as it goes), a failure (a full
+        disk) is logged, not raised: the step's own work matters more. Returns the seconds it took, or None when it
+        skipped or failed."""
         if self.read_only:
             raise WorkspaceError("a read-only workspace cannot publish a snapshot")
+        if best_effort:
+            try:
+                return self.publish_snapshot(after, only_if_changed=only_if_changed)
+            except (duckdb.Error, OSError) as exc:
+                log.warning("could not publish the read snapshot of %s: %s", self.path, exc)
+                return None
         if only_if_changed:
             info = snapshot_info(self.path)
             if info is not None and info.get("signature") == database_signature(self.path):
@@ -267,7 +276,8 @@ class Workspace:
         started = time.monotonic()
         target = self.path / SNAPSHOT_NAME
         tmp = self.path / f".{SNAPSHOT_NAME}.{os.getpid()}.tmp"
-        for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+        # Holding the write lock, no other process publishes: a copy left half-written by a killed one is removed.
+        for leftover in self.path.glob(f".{SNAPSHOT_NAME}.*.tmp*"):
             leftover.unlink(missing_ok=True)
         database = self.scalar("SELECT current_database()")
         self.con.execute("CHECKPOINT")  # a smaller log to copy past, and the signature below stays put

@@ -77,7 +77,10 @@ def test_the_live_database_wins_whenever_it_can_be_opened(tmp_path: Path, data_d
     path = tmp_path / "ws"
     with Workspace.open(path) as ws:
         ingest(ws, IngestConfig(sources=[str(data_dir / HISTORY)], corpus="history", role="general"))
+        half_written = path / ".studio.snapshot.duckdb.99999.tmp"  # a publisher killed midway left it
+        half_written.write_bytes(b"half a copy")
         assert ws.publish_snapshot("ingest history") is not None
+        assert not half_written.exists()
         ingest(ws, IngestConfig(sources=[str(data_dir / WIKIPEDIA)], corpus="wikipedia", role="general"))
     with Workspace.open_for_reading(path) as ws:
         assert ws.snapshot_of is None and ws.scalar("SELECT count(*) FROM documents") == 66 + 1631
