@@ -281,7 +281,7 @@ class Workspace:
             leftover.unlink(missing_ok=True)
         database = self.scalar("SELECT current_database()")
         self.con.execute("CHECKPOINT")  # a smaller log to copy past, and the signature below stays put
-        self.con.execute(f"ATTACH '{tmp}' AS studio_snapshot_copy")
+        self.con.execute(f"ATTACH '{str(tmp).replace(chr(39), chr(39) * 2)}' AS studio_snapshot_copy")
         try:
             self.con.execute(f'COPY FROM DATABASE "{database}" TO studio_snapshot_copy')
         except BaseException:
