@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -132,11 +132,11 @@ def _free_port() -> int:
 
 def _start_demo(workspace: Path, data_dir: Path, port: int, log: Path, *extra: str) -> subprocess.Popen:
     # its own session, so that a Ctrl-C is the SIGINT of its whole group, as a terminal sends it
-    return subprocess.Popen(
-        [sys.executable, "-m", "studio.cli", "demo", str(workspace), "--data", str(data_dir), "--recipe",
-         str(TINY_RECIPE), "--port", str(port), "--host", "127.0.0.1", *extra],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=open(log, "w"), text=True,  # noqa: SIM115
-        start_new_session=True)
+    with open(log, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "studio.cli", "demo", str(workspace), "--data", str(data_dir), "--recipe",
+             str(TINY_RECIPE), "--port", str(port), "--host", "127.0.0.1", *extra],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True)
 
 
 def _wait_http(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> float:
@@ -153,7 +153,7 @@ def _wait_http(port: int, proc: subprocess.Popen, timeout_s: float = 90) -> floa
     raise AssertionError(f"no HTTP 200 within {timeout_s:.0f} s")
 
 
-def _wait_for(predicate, timeout_s: float, what: str) -> None:  # noqa: ANN001
+def _wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -220,9 +220,10 @@ def test_studio_demo_serves_at_once_and_its_build_runs_on(tmp_path: Path, data_d
 
 def test_studio_app_serves_a_workspace_a_job_holds(held_workspace: Path, tmp_path: Path) -> None:
     port = _free_port()
-    app = subprocess.Popen([sys.executable, "-m", "studio.cli", "app", str(held_workspace), "--port", str(port),
-                            "--host", "127.0.0.1"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                           stderr=open(tmp_path / "app.log", "w"), start_new_session=True)  # noqa: SIM115
+    with open(tmp_path / "app.log", "w") as err:
+        app = subprocess.Popen([sys.executable, "-m", "studio.cli", "app", str(held_workspace), "--port", str(port),
+                                "--host", "127.0.0.1"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err,
+                               start_new_session=True)
     try:
         _wait_http(port, app)
     finally:
