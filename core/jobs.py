@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import REPO_ROOT
-from core.workspace import Workspace, WorkspaceError
+from core.workspace import PUBLISH_ON_OPEN_ENV, Workspace, WorkspaceError
 
 STATUSES = ("queued", "running", "stopping", "stopped", "finished", "failed")
 ACTIVE_STATUSES = ("queued", "running", "stopping")
@@ -170,6 +170,7 @@ def job_environment(job: Job, extra: dict[str, str] | None = None, resume: bool 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", JOB_DIR_ENV: job.output_dir, JOB_ID_ENV: job.job_id}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     env.pop(RESUME_ENV, None)
+    env.pop(PUBLISH_ON_OPEN_ENV, None)  # only a job that writes the workspace publishes (launch_step_job says so)
     if resume:
         env[RESUME_ENV] = "1"
     env.update(extra or {})
@@ -555,8 +556,9 @@ def launch_step_job(ws_path: str | Path, argv: Sequence[str], label: str = "", *
         (folder / WRITES_NAME).write_text("")
     if ahead:
         write_progress(folder, -1.0, f"queued: starts when '{ahead[0].label}' finishes")
-    # A writer also waits for a workspace held by another process (the app's page, a command line) instead of failing.
-    extra = {"STUDIO_LOCK_WAIT_S": str(lock_wait_s), **(env or {})}
+    # A writer also waits for a workspace held by another process (the app's page, a command line) instead of failing,
+    # and publishes the read snapshot as it takes the lock, so the pages read the workspace while it runs.
+    extra = {"STUDIO_LOCK_WAIT_S": str(lock_wait_s), **({PUBLISH_ON_OPEN_ENV: "1"} if writes else {}), **(env or {})}
     job.pid = _spawn(job, job_environment(job, extra), after=ahead)
     if not ahead:
         job.started_at = job.created_at

@@ -33,6 +33,14 @@ DB_NAME = "studio.duckdb"
 # waits for the workspace can say what it waits for.
 LOCK_INFO_NAME = "studio.lock-info.json"
 LOCK_WAIT_REPORT_S = 5.0  # while waiting, say so again this often
+# The read snapshot: a consistent read-only copy a writer publishes beside the database, because DuckDB lets no
+# other process open the file, not even read-only, while a writer holds it; the app reads it meanwhile.
+SNAPSHOT_NAME = "studio.snapshot.duckdb"
+SNAPSHOT_INFO_NAME = "studio.snapshot.json"
+# Set in the environment of a background job that writes the workspace (`core.jobs.launch_step_job`): its writer
+# publishes the snapshot when it opens the workspace (unless nothing changed since the last one), so the pages read
+# the workspace as it was when the job took the lock.
+PUBLISH_ON_OPEN_ENV = "STUDIO_PUBLISH_SNAPSHOT"
 log = logging.getLogger("studio.workspace")
 ROLES = ("domain", "general", "instruction", "benchmark")
 DEFAULT_TOKENIZER = "bundled:smollm2"
@@ -40,6 +48,10 @@ DEFAULT_TOKENIZER = "bundled:smollm2"
 
 class WorkspaceError(RuntimeError):
     """A problem the user can fix (a bad path, a locked workspace, an unknown corpus)."""
+
+
+class WorkspaceBusy(WorkspaceError):
+    """Another process holds the workspace's database (DuckDB allows one writer process, and no reader beside it)."""
 
 
 @dataclass
@@ -116,11 +128,48 @@ def _processes_with_open(db: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _file_signature(path: Path) -> list[int]:
+    """Size and modification time (ns) of a file, or zeros: whether a database file changed since a look."""
+    try:
+        st = path.stat()
+    except OSError:
+        return [0, 0]
+    return [st.st_size, st.st_mtime_ns]
+
+
+def database_signature(path: Path) -> list[int]:
+    """The database file and its write-ahead log as they stand: equal signatures, nothing was written."""
+    db = path / DB_NAME
+    return _file_signature(db) + _file_signature(db.with_name(db.name + ".wal"))
+
+
+def _short_command() -> str:
+    """`studio dedup` for this process when it is a `studio` command, else its program name."""
+    if sys.argv and sys.argv[0].endswith(("studio/cli.py", "studio")) and len(sys.argv) > 1:
+        return f"studio {sys.argv[1]}"
+    return Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+
+
+def snapshot_info(path: str | Path) -> dict[str, Any] | None:
+    """What the published read snapshot of the workspace at `path` shows (`after`, `published_at`, `by`,
+    `seconds`), or None when there is none."""
+    path = Path(path).expanduser().resolve()
+    if not (path / SNAPSHOT_NAME).exists():
+        return None
+    try:
+        return json.loads((path / SNAPSHOT_INFO_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 class Workspace:
-    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection, read_only: bool,
+                 snapshot_of: dict[str, Any] | None = None) -> None:
         self.path = path
         self.con = con
         self.read_only = read_only
+        # Set when this is the published read snapshot (the live database was held by a writer): what it shows.
+        self.snapshot_of = snapshot_of
 
     # --- opening -------------------------------------------------------------------------------------------
     @classmethod
@@ -156,7 +205,8 @@ class Workspace:
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
-                    raise WorkspaceError(cls._open_error(path, exc)) from exc
+                    error = WorkspaceBusy if "lock" in str(exc).lower() else WorkspaceError
+                    raise error(cls._open_error(path, exc)) from exc
                 waited = time.monotonic() - started
                 if waited >= next_report:  # at once, then every few seconds
                     log.warning("waiting for workspace %s, in use by %s (%.0f s of %.0f s)", path,
@@ -176,9 +226,85 @@ class Workspace:
         ws = cls(path, con, read_only)
         if not read_only:
             ws._write_lock_info()
+            if os.environ.get(PUBLISH_ON_OPEN_ENV):
+                ws.publish_snapshot(f"before {_short_command()}", only_if_changed=True, best_effort=True)
             ws._migrate()
             ws._close_interrupted_runs()
         return ws
+
+    @classmethod
+    def open_for_reading(cls, path: str | Path) -> Workspace:
+        """The workspace read-only: the live database whenever it can be opened, else, while a writer holds it,
+        its newest published read snapshot (`snapshot_of` says as of when). Without a snapshot the writer's lock
+        is the error, as `open` gives it."""
+        try:
+            return cls.open(path, create=False, read_only=True)
+        except WorkspaceBusy as exc:
+            path = Path(path).expanduser().resolve()
+            info = snapshot_info(path)
+            if info is None:
+                raise
+            try:
+                con = duckdb.connect(str(path / SNAPSHOT_NAME), read_only=True)
+            except duckdb.Error:
+                raise exc from None
+            con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
+            return cls(path, con, True, snapshot_of=info)
+
+    def publish_snapshot(self, after: str, *, only_if_changed: bool = False, best_effort: bool = False
+                         ) -> float | None:
+        """Publish a consistent read-only copy of the workspace beside it (`studio.snapshot.duckdb`), which readers
+        open while this writer holds the database: every table and view as committed (plus this connection's own
+        open transaction, so call it between transactions), written under a temporary name and renamed into
+        place, so a reader sees the previous copy or this one, never half of one. `after` says what the copy
+        shows (e.g. "ingest medquad_nih"). With `only_if_changed`, nothing is copied while the database files are
+        as they were after the last publish. With `best_effort` (a step publishing as it goes), a failure (a full
+        disk) is logged, not raised: the step's own work matters more. Returns the seconds it took, or None when it
+        skipped or failed."""
+        if self.read_only:
+            raise WorkspaceError("a read-only workspace cannot publish a snapshot")
+        if best_effort:
+            try:
+                return self.publish_snapshot(after, only_if_changed=only_if_changed)
+            except (duckdb.Error, OSError) as exc:
+                log.warning("could not publish the read snapshot of %s: %s", self.path, exc)
+                return None
+        if only_if_changed:
+            info = snapshot_info(self.path)
+            if info is not None and info.get("signature") == database_signature(self.path):
+                return None
+        started = time.monotonic()
+        target = self.path / SNAPSHOT_NAME
+        tmp = self.path / f".{SNAPSHOT_NAME}.{os.getpid()}.tmp"
+        # Holding the write lock, no other process publishes: a copy left half-written by a killed one is removed.
+        for leftover in self.path.glob(f".{SNAPSHOT_NAME}.*.tmp*"):
+            leftover.unlink(missing_ok=True)
+        database = self.scalar("SELECT current_database()")
+        self.con.execute("CHECKPOINT")  # a smaller log to copy past, and the signature below stays put
+        self.con.execute(f"ATTACH '{str(tmp).replace(chr(39), chr(39) * 2)}' AS studio_snapshot_copy")
+        try:
+            self.con.execute(f'COPY FROM DATABASE "{database}" TO studio_snapshot_copy')
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("DETACH studio_snapshot_copy")
+            tmp.unlink(missing_ok=True)
+            raise
+        self.con.execute("DETACH studio_snapshot_copy")
+        os.replace(tmp, target)
+        seconds = time.monotonic() - started
+        info = {"after": after, "published_at": datetime.now().isoformat(timespec="seconds"),
+                "by": self._command(), "pid": os.getpid(), "seconds": round(seconds, 2),
+                "signature": database_signature(self.path)}
+        info_path = self.path / SNAPSHOT_INFO_NAME
+        info_tmp = info_path.with_name(f".{info_path.name}.{os.getpid()}.tmp")
+        info_tmp.write_text(json.dumps(info), encoding="utf-8")
+        info_tmp.replace(info_path)
+        log.info("published the read snapshot of %s after %s in %.1f s", self.path, after, seconds)
+        return seconds
+
+    @staticmethod
+    def _command() -> str:
+        return " ".join(" ".join(sys.argv).split())[:300]
 
     @staticmethod
     def _not_a_workspace(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -208,7 +334,7 @@ class Workspace:
         return f"cannot open workspace {path}: {exc}"
 
     def _write_lock_info(self) -> None:
-        info = {"pid": os.getpid(), "command": " ".join(" ".join(sys.argv).split())[:300],
+        info = {"pid": os.getpid(), "command": self._command(),
                 "since": datetime.now().isoformat(timespec="seconds")}
         with contextlib.suppress(OSError):
             (self.path / LOCK_INFO_NAME).write_text(json.dumps(info), encoding="utf-8")

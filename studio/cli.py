@@ -68,18 +68,20 @@ class Reporter:
     pipe (nohup, a container log, CI), JSON lines in a file for the app's job panel.
 
     Plain lines: one whenever a step starts (its message changes other than in its figures), then one every
-    `STUDIO_PROGRESS_INTERVAL` seconds (default 30) while the step runs, from a heartbeat thread so that a step
-    busy inside one long call still shows it is alive."""
+    `STUDIO_PROGRESS_INTERVAL` seconds (default 10) while the step runs, from a heartbeat thread so that a step
+    busy inside one long call still shows it is alive. A job (`--json` on stdout) writes them to its log too."""
 
     def __init__(self, quiet: bool, progress_file: str | None) -> None:
         self.quiet = quiet
         # Run as a job (`core.jobs.launch_step_job`): its progress.json, rewritten at most twice a second.
         self.job_dir = os.environ.get(JOB_DIR_ENV)
         self._last_job_write = 0.0
-        self.lines = not quiet and not sys.stderr.isatty()
+        self._last_job_step = ""
+        # --json keeps stdout for the one object; a job's stderr is its log, which gets the lines all the same.
+        self.lines = (not quiet or bool(self.job_dir)) and not sys.stderr.isatty()
         self.file = open(progress_file, "a", buffering=1, encoding="utf-8") if progress_file else None  # noqa: SIM115
         self._last_draw = 0.0
-        self.interval = float(os.environ.get("STUDIO_PROGRESS_INTERVAL", "30"))
+        self.interval = float(os.environ.get("STUDIO_PROGRESS_INTERVAL", "10"))
         self._started = time.monotonic()
         self._latest: tuple[float, str] | None = None
         self._last_step = ""
@@ -91,13 +93,17 @@ class Reporter:
     def __call__(self, fraction: float, message: str) -> None:
         if self.file:
             self.file.write(json.dumps({"t": time.time(), "fraction": fraction, "message": message}) + "\n")
-        if self.job_dir and (fraction >= 1 or time.monotonic() - self._last_job_write >= 0.5):
-            self._last_job_write = time.monotonic()
+        # A new step is written at once: it may be followed by a long silence (a model loading), during which the
+        # job panel must not show the step before it.
+        step = _step_of(message)
+        if self.job_dir and (fraction >= 1 or step != self._last_job_step
+                             or time.monotonic() - self._last_job_write >= 0.5):
+            self._last_job_write, self._last_job_step = time.monotonic(), step
             write_progress(Path(self.job_dir), fraction, message)
-        if self.quiet:
-            return
         if self.lines:
             self._line_progress(fraction, message)
+            return
+        if self.quiet:
             return
         now = time.monotonic()
         if now - self._last_draw < 0.1 and 0 <= fraction < 1:
@@ -114,7 +120,7 @@ class Reporter:
         sys.stderr.flush()
 
     def _line_progress(self, fraction: float, message: str) -> None:
-        step = re.sub(r"\d[\d,.]*", "#", message)  # the same step whatever its figures
+        step = _step_of(message)
         with self._lock:
             self._latest = (fraction, message)
             if step != self._last_step or fraction >= 1:
@@ -145,6 +151,11 @@ class Reporter:
             sys.stderr.write("\r\033[K")
         if self.file:
             self.file.close()
+
+
+def _step_of(message: str) -> str:
+    """A progress message without its figures: the same step whatever its counts."""
+    return re.sub(r"\d[\d,.]*", "#", message)
 
 
 Handler = Callable[[argparse.Namespace, Reporter], CommandResult]

@@ -23,9 +23,10 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core import jobs
-from core.workspace import DB_NAME, Workspace, WorkspaceError
+from core.workspace import DB_NAME, Workspace, WorkspaceError, lock_holder
 
 WORKSPACE_KEY = "workspace"
 
@@ -47,14 +48,38 @@ def require_workspace() -> Path:
 
 @contextlib.contextmanager
 def read_ws() -> Iterator[Workspace]:
-    """A read-only workspace for the duration of a block; a page whose workspace is busy shows the job."""
+    """A read-only workspace for the duration of a block. While a job writes it (DuckDB then lets no other process
+    open the file), the page reads the read snapshot the job published and says as of when; without one, the page
+    shows the job."""
     path = require_workspace()
     try:
-        ws = Workspace.open(path, create=False, read_only=True)
+        ws = Workspace.open_for_reading(path)
     except WorkspaceError as exc:
         _show_busy(path, exc)
+    if ws.snapshot_of is not None and _once_per_run("snapshot_banner"):
+        snapshot_banner(path, ws.snapshot_of)
     with ws:
         yield ws
+
+
+def snapshot_banner(path: Path, snapshot: dict[str, Any]) -> None:
+    writer = next((job.label for job in step_jobs(path, limit=10) if job.job.active and jobs.writes_workspace(job.job)),
+                  None) or lock_holder(path)
+    when = str(snapshot.get("published_at", "?")).replace("T", " ")
+    st.info(f"The workspace is being written by **{writer}**; showing it as of {when} (after "
+            f"{snapshot.get('after', '?')}). Changes wait until the job ends.", icon=":material/history:")
+
+
+def _once_per_run(key: str) -> bool:
+    """True the first time in a script run (or fragment run) that `key` asks: a note many blocks of a page could
+    show is shown once."""
+    ctx = get_script_run_ctx()
+    token = id(ctx.cursors) if ctx is not None else None  # a new cursors dict every run
+    seen = st.session_state.setdefault("_once_per_run", {})
+    if token is not None and seen.get(key) == token:
+        return False
+    seen[key] = token
+    return True
 
 
 @contextlib.contextmanager

@@ -39,7 +39,7 @@ def demo_ws_path(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A workspace with every demo corpus ingested (no curation steps). Read it; copy it to write."""
     path = tmp_path_factory.mktemp("demo") / "ws"
     with Workspace.open(path) as ws:
-        build_demo(ws, data_dir, steps=False)
+        build_demo(ws, data_dir, steps=False, publish=False)  # no read snapshot: copies stay small
     return path
 
 

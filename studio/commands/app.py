@@ -1,4 +1,5 @@
-"""`studio app` (the browser studio on a workspace) and `studio demo` (build the demo workspace, then the app)."""
+"""`studio app` (the browser studio on a workspace) and `studio demo` (build the demo workspace and serve the app on
+it at once: the build runs as a background job that the Overview page shows filling in)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,18 @@ import time
 from pathlib import Path
 
 from core.config import REPO_ROOT, data_root, workspaces_root
-from core.demo import DEFAULT_RECIPE, build_demo
+from core.demo import (
+    DEFAULT_RECIPE,
+    DEMO_JOB_KIND,
+    STAGES_NAME,
+    build_demo,
+    demo_data_folder,
+    demo_job,
+    load_recipe,
+)
+from core.jobs import JOB_DIR_ENV, Job, get_step_job, launch_step_job
 from core.parallel import set_parent_death_signal
-from core.workspace import Workspace
+from core.workspace import DB_NAME, Workspace, WorkspaceBusy
 from studio.access import SignInRequired, bind_refusal, is_loopback, read_auth_settings, sign_in_problem
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
 
@@ -28,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_server_arguments(p)
     p.set_defaults(handler=app_command)
 
-    p = sub.add_parser("demo", help="build the demo workspace from the shared data, then start the studio on it")
+    p = sub.add_parser("demo", help="build the demo workspace from the shared data and serve the studio on it at once "
+                                    "(the build runs on as a background job the Overview page shows)")
     p.add_argument("workspace", type=Path, nargs="?", default=None,
                    help="workspace folder (default: workspaces/demo in the checkout)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -36,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, default=None,
                    help="the public data folder (default: $STUDIO_DATA, else ../shared/data)")
     p.add_argument("--recipe", type=Path, default=DEFAULT_RECIPE, help="demo recipe (TOML)")
-    p.add_argument("--no-app", action="store_true", help="build the workspace only")
+    p.add_argument("--no-app", action="store_true",
+                   help="build the workspace here, in the foreground, and serve nothing")
     p.add_argument("--no-steps", action="store_true", help="ingest only; skip the recipe's curation steps")
     _add_server_arguments(p)
     p.set_defaults(handler=demo_command)
@@ -79,7 +91,9 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
     print(f"studio: serving {workspace} at http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
     # The server dies with this process: SIGTERM, SIGINT and SIGHUP are passed on to it (and waited for), and a
     # SIGKILL of this process, which cannot be passed on, reaches it as the kernel's parent-death signal.
-    server = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, preexec_fn=set_parent_death_signal)  # noqa: PLW1509
+    # With --json, stdout is the one JSON object: the server's own banner goes to stderr.
+    server = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, preexec_fn=set_parent_death_signal,  # noqa: PLW1509
+                              stdout=sys.stderr if getattr(args, "json", False) else None)
     stopping: list[int] = []
 
     def forward(signum: int, frame: object) -> None:
@@ -110,22 +124,66 @@ def serve(workspace: Path, args: argparse.Namespace) -> int:
 
 def app_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     check_access(args)
-    # Migrate first, so the app opens a current schema; only `init` and `demo` create a workspace.
-    Workspace.open(args.workspace, create=False).close()
+    # Migrate first, so the app opens a current schema; only `init` and `demo` create a workspace. A workspace a job
+    # writes (the demo's build) is served as it is: the job migrated it, and the pages read its published snapshot.
+    try:
+        Workspace.open(args.workspace, create=False, wait_s=2.0).close()
+    except WorkspaceBusy as exc:
+        print(f"studio app: {exc}; serving it meanwhile (the pages read the snapshot it publishes)", file=sys.stderr)
     code = serve(args.workspace, args)
     return CommandResult({"workspace": str(args.workspace), "exit": code}, ["studio app stopped"], code)
 
 
 def demo_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
-    workspace = args.workspace or workspaces_root() / "demo"
-    if not args.no_app:
-        check_access(args)  # before the build, so a refused address costs nothing
+    workspace = (args.workspace or workspaces_root() / "demo").expanduser().resolve()
+    if args.no_app:
+        return build_demo_here(workspace, args, report)
+    check_access(args)  # before the build, so a refused address costs nothing
+    job, reused = start_demo_job(workspace, args)
+    print(f"studio demo: {'re-attached to the running' if reused else 'started the'} build job {job.job_id} "
+          f"(log: {job.log_path}); it runs on if the app stops. The Overview page shows it filling in.",
+          file=sys.stderr)
+    code = serve(workspace, args)
+    job = get_step_job(workspace, job.job_id)
+    data = {"workspace": str(workspace), "job_id": job.job_id, "job_status": job.status, "job_log": job.log_path,
+            "reused_job": reused, "exit": code}
+    lines = ["studio demo stopped serving"]
+    if job.active:
+        lines.append(f"the build job {job.job_id} runs on (log: {job.log_path}); `studio demo` or `studio app "
+                     f"{workspace}` shows it again")
+    else:
+        lines.append(f"the build job {job.job_id} {job.status}")
+    return CommandResult(data, lines, code)
+
+
+def start_demo_job(workspace: Path, args: argparse.Namespace) -> tuple[Job, bool]:
+    """The running demo build of the workspace (re-attached, never started twice), or a new one launched as a step
+    job: `studio demo WORKSPACE --no-app` in its own process group, so stopping the app leaves it running.
+    Returns the job and whether it was already running."""
+    running = demo_job(workspace, active_only=True)
+    if running is not None:
+        return running, True
+    data = demo_data_folder(args.data)  # a wrong folder or recipe is said here, not in the job's log
+    recipe = args.recipe.expanduser().resolve()
+    load_recipe(recipe)
+    if not (workspace / DB_NAME).exists():
+        Workspace.open(workspace).close()  # the app opens an existing, current workspace; the job fills it
+    argv = [DEMO_JOB_KIND, "--data", str(data), "--recipe", str(recipe), "--no-app",
+            *(["--no-steps"] if args.no_steps else [])]
+    return launch_step_job(workspace, argv, label="demo build: ingest and the recipe's steps"), False
+
+
+def build_demo_here(workspace: Path, args: argparse.Namespace, report: Reporter) -> CommandResult:
+    """The whole build in this process (`--no-app`; also what the demo job runs), with each step's wall time."""
     started = time.monotonic()
+    job_dir = os.environ.get(JOB_DIR_ENV)
     with Workspace.open(workspace) as ws:
-        result = build_demo(ws, args.data, args.recipe, report, steps=not args.no_steps)
+        result = build_demo(ws, args.data, args.recipe, report, steps=not args.no_steps,
+                            stages_file=Path(job_dir) / STAGES_NAME if job_dir else None)
     seconds = round(time.monotonic() - started, 1)
     data = {"workspace": result.workspace, "documents_added": result.documents_added, "errors": result.errors,
-            "corpora": result.corpora, "steps": result.steps, "seconds": seconds}
+            "corpora": result.corpora, "steps": result.steps, "seconds": seconds,
+            "snapshots": [{"after": after, "seconds": s} for after, s in result.snapshots]}
     lines = [f"demo workspace {result.workspace}: {result.documents_added:,} documents added, "
              f"{result.errors:,} skipped records (see ingest_errors)"]
     for c in result.corpora:
@@ -137,8 +195,7 @@ def demo_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     ingest_seconds = sum(c["seconds"] for c in result.corpora)
     lines.append(f"  wall time: {seconds:.0f} s in all (ingest {ingest_seconds:.0f} s, "
                  + ", ".join(f"{s['step']} {s['seconds']:.0f} s" for s in result.steps) + ")")
-    if args.no_app:
-        return CommandResult(data, lines)
-    print("\n".join(lines), file=sys.stderr)
-    code = serve(Path(result.workspace), args)
-    return CommandResult(data, ["studio demo stopped"], code)
+    if result.snapshots:
+        lines.append(f"  read snapshots published: {len(result.snapshots)}, "
+                     f"{sum(s for _, s in result.snapshots):.1f} s in all")
+    return CommandResult(data, lines)
