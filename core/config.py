@@ -6,10 +6,11 @@ benchmarks read real data from wherever a user keeps it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +78,19 @@ def save_upload(folder: Path, name: str, data: bytes, fallback: str = "upload") 
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
     return SavedUpload(target, True)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A small JSON file another process writes (a job's progress, a snapshot's info), or None when absent or
+    unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Readers poll these files: write a temporary file and rename it, so they never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, default=str), encoding="utf-8")
+    tmp.replace(path)

@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.config import REPO_ROOT
+from core.config import REPO_ROOT, read_json, write_json_atomic
 from core.workspace import PUBLISH_ON_OPEN_ENV, Workspace, WorkspaceError
 
 STATUSES = ("queued", "running", "stopping", "stopped", "finished", "failed")
@@ -108,20 +108,6 @@ class Job:
 
 
 # --- files written by the job's own process ---------------------------------------------------------------------
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Readers poll these files: write a temporary file and rename it, so they never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, default=str), encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_progress(job_dir: Path, fraction: float, message: str, **extra: Any) -> None:
     write_json_atomic(Path(job_dir) / PROGRESS_NAME, {"t": time.time(), "fraction": fraction, "message": message,
                                                       **extra})

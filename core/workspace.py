@@ -26,6 +26,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from core.config import read_json, write_json_atomic
 from core.schema import MIGRATIONS
 
 DB_NAME = "studio.duckdb"
@@ -128,6 +129,10 @@ def _processes_with_open(db: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _limit_memory(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
+
+
 def _file_signature(path: Path) -> list[int]:
     """Size and modification time (ns) of a file, or zeros: whether a database file changed since a look."""
     try:
@@ -156,10 +161,7 @@ def snapshot_info(path: str | Path) -> dict[str, Any] | None:
     path = Path(path).expanduser().resolve()
     if not (path / SNAPSHOT_NAME).exists():
         return None
-    try:
-        return json.loads((path / SNAPSHOT_INFO_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return read_json(path / SNAPSHOT_INFO_NAME)
 
 
 class Workspace:
@@ -220,7 +222,7 @@ class Workspace:
                                  "Choose another folder (`studio init NEW_FOLDER` creates one)")
         (path / "artifacts").mkdir(exist_ok=True)
         # Bounded memory: DuckDB spills to the workspace's temp folder instead of growing with the corpus.
-        con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
+        _limit_memory(con)
         if not read_only:
             con.execute(f"SET temp_directory = '{path / 'artifacts' / 'tmp'}'")
         ws = cls(path, con, read_only)
@@ -248,7 +250,7 @@ class Workspace:
                 con = duckdb.connect(str(path / SNAPSHOT_NAME), read_only=True)
             except duckdb.Error:
                 raise exc from None
-            con.execute(f"SET memory_limit = '{os.environ.get('STUDIO_DUCKDB_MEMORY', '2GB')}'")
+            _limit_memory(con)
             return cls(path, con, True, snapshot_of=info)
 
     def publish_snapshot(self, after: str, *, only_if_changed: bool = False, best_effort: bool = False
@@ -295,10 +297,7 @@ class Workspace:
         info = {"after": after, "published_at": datetime.now().isoformat(timespec="seconds"),
                 "by": self._command(), "pid": os.getpid(), "seconds": round(seconds, 2),
                 "signature": database_signature(self.path)}
-        info_path = self.path / SNAPSHOT_INFO_NAME
-        info_tmp = info_path.with_name(f".{info_path.name}.{os.getpid()}.tmp")
-        info_tmp.write_text(json.dumps(info), encoding="utf-8")
-        info_tmp.replace(info_path)
+        write_json_atomic(self.path / SNAPSHOT_INFO_NAME, info)
         log.info("published the read snapshot of %s after %s in %.1f s", self.path, after, seconds)
         return seconds
 
