@@ -321,7 +321,9 @@ def _ended_state(job: Job) -> dict[str, Any]:
     # A stop request races a job that is already on its way out: Python restores the default SIGTERM action while
     # it shuts down, so a job that wrote its last word and then met the stop signal still ended as it said.
     stop_met_exit = code in (128 + signal.SIGTERM, 130) and (job.folder / STOP_NAME).exists()
-    if status in ("finished", "stopped") and (code in (0, None) or stop_met_exit):
+    # A SIGTERM the command handled (`kill PID` without the job panel) ends it as Ctrl-C does: exit 130, "stopped".
+    handled_stop = status == "stopped" and code == 130
+    if status in ("finished", "stopped") and (code in (0, None) or stop_met_exit or handled_stop):
         return {"status": status, "exit_code": code, "error": None}
     if status is None and job.status == "stopping" and not (job.folder / PIDS_DIR).exists():
         return {"status": "stopped", "exit_code": code,

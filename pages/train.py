@@ -24,6 +24,7 @@ from core.train.config import (
     ConfigError,
     TrainConfig,
     config_to_toml,
+    default_eval_tokens,
     parse_config,
     preset_config,
 )
@@ -259,8 +260,10 @@ def form_config() -> TrainConfig:
         config.trust_remote_code = d2.checkbox("Trust remote code", key="train_remote_code",
                                                help="Runs the model repository's own Python code: only for "
                                                     "models you trust")
-        config.eval_tokens = int(d3.number_input("Validation tokens per set", 8, 10_000_000, 20_000,
-                                                 key="train_eval_tokens"))
+        config.eval_tokens = int(d3.number_input("Validation tokens per set", 8, 10_000_000, default_eval_tokens(),
+                                                 key="train_eval_tokens",
+                                                 help="scored on both validation sets at step 0 and every "
+                                                      "eval_steps (the estimate counts it)"))
         config.logging_steps = int(d4.number_input("Log every (steps)", 1, 10_000, 1, key="train_logging"))
         e1, e2 = st.columns(2)
         config.distributed.mode = e1.selectbox("Distribution (Accelerate)", DISTRIBUTED_MODES,
@@ -297,7 +300,10 @@ if go1.button("Estimate", icon=":material/calculate:", key="train_estimate"):
     else:
         st.info(f"{est.steps:,} steps of up to {est.tokens_per_step:,} tokens"
                 + (f" ({est.tokens:,} training tokens)" if est.tokens else f" ({est.examples:,} examples)")
-                + f"; time: **{eta_text(est.seconds)}** ({est.rate_source}).", icon=":material/calculate:")
+                + f"; time: **{eta_text(est.seconds)}** ({est.rate_source})"
+                + (f", of which validation {eta_text(est.validation_seconds)} ({est.validation_passes} passes, "
+                   f"{est.validation_tokens:,} tokens)" if est.validation_seconds else "") + ".",
+                icon=":material/calculate:")
 if go2.button("Launch", type="primary", icon=":material/rocket_launch:", key="train_launch"):
     try:
         parse_config(text)

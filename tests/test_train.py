@@ -363,6 +363,11 @@ def test_dry_run_estimate(tiny: dict[str, Path]) -> None:
     est = estimate(tiny["ws"], tiny_config(tiny, max_steps=0, epochs=2.0))
     assert est.tokens == 12_000 and est.steps == 2 * 188  # 375 blocks of 32 tokens, 2 a step, 2 epochs
     assert est.tokens_per_step == 64
+    # both validation sets at step 0 and every 4 steps (376 steps: 95 passes), 128 tokens each (4 blocks of 32)
+    assert est.validation_passes == 1 + 376 // 4 and est.validation_tokens == 95 * 2 * 128
+    if est.rate_tokens_per_s:  # a job of this workspace ran before: the time counts validation at a third of a step
+        assert est.validation_seconds == pytest.approx(est.validation_tokens / (3 * est.rate_tokens_per_s))
+        assert est.seconds == pytest.approx(376 * 64 / est.rate_tokens_per_s + est.validation_seconds)
 
 
 # --- the page ---------------------------------------------------------------------------------------------------------

@@ -20,6 +20,10 @@ METHODS = ("full", "lora", "freeze")
 SCHEDULES = ("cosine", "progressive", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DISTRIBUTED_MODES = ("none", "ddp", "fsdp", "deepspeed2", "deepspeed3")
+# Validation tokens per set where no GPU is present: each validation pass scores both sets, at step 0 and every
+# eval_steps, and 2 x 20,000 tokens of forward passes take minutes on a few CPU cores (longer than a short job's
+# training itself); 2,048 tokens (16 blocks of 128) still show the trend. `default_eval_tokens` picks.
+CPU_EVAL_TOKENS = 2_048
 # TrainingArguments the studio sets itself: `[trainer]` may not override them.
 MANAGED_TRAINER_ARGS = {
     "output_dir", "learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size",
@@ -268,3 +272,10 @@ def preset_config(name: str, **overrides: Any) -> TrainConfig:
         raise ConfigError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
     data = {**PRESETS[name], **overrides}
     return _build(TrainConfig, data, "the training config")
+
+
+def default_eval_tokens() -> int:
+    """The form's default validation tokens per set: the config's default on a GPU, CPU_EVAL_TOKENS without one."""
+    import torch
+
+    return TrainConfig.eval_tokens if torch.cuda.is_available() else CPU_EVAL_TOKENS

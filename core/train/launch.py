@@ -21,6 +21,7 @@ from core.models import ModelUnavailable, resolve_lm
 from core.steps import Step
 from core.train.config import ConfigError, TrainConfig, parse_config
 from core.train.data import (
+    VALIDATION_SETS,
     check_export,
     manifest_of,
     manifest_sha256,
@@ -198,9 +199,12 @@ class Estimate:
     examples: int | None
     steps: int
     tokens_per_step: int | None
-    seconds: float | None
+    seconds: float | None  # training and validation
     rate_tokens_per_s: float | None
     rate_source: str
+    validation_passes: int = 0
+    validation_tokens: int = 0  # scored in all, over every pass and both sets
+    validation_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -246,8 +250,16 @@ def estimate(ws: Workspace | str | Path, config_text: str) -> Estimate:
     if rate and seconds is None and examples:
         # sft/dpo: tokens per example are not known in advance; count the block size as an upper bound
         seconds = steps * per_step / rate
+    # Validation: both sets at step 0, every eval_steps and at the end, in whole blocks. A forward pass costs about a
+    # third of a training step per token (the backward pass about twice the forward), hence rate x 3.
+    passes = (1 + steps // config.eval_steps + (1 if steps % config.eval_steps else 0)) if config.mix else 0
+    val_tokens = passes * len(VALIDATION_SETS) * (config.eval_tokens // config.block_size) * config.block_size
+    val_seconds = val_tokens / (3 * rate) if rate else None
+    if seconds is not None and val_seconds is not None:
+        seconds += val_seconds
     return Estimate(tokens=tokens, examples=examples, steps=steps, tokens_per_step=per_step,
-                    seconds=seconds, rate_tokens_per_s=rate, rate_source=source)
+                    seconds=seconds, rate_tokens_per_s=rate, rate_source=source, validation_passes=passes,
+                    validation_tokens=val_tokens, validation_seconds=val_seconds)
 
 
 def job_summary(job: Job) -> dict[str, Any]:
