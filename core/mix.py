@@ -213,8 +213,9 @@ def run_preset_mix(ws: Workspace, cfg: PresetMixConfig, progress: Progress = no_
         progress(1.0, f"mix {recipe.name}: recipe and workspace unchanged, export {reused.out_dir} reused")
         return reused
     result = build_mix(ws, recipe, progress=progress)
+    # taken again after the build: counting missing tokens on the way is part of what the export was drawn from
     write_json_atomic(recipes_folder(ws) / f"{recipe.name}{INPUTS_SUFFIX}",
-                      {"inputs_sha256": inputs, "mix_id": result.run_id})
+                      {"inputs_sha256": mix_inputs_sha256(ws, recipe), "mix_id": result.run_id})
     return result
 
 

@@ -149,11 +149,17 @@ def job_model_dir(ws: Workspace, job: str) -> JobModels:
                      meta=meta, config=config)
 
 
+def mix_manifest_of(job: JobModels) -> str:
+    """The manifest hash of the mix the job trained on (`manifest_sha256` in a training job's studio_model.json)."""
+    meta = job.meta
+    return str(meta.get("mix_manifest_sha256") or meta.get("manifest_sha256") or meta.get("mix_manifest") or "")
+
+
 def _validation_of(ws: Workspace, job: JobModels, scoring: EvalConfig) -> dict[str, Path]:
-    """The validation sets of the job's mix (by its manifest hash), else of `scoring.mix`, else the latest mix."""
+    """The validation sets of `scoring.mix`, else of the job's mix (by its manifest hash), else the latest mix."""
     if not scoring.perplexity:
         return {}
-    for ref in (scoring.mix, job.meta.get("mix_manifest_sha256")):
+    for ref in (scoring.mix, mix_manifest_of(job)):
         if ref:
             try:
                 return validation_files(ws, ref)
@@ -251,7 +257,7 @@ def curves_figure(metrics: list[dict[str, Any]], job: str) -> go.Figure | None:
 # --- the report ----------------------------------------------------------------------------------------------
 def lineage(ws: Workspace, job: JobModels) -> dict[str, Any]:
     """Mix recipe and manifest hash, the curation runs with their drops, and the job's config."""
-    manifest_hash = job.meta.get("mix_manifest_sha256") or job.meta.get("mix_manifest") or ""
+    manifest_hash = mix_manifest_of(job)
     mix_rows = ws.query("SELECT mix_id, name, recipe, manifest_sha256, export_dir, train_documents, train_tokens "
                         "FROM mixes WHERE manifest_sha256 = ? OR ? = '' ORDER BY created_at DESC LIMIT 1",
                         [manifest_hash, manifest_hash])
@@ -355,7 +361,7 @@ def _entry(ws: Workspace, job: JobModels, label: str, spec: ModelSpec, base: Mod
         if fig is not None:
             figures.append(fig)
     origin = lineage(ws, job)
-    mix_name = (origin["mix"] or {}).get("name") or job.config.get("mix") or ""
+    mix_name = (origin["mix"] or {}).get("name") or job.meta.get("mix") or job.config.get("mix") or ""
     return {"job": name, "label": label, "mix": str(mix_name), "model": spec.to_dict(), "base": base.model.to_dict(),
             "cards": cards, "comparisons": [c.to_dict() for c in comparisons], "perplexity": ppl,
             "scores": {"base": base.to_dict(), "trained": trained.to_dict()},
