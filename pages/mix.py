@@ -78,9 +78,9 @@ with st.container(border=True):
     source_info, share_info = param_info(PresetMixConfig, "domain_source"), param_info(PresetMixConfig, "source_share")
     domain_source = c1.selectbox("Domain text from (presets)", list(SOURCES), key="mix_domain_source",
                                  index=list(SOURCES).index(source_info.default), help=source_info.meta["help"])
-    source_share = c1.slider("Part of the domain share from that set", 0.0, 1.0, float(share_info.default), 0.05,
-                             key="mix_source_share", help=share_info.meta["help"],
-                             disabled=domain_source == "corpora")
+    source_share = c1.number_input("Part of the domain share from that set", 0.0, 1.0, float(share_info.default),
+                                   0.05, key="mix_source_share", help=share_info.meta["help"],
+                                   disabled=domain_source == "corpora")
     uploaded = c2.file_uploader("or load a recipe file (TOML)", type=["toml"], key="mix_upload")
     if c3.button("Load", icon=":material/restart_alt:", width="stretch"):
         try:

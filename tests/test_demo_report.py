@@ -165,3 +165,19 @@ def test_report_page_offers_the_demo_report(demo_run) -> None:
     assert not at.exception
     assert [b.label for b in at.download_button] == ["Download HTML", "Download JSON"]
     assert "demo.html" in [Path(str(o)).name for o in at.selectbox[-1].options]
+
+
+def test_mix_page_starts_a_preset_from_the_control_set(demo_run) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    ws, _, _, _ = demo_run
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "pages" / "mix.py"), default_timeout=60)
+    at.session_state["workspace"] = str(ws)
+    at.run()
+    assert not at.exception
+    at.selectbox(key="mix_domain_source").set_value("control")
+    at.button[0].click()  # Load the preset
+    at.run()
+    assert not at.exception
+    assert [(s.label, s.value) for s in at.slider] == [("control", 80.0), ("domain", 0.0), ("instruction", 10.0),
+                                                       ("general", 10.0)]
