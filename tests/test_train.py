@@ -22,6 +22,7 @@ from core.train.launch import (
     launch_training,
     model_card,
     resolve,
+    same_training,
     write_accelerate_config,
 )
 from core.train.metrics import read_metrics
@@ -231,6 +232,26 @@ def test_stop_leaves_a_usable_model_and_resume_matches_the_uninterrupted_run(cpt
     final_a = weights(Path(cpt_runs["whole"].output_dir) / "model")
     final_b = weights(Path(resumed.output_dir) / "model")
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-5) for k in final_a)
+
+
+def test_a_rebuilt_identical_mix_reuses_the_finished_job_and_a_changed_one_does_not(cpt_runs: dict,
+                                                                                    tiny: dict[str, Path]) -> None:
+    # Re-running the demo rebuilds its mix: a new manifest (it names the new run) over the same files.
+    ws, text = tiny["ws"], tiny_config(tiny)
+    manifest = tiny["export"] / "manifest.json"
+    original = manifest.read_text()
+    jobs_before = len(list_jobs(ws, "train"))
+    try:
+        rebuilt = json.loads(original) | {"run": {"run_id": "mix-rebuilt", "created_at": "2026-12-01T00:00:00"}}
+        manifest.write_text(json.dumps(rebuilt))
+        job = launch_training(ws, text, reuse=True)
+        assert job.job_id in {cpt_runs["whole"].job_id, cpt_runs["resumed"].job_id} and job.status == "finished"
+        assert len(list_jobs(ws, "train")) == jobs_before
+        rebuilt["files"]["train.jsonl"]["sha256"] = "0" * 64  # other training text: train again
+        manifest.write_text(json.dumps(rebuilt))
+        assert same_training(ws, text, resolve(parse_config(text), ws)) is None
+    finally:
+        manifest.write_text(original)
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,15 @@ def manifest_sha256(export: Path) -> str:
     return hashlib.sha256((export / "manifest.json").read_bytes()).hexdigest()
 
 
+def mix_content_sha256(export: Path) -> str:
+    """What the export holds, apart from when and by which run it was written: a hash over the manifest's file
+    hashes (train, validation, instruction files, members, recipe). The manifest's own hash changes with each
+    rebuild (it names the run and its filtering runs), so a re-built identical mix is recognised by this one."""
+    files = manifest_of(export).get("files", {})
+    pairs = sorted((key, entry.get("sha256")) for key, entry in files.items() if key != "manifest.json")
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
 def validation_file(export: Path, role: str) -> Path:
     return export / f"validation_{role}.jsonl"
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from core.ingest import file_sha256
 from core.jobs import Job, JobError, launch_job, list_jobs
 from core.models import ModelUnavailable, resolve_lm
 from core.steps import Step
@@ -23,6 +24,7 @@ from core.train.data import (
     check_export,
     manifest_of,
     manifest_sha256,
+    mix_content_sha256,
     preference_examples,
     resolve_export,
     sft_examples,
@@ -69,7 +71,7 @@ def resolve(config: TrainConfig, workspace: Workspace | Path | None) -> dict[str
         export = resolve_export(config.mix, workspace)
         check_export(export, config.stage)
         resolved.update(export=str(export), manifest_sha256=manifest_sha256(export),
-                        mix_name=manifest_of(export).get("name"))
+                        mix_content_sha256=mix_content_sha256(export), mix_name=manifest_of(export).get("name"))
     if config.stage == "sft":
         path = sft_file(Path(resolved["export"]) if resolved["export"] else None, config.data)
         resolved["data"] = str(path)
@@ -77,6 +79,7 @@ def resolve(config: TrainConfig, workspace: Workspace | Path | None) -> dict[str
     elif config.stage == "dpo":
         path = Path(config.data).expanduser().resolve()
         resolved["data"] = str(path)
+        resolved["data_sha256"] = file_sha256(path)
         resolved["examples"] = len(preference_examples(path))
     return resolved
 
@@ -150,16 +153,23 @@ def launch_training(ws: Workspace | str | Path, config_text: str, *, env: dict[s
 
 
 def same_training(ws: Workspace | str | Path, config_text: str, resolved: dict[str, Any]) -> Job | None:
-    """The newest finished or running train job launched with `config_text` on the same `resolved` inputs."""
+    """The newest finished or running train job launched with `config_text` on the same `resolved` inputs. The
+    mix is compared by content (`mix_content_sha256`), not by its manifest's hash, which names the run that
+    wrote it: re-running the curation and the mix with nothing changed must not train again."""
+    wanted = _comparable(resolved)
     for job in list_jobs(ws, JOB_KIND):
         if job.config != config_text or not (job.active or job.status == "finished"):
             continue
         try:
-            if json.loads((job.folder / RESOLVED_NAME).read_text(encoding="utf-8")) == resolved:
+            if _comparable(json.loads((job.folder / RESOLVED_NAME).read_text(encoding="utf-8"))) == wanted:
                 return job
         except (OSError, ValueError):
             continue
     return None
+
+
+def _comparable(resolved: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in resolved.items() if k != "manifest_sha256"}
 
 
 def latest_training(ws: Workspace | str | Path, mix: str | None = None) -> Job:
