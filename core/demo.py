@@ -109,10 +109,18 @@ def demo_job(ws_path: str | Path, active_only: bool = False) -> Job | None:
     return None
 
 
+def step_labels(planned: list[dict[str, Any]]) -> list[str]:
+    """Each recipe step's stage name: the step's name, with the mix it works on where the recipe runs that step
+    more than once (`mix demo-mip`, `mix demo-control`, `train demo-mip`, ...)."""
+    names = [t["name"] for t in planned]
+    return [t["name"] + (f" {t.get('mix_name') or t.get('mix') or ''}".rstrip() if names.count(t["name"]) > 1 else "")
+            for t in planned]
+
+
 def plan_stages(recipe: dict[str, Any], steps: bool = True) -> list[DemoStage]:
     """The demo's stages in order: each corpus's ingest, then (with `steps`) each recipe step."""
     return ([DemoStage(f"ingest {c['name']}", "ingest") for c in recipe.get("corpus", [])]
-            + [DemoStage(s["name"], "step") for s in (recipe.get("step", []) if steps else [])])
+            + [DemoStage(label, "step") for label in step_labels(recipe.get("step", []) if steps else [])])
 
 
 @dataclass
@@ -158,16 +166,17 @@ def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress =
     """Run a recipe's steps in order (each a table with `name` and its config's fields); their counts and wall
     times (`seconds`), in order. With a `tracker`, step i is its stage `first_stage + i`."""
     out = []
+    labels = step_labels(planned)
     for index, table in enumerate(planned):
         step = get_step(table["name"])
         configs = step.configs_from_recipe(table)
         counts: dict[str, Any] = {}
         started = time.monotonic()
         # said before the step's first report, which may come only after it loaded a model
-        progress(index / len(planned), f"{step.name}: starting")
+        progress(index / len(planned), f"{labels[index]}: starting")
         with tracker.stage(first_stage + index) if tracker else contextlib.nullcontext() as stage:
             for part, (label, config) in enumerate(configs.items()):
-                def step_progress(fraction: float, message: str, index: int = index, name: str = step.name,
+                def step_progress(fraction: float, message: str, index: int = index, name: str = labels[index],
                                   part: int = part, label: str | None = label, parts: int = len(configs)) -> None:
                     within = (part + max(fraction, 0.0)) / parts
                     progress((index + within) / len(planned), f"{name}: {label + ': ' if label else ''}{message}")
@@ -176,7 +185,8 @@ def run_steps(ws: Workspace, planned: list[dict[str, Any]], progress: Progress =
                 counts.update(summary if label is None else {label: summary})
             if stage is not None:
                 stage.counts = {k: v for k, v in counts.items() if isinstance(v, int | float | str)}
-        out.append({"step": step.name, **counts, "seconds": round(time.monotonic() - started, 1)})
+        stage_name = {"stage": labels[index]} if labels[index] != step.name else {}  # a step the recipe repeats
+        out.append({"step": step.name, **stage_name, **counts, "seconds": round(time.monotonic() - started, 1)})
     return out
 
 

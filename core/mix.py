@@ -30,10 +30,15 @@ How the mix is drawn, all in DuckDB SQL so a million documents never become Pyth
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+from core.config import read_json, write_json_atomic
 from core.flow import scope_sql
+from core.ingest import file_sha256
 from core.mix_export import (
     EXPORT_MEMORY_LIMIT,
     EXPORT_TOLERANCE,
@@ -127,23 +132,91 @@ class PresetMixConfig:
     preset: str = param("MIP 80/10/10", choices=tuple(PRESETS), help="the preset's shares of the roles")
     total_tokens: int = param(1_000_000, minimum=1, help="training tokens the mix holds")
     mix_name: str = param("demo-mix", help="the mix's name (`name` is the step's own key in a recipe)")
+    # An eval-driven mix and its random control differ only here (core.mix_recipe.preset_recipe says how).
+    domain_source: str = param("corpora", choices=SOURCES, group="preset recipe (--write-preset)",
+                               help="where the domain share's text comes from: the domain corpora, the recall "
+                                    "step's recalled set (an eval-driven mix) or its random control set (same size "
+                                    "and length profile)")
+    source_share: float = param(1.0, minimum=0.0, maximum=1.0, group="preset recipe (--write-preset)",
+                                help="the part of the domain share drawn from --domain-source recalled or control; "
+                                     "the rest comes from the domain corpora")
     validation: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict, metadata={"recipe": False})
 
     def recipe(self) -> MixRecipe:
-        return preset_recipe(self.preset, self.total_tokens, name=self.mix_name,
-                             validation=ValidationConfig(**self.validation), **self.overrides)
+        return preset_recipe(self.preset, self.total_tokens, name=self.mix_name, domain_source=self.domain_source,
+                             source_share=self.source_share, validation=ValidationConfig(**self.validation),
+                             **self.overrides)
 
     def validate(self) -> None:
         validate_fields(self)
         self.recipe()
 
 
+# Beside the step's saved recipe (artifacts/recipes/NAME.inputs.json; the export folder holds only what its manifest
+# lists): the fingerprint of what the export was built from (`mix_inputs_sha256`) and its mix id, so a re-run of the
+# recipe on an unchanged workspace reuses the export (and its manifest hash, on which the training reuse rests).
+INPUTS_SUFFIX = ".inputs.json"
+
+
+def mix_inputs_sha256(ws: Workspace, recipe: MixRecipe) -> str:
+    """A content fingerprint of everything a mix export is drawn from: the recipe, the tokenizer, the corpora and
+    their roles, every current document (id, content hash, token count), the recall step's recalled and control
+    sets, and the benchmark items decontamination screens against. Run ids are left out: a step re-run that
+    changes nothing changes no fingerprint."""
+    rows = ws.query(
+        "SELECT (SELECT md5(coalesce(string_agg(name || ':' || role, ',' ORDER BY name), '')) FROM corpora), "
+        "(SELECT md5(coalesce(string_agg(doc_id || ':' || content_hash || ':' || coalesce(token_count, -1), ',' "
+        "ORDER BY doc_id), '')) FROM current_documents), "
+        "(SELECT md5(coalesce(string_agg(doc_id, ',' ORDER BY doc_id), '')) FROM recalled_documents), "
+        "(SELECT md5(coalesce(string_agg(doc_id, ',' ORDER BY doc_id), '')) FROM control_documents), "
+        "(SELECT md5(coalesce(string_agg(d.content_hash, ',' ORDER BY d.content_hash), '')) FROM documents d "
+        "JOIN corpora c ON c.name = d.corpus WHERE c.role = 'benchmark')")
+    payload = {"recipe": recipe_to_dict(recipe), "tokenizer": ws.tokenizer_name, "data": list(rows[0])}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reusable_mix(ws: Workspace, recipe: MixRecipe, inputs_sha256: str) -> MixResult | None:
+    """The newest export of `recipe.name` when it was built from the same inputs and is intact (its manifest hash
+    still the recorded one), as the MixResult its build returned; else None."""
+    mix = latest_mix(ws, recipe.name)
+    built = read_json(recipes_folder(ws) / f"{recipe.name}{INPUTS_SUFFIX}") or {}
+    if not mix or not mix.get("export_dir") or built != {"inputs_sha256": inputs_sha256, "mix_id": mix["mix_id"]}:
+        return None
+    folder = Path(mix["export_dir"])
+    manifest_path = folder / "manifest.json"
+    recorded = ws.scalar("SELECT manifest_sha256 FROM mixes WHERE mix_id = ?", [mix["mix_id"]])
+    if not manifest_path.is_file() or file_sha256(manifest_path) != recorded:
+        return None
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    budget = manifest["budget"]
+    plan = MixPlan(recipe=recipe, components=[], validation=manifest["validation"],
+                   requested_tokens=budget["requested_tokens"], planned_tokens=budget["planned_tokens"],
+                   scale=budget["scale"], phase_targets=manifest["phase_targets"], warnings=manifest["warnings"])
+    files = {key: ExportedFile(str(folder / f["file"]), f["rows"], f["bytes"], f["sha256"])
+             for key, f in manifest["files"].items()}
+    files["manifest.json"] = ExportedFile(str(manifest_path), 1, manifest_path.stat().st_size, recorded)
+    return MixResult(run_id=mix["mix_id"], name=recipe.name, out_dir=str(folder), plan=plan,
+                     train_documents=budget["exported_documents"], train_tokens=budget["exported_tokens"],
+                     components=manifest["components"], validation=manifest["validation"],
+                     decontamination=manifest["decontamination"], window=manifest["window"], files=files,
+                     manifest=str(manifest_path))
+
+
 def run_preset_mix(ws: Workspace, cfg: PresetMixConfig, progress: Progress = no_progress) -> MixResult:
-    """The mix step of a recipe: the preset's recipe saved among the workspace's recipes, then built."""
+    """The mix step of a recipe: the preset's recipe saved among the workspace's recipes, then built, unless the
+    newest export of that name was built from the same recipe and workspace content (then it is reused as is)."""
     recipe = cfg.recipe()
     save_recipe(recipe, recipes_folder(ws) / f"{recipe.name}.toml")
-    return build_mix(ws, recipe, progress=progress)
+    inputs = mix_inputs_sha256(ws, recipe)
+    if (reused := reusable_mix(ws, recipe, inputs)) is not None:
+        progress(1.0, f"mix {recipe.name}: recipe and workspace unchanged, export {reused.out_dir} reused")
+        return reused
+    result = build_mix(ws, recipe, progress=progress)
+    # taken again after the build: counting missing tokens on the way is part of what the export was drawn from
+    write_json_atomic(recipes_folder(ws) / f"{recipe.name}{INPUTS_SUFFIX}",
+                      {"inputs_sha256": mix_inputs_sha256(ws, recipe), "mix_id": result.run_id})
+    return result
 
 
 def _recipe_configs(table: dict[str, Any]) -> dict[None, PresetMixConfig]:

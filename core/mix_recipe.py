@@ -216,10 +216,25 @@ def save_recipe(recipe: MixRecipe, path: str | Path) -> Path:
 
 
 def preset_recipe(preset: str, total_tokens: int = 1_000_000, *, name: str = "mix", seed: int = 0,
-                  **overrides: Any) -> MixRecipe:
+                  domain_source: str = "corpora", source_share: float = 1.0, **overrides: Any) -> MixRecipe:
+    """The preset's shares of the roles as components. With `domain_source` "recalled" or "control", the part
+    `source_share` of the domain share is drawn from the recall step's set (eval-driven) or its random control (same
+    size and length profile) by a component named after it, listed first so it claims that set whole, whatever
+    the role of its corpora (the control is drawn from every corpus of the recall pool, so only the whole set keeps
+    the two comparable). The `domain` component keeps the rest and stays even at share 0: the domain validation set
+    is carved from every domain corpus either way, so an eval-driven mix and its control hold out the same text."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    components = [Component(name=role, share=share) for role, share in PRESETS[preset].items()]
+    if domain_source not in SOURCES:
+        raise ValueError(f"domain_source must be one of {', '.join(SOURCES)}, not {domain_source!r}")
+    if not 0.0 <= source_share <= 1.0:
+        raise ValueError(f"source_share must be between 0 and 1, not {source_share}")
+    components = []
+    for role, share in PRESETS[preset].items():
+        if role == "domain" and domain_source != "corpora":
+            components.append(Component(name=domain_source, share=share * source_share, source=domain_source))
+            share *= 1.0 - source_share
+        components.append(Component(name=role, share=share))
     recipe = MixRecipe(name=name, seed=seed, total_tokens=total_tokens, components=components, **overrides)
     recipe.validate()
     return recipe

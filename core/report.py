@@ -31,6 +31,7 @@ from core.evaluate.evaluation import (
     compare,
     compare_perplexity,
     evaluate_model,
+    training_mixes,
     validation_files,
 )
 from core.evaluate.models import ModelSpec, resolve_model
@@ -148,11 +149,17 @@ def job_model_dir(ws: Workspace, job: str) -> JobModels:
                      meta=meta, config=config)
 
 
+def mix_manifest_of(job: JobModels) -> str:
+    """The manifest hash of the mix the job trained on (`manifest_sha256` in a training job's studio_model.json)."""
+    meta = job.meta
+    return str(meta.get("mix_manifest_sha256") or meta.get("manifest_sha256") or meta.get("mix_manifest") or "")
+
+
 def _validation_of(ws: Workspace, job: JobModels, scoring: EvalConfig) -> dict[str, Path]:
-    """The validation sets of the job's mix (by its manifest hash), else of `scoring.mix`, else the latest mix."""
+    """The validation sets of `scoring.mix`, else of the job's mix (by its manifest hash), else the latest mix."""
     if not scoring.perplexity:
         return {}
-    for ref in (scoring.mix, job.meta.get("mix_manifest_sha256")):
+    for ref in (scoring.mix, mix_manifest_of(job)):
         if ref:
             try:
                 return validation_files(ws, ref)
@@ -250,7 +257,7 @@ def curves_figure(metrics: list[dict[str, Any]], job: str) -> go.Figure | None:
 # --- the report ----------------------------------------------------------------------------------------------
 def lineage(ws: Workspace, job: JobModels) -> dict[str, Any]:
     """Mix recipe and manifest hash, the curation runs with their drops, and the job's config."""
-    manifest_hash = job.meta.get("mix_manifest_sha256") or job.meta.get("mix_manifest") or ""
+    manifest_hash = mix_manifest_of(job)
     mix_rows = ws.query("SELECT mix_id, name, recipe, manifest_sha256, export_dir, train_documents, train_tokens "
                         "FROM mixes WHERE manifest_sha256 = ? OR ? = '' ORDER BY created_at DESC LIMIT 1",
                         [manifest_hash, manifest_hash])
@@ -308,6 +315,7 @@ def build_report(ws: Workspace, cfg: ReportConfig, progress: Progress = no_progr
     data = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), "workspace": str(ws.path),
             "run_id": rec.run_id, "targets": {"min_gain": cfg.min_gain, "min_retention": cfg.min_retention},
             "scoring": {k: v for k, v in scoring.__dict__.items() if k not in ("model", "baseline")},
+            "side_by_side": side_by_side(entries),
             "entries": [{k: v for k, v in e.items() if not k.startswith("_")} for e in entries]}
     out = Path(cfg.out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -352,10 +360,12 @@ def _entry(ws: Workspace, job: JobModels, label: str, spec: ModelSpec, base: Mod
         fig = subject_figure(base, trained, label if label != "trained" else "trained", s.benchmark, s.formulation)
         if fig is not None:
             figures.append(fig)
-    return {"job": name, "label": label, "model": spec.to_dict(), "base": base.model.to_dict(), "cards": cards,
-            "comparisons": [c.to_dict() for c in comparisons], "perplexity": ppl,
+    origin = lineage(ws, job)
+    mix_name = (origin["mix"] or {}).get("name") or job.meta.get("mix") or job.config.get("mix") or ""
+    return {"job": name, "label": label, "mix": str(mix_name), "model": spec.to_dict(), "base": base.model.to_dict(),
+            "cards": cards, "comparisons": [c.to_dict() for c in comparisons], "perplexity": ppl,
             "scores": {"base": base.to_dict(), "trained": trained.to_dict()},
-            "flips": flips, "lineage": lineage(ws, job), "metrics": job.metrics,
+            "flips": flips, "lineage": origin, "metrics": job.metrics,
             "_subject_figures": figures, "_perplexity_figure": perplexity_figure(ppl, label),
             "_curves_figure": curves_figure(job.metrics, job.job)}
 
@@ -395,6 +405,32 @@ def _estimate_text(e: dict[str, Any], pct: bool = True) -> str:
         f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
 
+def side_by_side(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model of the report (each job's trained and averaged model): its mix and its headline cards
+    by title, so runs on different mixes (an eval-driven mix and its random control) read side by side."""
+    return [{"job": e["job"], "mix": e.get("mix", ""), "label": e["label"],
+             "cards": {c["title"]: {"text": c["text"], "passed": c["passed"]} for c in e["cards"]}} for e in entries]
+
+
+def _side_by_side_html(entries: list[dict[str, Any]]) -> str:
+    """The runs compared in one table, when the report holds more than one job."""
+    if len({e["lineage"]["output_dir"] for e in entries}) < 2:
+        return ""
+    esc = html.escape
+    rows = side_by_side(entries)
+    titles = list(dict.fromkeys(t for r in rows for t in r["cards"]))
+    cells = "".join(
+        "<tr><td>" + esc(r["job"]) + "</td><td>" + esc(r["mix"]) + "</td>" + "".join(
+            f"<td class='{'pass' if r['cards'][t]['passed'] else 'flag'}'>{esc(r['cards'][t]['text'])} "
+            f"({'pass' if r['cards'][t]['passed'] else 'FLAG'})</td>" if t in r["cards"] else "<td>–</td>"
+            for t in titles) + "</tr>" for r in rows)
+    return ("<section id='section-side-by-side' data-section='Runs side by side'><h2>Runs side by side</h2>"
+            "<p class='muted'>Each job's models against the same base, on the same benchmark items: an eval-driven "
+            "mix beside its random control shows what the selection bought over random text of the same size.</p>"
+            f"<table><tr><th>model</th><th>mix</th>{''.join(f'<th>{esc(t)}</th>' for t in titles)}</tr>{cells}"
+            "</table></section>")
+
+
 def render_html(data: dict[str, Any], entries: list[dict[str, Any]]) -> str:
     """One self-contained page: plotly.js inline once, every chart a div, no external reference."""
     esc = html.escape
@@ -406,8 +442,10 @@ def render_html(data: dict[str, Any], entries: list[dict[str, Any]]) -> str:
              f"scores by lm-evaluation-harness, 95 % paired bootstrap intervals over items · targets: domain gain "
              f"above {100 * data['targets']['min_gain']:+.1f} points, retention at least "
              f"{data['targets']['min_retention']:.2f}</p>"]
+    parts.append(_side_by_side_html(entries))
     for n, e in enumerate(entries):
-        parts.append(f"<section class='entry' id='entry-{n}'><h1>{esc(e['job'])}</h1>"
+        parts.append(f"<section class='entry' id='entry-{n}'><h1>{esc(e['job'])}"
+                     f"{' on mix ' + esc(e['mix']) if e.get('mix') else ''}</h1>"
                      f"<p class='muted'>model {esc(str(e['model']['path']))}"
                      f"{' + adapter ' + esc(str(e['model']['adapter'])) if e['model']['adapter'] else ''} "
                      f"versus base {esc(str(e['base']['name']))}</p>")
@@ -503,20 +541,23 @@ def saved_reports(ws: Workspace) -> list[Path]:
 
 @dataclass
 class TrainingReportConfig:
-    """The report on the newest training job on `mix` (waited for while it runs): `out` (relative to the
-    workspace's artifacts), `min_gain`, `min_retention`, and the evaluation settings in `scoring` (EvalConfig
-    keys, the same as the evaluate step's so every score comes from its cache)."""
+    """The report on the newest training job on `mix`, or on each of `mixes` side by side (each waited for while it
+    runs): `out` (relative to the workspace's artifacts), `min_gain`, `min_retention`, and the evaluation settings
+    in `scoring` (EvalConfig keys, the same as the evaluate step's so every score comes from its cache)."""
 
     mix: str | None = None
+    mixes: list[str] = field(default_factory=list)
     out: str = "reports/demo.html"
     min_gain: float = 0.0
     min_retention: float = RETENTION_TARGET
     scoring: dict[str, Any] = field(default_factory=dict, metadata={"recipe": False})
 
     def eval_config(self) -> EvalConfig:
+        # With several mixes each job's perplexity comes from its own mix's validation sets (by manifest hash).
         return TrainedModelsEvalConfig(mix=self.mix, settings=self.scoring).eval_config("", None)
 
     def validate(self) -> None:
+        training_mixes(self.mix, self.mixes)
         self.eval_config().validate()
 
 
@@ -532,12 +573,13 @@ class TrainingReportResult:
 
 def report_training_job(ws: Workspace, cfg: TrainingReportConfig, progress: Progress = no_progress
                         ) -> TrainingReportResult:
-    """Wait for the newest training job on `cfg.mix` and write its report (HTML and JSON) under the artifacts."""
+    """Wait for the newest training job on `cfg.mix` (or on each of `cfg.mixes`) and write one report (HTML and
+    JSON) on them under the artifacts."""
     from core.train.launch import wait_for_latest_training
 
-    job = wait_for_latest_training(ws, cfg.mix, progress)
+    jobs = [wait_for_latest_training(ws, mix, progress).job_id for mix in training_mixes(cfg.mix, cfg.mixes)]
     out = ws.artifacts / cfg.out
-    result = build_report(ws, ReportConfig(jobs=[job.job_id], out=str(out), scoring=cfg.eval_config(),
+    result = build_report(ws, ReportConfig(jobs=jobs, out=str(out), scoring=cfg.eval_config(),
                                            min_gain=cfg.min_gain, min_retention=cfg.min_retention), progress)
     return TrainingReportResult(result.html_path, result.json_path,
                                 [f"{c['job']}: {c['title']} {c['text']}" for c in result.cards])

@@ -24,6 +24,7 @@ from core.mix import (
     MixExportConfig,
     MixRecipe,
     Phase,
+    PresetMixConfig,
     ValidationConfig,
     load_recipe,
     mixable_corpora,
@@ -34,7 +35,7 @@ from core.mix import (
     sample_documents,
     save_recipe,
 )
-from core.steps import config_argv
+from core.steps import config_argv, param_info
 from core.workspace import WorkspaceError
 from studio import widgets as w
 
@@ -73,14 +74,22 @@ with st.container(border=True):
     start = c1.selectbox("Start from", starts, key="mix_start", index=starts.index("preset: MIP 80/10/10"),
                          help="Presets from common practice; saved recipes live in the workspace's "
                               "artifacts/recipes folder (TOML).")
+    # The preset step's own fields (`studio mix --write-preset --domain-source`, the recipe's mix step)
+    source_info, share_info = param_info(PresetMixConfig, "domain_source"), param_info(PresetMixConfig, "source_share")
+    domain_source = c1.selectbox("Domain text from (presets)", list(SOURCES), key="mix_domain_source",
+                                 index=list(SOURCES).index(source_info.default), help=source_info.meta["help"])
+    source_share = c1.number_input("Part of the domain share from that set", 0.0, 1.0, float(share_info.default),
+                                   0.05, key="mix_source_share", help=share_info.meta["help"],
+                                   disabled=domain_source == "corpora")
     uploaded = c2.file_uploader("or load a recipe file (TOML)", type=["toml"], key="mix_upload")
     if c3.button("Load", icon=":material/restart_alt:", width="stretch"):
         try:
             if uploaded is not None:
                 new = load_recipe(save_upload(recipes_dir, uploaded.name, uploaded.getvalue(), "recipe").path)
             elif start.startswith("preset: "):
-                new = preset_recipe(start.removeprefix("preset: "), recipe.total_tokens, name=recipe.name,
-                                    seed=recipe.seed)
+                new = PresetMixConfig(preset=start.removeprefix("preset: "), total_tokens=recipe.total_tokens,
+                                      mix_name=recipe.name, domain_source=domain_source, source_share=source_share,
+                                      overrides={"seed": recipe.seed}).recipe()
             else:
                 new = load_recipe(recipes_dir / f"{start.removeprefix('saved: ')}.toml")
         except (ValueError, FileNotFoundError) as exc:

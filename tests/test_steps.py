@@ -195,3 +195,45 @@ def test_hand_written_commands_take_their_options_from_their_configs(tmp_path: P
     assert config_from_args(MixExportConfig, _parsed(["mix", ws, "--recipe", "r.toml", "--out", "d",
                                                       "--memory-limit", "1GB"])) \
         == MixExportConfig(recipe="r.toml", out="d", memory_limit="1GB")
+
+
+def test_preset_mix_domain_source_reaches_the_cli_and_the_recipe(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """An eval-driven mix and its random control are one field apart, the same in `studio mix --write-preset`, the
+    demo recipe's mix step and the Mix page (which reads the field's choices and help)."""
+    from core.demo import step_labels
+    from core.mix import PresetMixConfig
+    from core.mix import load_recipe as load_mix_recipe
+
+    ws, path = str(tmp_path / "ws"), tmp_path / "control.toml"
+    Workspace.open(ws).close()
+    assert main(["mix", ws, "--recipe", str(path), "--write-preset", "MIP 80/10/10", "--tokens", "120000",
+                 "--domain-source", "control", "--source-share", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["domain_source"] == "control"
+    recipe = load_mix_recipe(path)
+    assert [(c.name, c.source, round(c.share, 3)) for c in recipe.components] == [
+        ("control", "control", 0.4), ("domain", "corpora", 0.4), ("instruction", "corpora", 0.1),
+        ("general", "corpora", 0.1)]
+    assert recipe.total_tokens == 120_000 and recipe.component("control").role is None  # the whole set, any role
+    assert main(["mix", ws, "--recipe", str(path), "--domain-source", "recalled"]) == 2  # shapes a preset only
+    assert "give them with --write-preset" in capsys.readouterr().err
+    assert main(["mix", ws, "--recipe", str(path), "--write-preset", "MIP 80/10/10", "--source-share", "2"]) == 2
+    assert "source_share must be at most 1" in capsys.readouterr().err
+
+    demo = [t for t in load_recipe()["step"] if t["name"] in ("mix", "train", "evaluate", "report")]
+    mixes = [steps.get_step("mix").configs_from_recipe(t)[None] for t in demo if t["name"] == "mix"]
+    assert [(m.mix_name, m.domain_source, m.source_share) for m in mixes] == [("demo-mip", "recalled", 1.0),
+                                                                               ("demo-control", "control", 1.0)]
+    eval_driven, control = (m.recipe() for m in mixes)
+    assert [c.name for c in eval_driven.components] == ["recalled", "domain", "instruction", "general"]
+    assert [(c.share, c.role, c.corpora) for c in eval_driven.components] == \
+        [(c.share, c.role, c.corpora) for c in control.components]  # identical but for the source
+    assert step_labels(demo) == ["mix demo-mip", "mix demo-control", "train demo-mip", "train demo-control",
+                                 "evaluate", "report"]
+    evaluate, report = (steps.get_step(n).configs_from_recipe(next(t for t in demo if t["name"] == n))[None]
+                        for n in ("evaluate", "report"))
+    assert evaluate.mixes == report.mixes == ["demo-mip", "demo-control"] and evaluate.mix is report.mix is None
+    with pytest.raises(ValueError, match="domain_source must be one of"):
+        PresetMixConfig(domain_source="elsewhere").validate()
+    with pytest.raises(ValueError, match="either mix or mixes"):
+        type(evaluate)(mix="a", mixes=["b"]).validate()

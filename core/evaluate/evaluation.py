@@ -667,31 +667,45 @@ def item_table(ws: Workspace, key: str):  # -> pandas.DataFrame
                  [key])
 
 
+def training_mixes(mix: str | None, mixes: list[str]) -> list[str | None]:
+    """The mixes whose newest training jobs a step reads: `mixes` in order, else the one `mix` (None: the newest
+    job on any mix)."""
+    if mix and mixes:
+        raise ValueError("give either mix or mixes, not both")
+    if len(set(mixes)) != len(mixes):
+        raise ValueError(f"mixes repeat: {mixes}")
+    return list(mixes) if mixes else [mix]
+
+
 @dataclass
 class TrainedModelsEvalConfig:
-    """Evaluate a training job's models against its base: the newest job on `mix` (waited for while it runs), each
-    of its models (the trained one, the averaged one); `settings` holds any EvalConfig key but model/baseline."""
+    """Evaluate training jobs' models against their base: the newest job on `mix` (or on each of `mixes`, in turn;
+    each waited for while it runs), each of its models (the trained one, the averaged one); `settings` holds any
+    EvalConfig key but model/baseline. The base is scored once: every later comparison reads its cache."""
 
     mix: str | None = None
+    mixes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict, metadata={"recipe": False})
 
-    def eval_config(self, model: str, baseline: str | None) -> EvalConfig:
+    def eval_config(self, model: str, baseline: str | None, mix: str | None = None) -> EvalConfig:
         allowed = {f.name for f in fields(EvalConfig)} - {"model", "baseline", "mix"}
         unknown = set(self.settings) - allowed
         if unknown:
             raise ValueError(f"unknown evaluation key(s): {', '.join(sorted(unknown))}")
-        return EvalConfig(model=model, baseline=baseline, mix=self.mix, **self.settings)
+        return EvalConfig(model=model, baseline=baseline, mix=mix or self.mix, **self.settings)
 
     def validate(self) -> None:
+        training_mixes(self.mix, self.mixes)
         self.eval_config("", None).validate()
 
 
 @dataclass
 class TrainedModelsEvalResult:
-    job_id: str
-    models: list[str]
+    job_id: str  # the first mix's job (with one mix, the only one)
+    models: list[str]  # "base" and that job's models
     scores: int
     cached: int
+    jobs: list[dict[str, Any]] = field(default_factory=list)  # per mix: mix, job_id, models, scores, cached
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -699,26 +713,36 @@ class TrainedModelsEvalResult:
 
 def evaluate_training_job(ws: Workspace, cfg: TrainedModelsEvalConfig, progress: Progress = no_progress
                           ) -> TrainedModelsEvalResult:
-    """The newest training job on `cfg.mix`, waited for, each of its models scored against its base model."""
+    """The newest training job on each mix, waited for, each of its models scored against its base model."""
     from core.report import base_model_of, job_model_dir
     from core.train.launch import wait_for_latest_training
 
-    job = wait_for_latest_training(ws, cfg.mix, progress)
-    models = job_model_dir(ws, job.job_id)
-    results = []
-    for k, path in enumerate(models.models.values()):
-        def model_progress(fraction: float, message: str, k: int = k) -> None:
-            progress((k + max(fraction, 0.0)) / len(models.models), message)
+    mixes = training_mixes(cfg.mix, cfg.mixes)
+    jobs = []
+    for m, mix in enumerate(mixes):
+        def mix_progress(fraction: float, message: str, m: int = m) -> None:
+            progress((m + max(fraction, 0.0)) / len(mixes), message)
 
-        results.append(run(ws, cfg.eval_config(str(path), base_model_of(models)), model_progress))
-    return TrainedModelsEvalResult(job.job_id, ["base", *models.models],
-                                   sum(len(m.benchmarks) for r in results for m in r.models),
-                                   sum(s.cached for r in results for m in r.models for s in m.benchmarks))
+        job = wait_for_latest_training(ws, mix, mix_progress)
+        models = job_model_dir(ws, job.job_id)
+        results = []
+        for k, path in enumerate(models.models.values()):
+            def model_progress(fraction: float, message: str, k: int = k, m: int = m,
+                               n: int = len(models.models)) -> None:
+                mix_progress((k + max(fraction, 0.0)) / n, message, m)
+
+            results.append(run(ws, cfg.eval_config(str(path), base_model_of(models), mix), model_progress))
+        jobs.append({"mix": mix, "job_id": job.job_id, "models": ["base", *models.models],
+                     "scores": sum(len(m.benchmarks) for r in results for m in r.models),
+                     "cached": sum(s.cached for r in results for m in r.models for s in m.benchmarks)})
+    return TrainedModelsEvalResult(jobs[0]["job_id"], jobs[0]["models"], sum(j["scores"] for j in jobs),
+                                   sum(j["cached"] for j in jobs), jobs)
 
 
 def _recipe_configs(table: dict[str, Any]) -> dict[None, TrainedModelsEvalConfig]:
     table = {k: v for k, v in table.items() if k != "name"}
-    return {None: TrainedModelsEvalConfig(mix=table.pop("mix", None), settings=table)}
+    return {None: TrainedModelsEvalConfig(mix=table.pop("mix", None), mixes=list(table.pop("mixes", [])),
+                                          settings=table)}
 
 
 REGISTERED_STEP = Step("evaluate", TrainedModelsEvalConfig, evaluate_training_job, kind="job",

@@ -360,8 +360,10 @@ def run_training_job(ws: Workspace, cfg: TrainJobConfig, progress: Any) -> Train
 
     job = launch_training(ws, config_to_toml(cfg.train_config()), reuse=True)
     progress(0.5, f"training job {job.job_id} {'started' if job.status == 'running' else job.status}")
-    if cfg.wait:
-        job = wait_job(ws, job.job_id, poll_s=2.0)
+    if cfg.wait:  # the job's own progress, so the demo's log and stages say how far training is
+        job = wait_job(ws, job.job_id, poll_s=2.0, on_progress=lambda j: progress(
+            0.5 + 0.5 * max(float(j.progress().get("fraction") or 0.0), 0.0),
+            f"training job {j.job_id}: {j.progress().get('message', '')}"))
     return TrainJobResult(job.job_id, job.status, job.output_dir)
 
 

@@ -190,11 +190,11 @@ def build_demo_here(workspace: Path, args: argparse.Namespace, report: Reporter)
         lines.append(f"  {c['corpus']:32} {c['role']:12} +{c['documents_added']:>7,}  "
                      f"({c['already_present']:,} already present, {c['errors']:,} errors)  {c['seconds']:.0f} s")
     for s in result.steps:
-        lines.append(f"  step {s['step']} ({s['seconds']:.0f} s): "
-                     + ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("step", "seconds")))
+        lines.append(f"  step {s.get('stage', s['step'])} ({s['seconds']:.0f} s): "
+                     + ", ".join(f"{k}={v}" for k, v in s.items() if k not in ("step", "stage", "seconds")))
     ingest_seconds = sum(c["seconds"] for c in result.corpora)
     lines.append(f"  wall time: {seconds:.0f} s in all (ingest {ingest_seconds:.0f} s, "
-                 + ", ".join(f"{s['step']} {s['seconds']:.0f} s" for s in result.steps) + ")")
+                 + ", ".join(f"{s.get('stage', s['step'])} {s['seconds']:.0f} s" for s in result.steps) + ")")
     if result.snapshots:
         lines.append(f"  read snapshots published: {len(result.snapshots)}, "
                      f"{sum(s for _, s in result.snapshots):.1f} s in all")

@@ -7,15 +7,18 @@ import argparse
 from core.mix import (
     PRESETS,
     MixExportConfig,
+    PresetMixConfig,
     build_mix,
     load_recipe,
     plan_mix,
-    preset_recipe,
     save_recipe,
 )
 from core.steps import add_config_arguments, config_from_args
 from core.workspace import Workspace
 from studio.cli import CommandResult, Reporter, add_workspace_arguments
+
+# PresetMixConfig's fields that `--write-preset NAME` and `--tokens N` give (the recipe file names the mix)
+PRESET_OWN_OPTIONS = ("preset", "total_tokens", "mix_name")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--write-preset", metavar="NAME", choices=list(PRESETS),
                    help=f"write a preset recipe to --recipe FILE and stop ({'; '.join(PRESETS)})")
     p.add_argument("--tokens", type=int, default=1_000_000, help="token budget for --write-preset")
+    # the preset step's own fields (where the domain text comes from), as the demo recipe's mix step reads them
+    add_config_arguments(p, PresetMixConfig, skip=PRESET_OWN_OPTIONS)
     p.set_defaults(handler=mix_command)
 
 
@@ -50,11 +55,17 @@ def _plan_lines(plan) -> list[str]:
 def mix_command(args: argparse.Namespace, report: Reporter) -> CommandResult:
     cfg = config_from_args(MixExportConfig, args)
     cfg.validate()
+    preset = config_from_args(PresetMixConfig, args, preset=args.write_preset or PresetMixConfig.preset,
+                              total_tokens=args.tokens, mix_name="mix")
     if args.write_preset:
-        recipe = preset_recipe(args.write_preset, args.tokens)
-        path = save_recipe(recipe, cfg.recipe)
-        return CommandResult({"recipe": str(path), "preset": args.write_preset},
-                             [f"wrote preset {args.write_preset!r} ({args.tokens:,} tokens) to {path}"])
+        preset.validate()
+        path = save_recipe(preset.recipe(), cfg.recipe)
+        source = f", domain text from {preset.domain_source}" if preset.domain_source != "corpora" else ""
+        return CommandResult({"recipe": str(path), "preset": args.write_preset, "domain_source": preset.domain_source,
+                              "source_share": preset.source_share},
+                             [f"wrote preset {args.write_preset!r} ({args.tokens:,} tokens{source}) to {path}"])
+    if (preset.domain_source, preset.source_share) != (PresetMixConfig.domain_source, PresetMixConfig.source_share):
+        raise ValueError("--domain-source and --source-share shape a preset: give them with --write-preset NAME")
     recipe = load_recipe(cfg.recipe)
     if args.plan:
         with Workspace.open(args.workspace, create=False, read_only=True) as ws:
