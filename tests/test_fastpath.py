@@ -15,6 +15,7 @@ from core.fastpath import (
     ONNX_FP32,
     ONNX_FUSED_FP32,
     ONNX_FUSED_INT8_BLOCK,
+    ONNX_FUSED_INT8_MIXED,
     ONNX_INT8,
     ONNX_INT8_BLOCK,
     ONNX_INT8_MIXED,
@@ -130,9 +131,9 @@ def test_calibration_rejects_paths_below_the_bound(data_dir: Path, private_cache
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     texts = _paragraphs(data_dir, MEDQUAD, 24) + _paragraphs(data_dir, DIALOGUE_ZH, 12)
     cfg = EmbedConfig()
-    choice = embed.calibrate(cfg, texts, paths=[ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32])
+    choice = embed.calibrate(cfg, texts, paths=[ONNX_INT8, ONNX_INT8_MIXED, ONNX_FUSED_INT8_MIXED, ONNX_FP32])
     by_path = {t.path: t for t in choice.trials}
-    assert set(by_path) == {TORCH_FP32, ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32}
+    assert set(by_path) == {TORCH_FP32, ONNX_INT8, ONNX_INT8_MIXED, ONNX_FUSED_INT8_MIXED, ONNX_FP32}
     for trial in choice.trials[1:]:
         assert trial.error is None and trial.accepted == (trial.agreement >= embed.AGREEMENT_BOUND)
     assert by_path[ONNX_FP32].agreement > 0.9999  # same arithmetic, another runtime
@@ -140,7 +141,7 @@ def test_calibration_rejects_paths_below_the_bound(data_dir: Path, private_cache
     assert chosen.accepted and all(chosen.per_second >= t.per_second for t in choice.trials if t.accepted)
     # The same real vectors against a bound no int8 path can meet: they must be rejected.
     monkeypatch.setattr(embed, "AGREEMENT_BOUND", 0.99999)
-    strict = embed.calibrate(cfg, texts, paths=[ONNX_INT8, ONNX_INT8_MIXED])
+    strict = embed.calibrate(cfg, texts, paths=[ONNX_INT8, ONNX_INT8_MIXED, ONNX_FUSED_INT8_MIXED])
     assert not any(t.accepted for t in strict.trials if t.path != TORCH_FP32)
     assert strict.path == TORCH_FP32
 
@@ -152,9 +153,13 @@ def test_cache_key_names_the_path(data_dir: Path, empty_ws: Workspace, private_c
     assert ONNX_INT8 in model_key(cfg, ONNX_INT8) and model_key(cfg, ONNX_INT8) != model_key(cfg, TORCH_FP32)
     reference = embed_texts(empty_ws, texts, cfg, path=TORCH_FP32)
     onnx = embed_texts(empty_ws, texts, cfg, path=ONNX_FP32)
+    fused = embed_texts(empty_ws, texts, cfg, path=ONNX_FUSED_FP32)
+    blockwise = embed_texts(empty_ws, texts, cfg, path=ONNX_FUSED_INT8_BLOCK)
     counts = dict(empty_ws.query("SELECT model_key, count(*) FROM embeddings GROUP BY 1"))
-    assert counts == {model_key(cfg, TORCH_FP32): 6, model_key(cfg, ONNX_FP32): 6}
+    assert counts == {model_key(cfg, p): 6 for p in (TORCH_FP32, ONNX_FP32, ONNX_FUSED_FP32, ONNX_FUSED_INT8_BLOCK)}
     assert (reference * onnx).sum(axis=1).min() > 0.9999
+    assert (reference * fused).sum(axis=1).min() > 0.9999  # the fusions change the graph, not the arithmetic
+    assert (reference * blockwise).sum(axis=1).min() > 0.999  # measured 0.9996+ (per-tensor int8: 0.97-0.99)
 
 
 @pytest.mark.slow
