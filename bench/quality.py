@@ -106,6 +106,7 @@ def bench_perplexity(n_docs: int, max_tokens: int, chunk: int = 8,
     from core.fastpath import TORCH_BF16, TORCH_FP32, PathTrial
     from core.perplexity import (
         AGREEMENT_BOUND,
+        ONNX_VARIANTS,
         PerplexityConfig,
         load_lm,
         onnx_supported,
@@ -124,7 +125,7 @@ def bench_perplexity(n_docs: int, max_tokens: int, chunk: int = 8,
           f"({cpu['capability']}, flags {' '.join(cpu['flags']) or '-'}, native bf16 {cpu['bf16_hardware']})",
           flush=True)
     if paths is None:
-        paths = [p for p in fastpath.PATHS if p != TORCH_BF16 or fastpath._bf16_hardware()]
+        paths = [p for p in (*ONNX_VARIANTS, TORCH_BF16, TORCH_FP32) if p != TORCH_BF16 or fastpath._bf16_hardware()]
         if not onnx_supported(BUNDLED_LM):
             paths = [p for p in paths if p not in fastpath.ONNX_PATHS]
     paths = [TORCH_FP32] + [p for p in paths if p != TORCH_FP32]

@@ -9,7 +9,12 @@ keeps the fastest one within the bound. The choice is cached in a small JSON fil
 task, model and CPU feature set, so another CPU (or `STUDIO_NO_BF16=1`) decides again.
 
 Path names: `torch-fp32` (the reference), `torch-bf16` (autocast, only where native), `onnx-fp32`, `onnx-int8`
-(every weight MatMul int8, per channel), `onnx-int8-mixed` (int8 except the layers measured to be sensitive).
+(every weight MatMul int8, per channel), `onnx-int8-mixed` (int8 except the layers measured to be sensitive),
+`onnx-int8-block` (every weight MatMul as `MatMulNBits`: 8-bit weights in blocks of 32, int8 compute with the
+activations quantised per row and block, far closer to fp32 than per-tensor dynamic int8), and the same on the
+graph fused by ONNX Runtime's offline transformer optimizer (`onnx-fused-fp32`, `onnx-fused-int8-mixed`,
+`onnx-fused-int8-block`: fused Attention, SkipLayerNormalization, BiasGelu, which the session-time optimizer does
+not do; the fused Attention's QKV weights are quantised as one `QAttention`), where a task has such a fusion.
 """
 
 from __future__ import annotations
@@ -33,12 +38,20 @@ TORCH_BF16 = "torch-bf16"
 ONNX_FP32 = "onnx-fp32"
 ONNX_INT8 = "onnx-int8"
 ONNX_INT8_MIXED = "onnx-int8-mixed"
-PATHS = (ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32, TORCH_BF16, TORCH_FP32)
-ONNX_PATHS = (ONNX_INT8, ONNX_INT8_MIXED, ONNX_FP32)
+ONNX_INT8_BLOCK = "onnx-int8-block"
+ONNX_FUSED_FP32 = "onnx-fused-fp32"
+ONNX_FUSED_INT8_MIXED = "onnx-fused-int8-mixed"
+ONNX_FUSED_INT8_BLOCK = "onnx-fused-int8-block"
+ONNX_PATHS = (ONNX_FUSED_INT8_MIXED, ONNX_FUSED_INT8_BLOCK, ONNX_INT8, ONNX_INT8_MIXED, ONNX_INT8_BLOCK,
+              ONNX_FUSED_FP32, ONNX_FP32)
+PATHS = (*ONNX_PATHS, TORCH_BF16, TORCH_FP32)
 # The CPU flags that change which path is fastest or even available.
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
                   "amx_int8", "amx_tile", "asimd", "sve", "bf16", "i8mm")
 CHOICES_FILE = "fastpath_choices.json"
+# Part of every choice's key: bumped when the candidate paths change, so a choice made among fewer paths is made
+# again (once) rather than kept forever.
+CHOICE_SCHEME = "paths-v2"
 
 _choice_lock = threading.Lock()
 
@@ -102,9 +115,10 @@ def cpu_feature_key() -> str:
     return f"{f['capability']}-{'bf16' if f['bf16_native'] else 'nobf16'}-{digest}"
 
 
-def candidate_paths(onnx_available: bool = True) -> list[str]:
-    """The paths worth trying here: bf16 only where native (emulated bf16 is slower than fp32)."""
-    out = list(ONNX_PATHS) if onnx_available else []
+def candidate_paths(onnx_available: bool = True, onnx_paths: Sequence[str] = ONNX_PATHS) -> list[str]:
+    """The paths worth trying here (`onnx_paths`: those a task has): bf16 only where native (emulated bf16 is
+    slower than fp32)."""
+    out = list(onnx_paths) if onnx_available else []
     if bf16_is_native():
         out.append(TORCH_BF16)
     return out + [TORCH_FP32]
@@ -233,7 +247,7 @@ def _choices_path() -> Path:
 
 
 def choice_key(task: str, model: str) -> str:
-    return f"{task}|{model}|{cpu_feature_key()}"
+    return f"{task}|{model}|{cpu_feature_key()}|{CHOICE_SCHEME}"
 
 
 def _read_choices() -> dict[str, Any]:
@@ -298,27 +312,53 @@ def atomic_onnx(target: Path, write: Callable[[Path], None]) -> Path:
 _variant_lock = threading.Lock()
 
 
+def variant_file(folder: Path, path: str) -> Path:
+    """The file of an ONNX path: `model[.fused][.<quantisation>].onnx` (model.onnx is the plain fp32 export)."""
+    graph, quant = onnx_variant_parts(path)
+    return folder / f"model{'.fused' if graph == 'fused' else ''}{'' if quant == 'fp32' else '.' + quant}.onnx"
+
+
+def onnx_variant_parts(path: str) -> tuple[str, str]:
+    """('plain' | 'fused', 'fp32' | 'int8' | 'int8-mixed' | 'int8-block') of an ONNX path name."""
+    if path not in ONNX_PATHS:
+        raise ValueError(f"{path} is not an ONNX path ({', '.join(ONNX_PATHS)})")
+    rest = path.removeprefix("onnx-")
+    return ("fused", rest.removeprefix("fused-")) if rest.startswith("fused-") else ("plain", rest)
+
+
 def onnx_variant(folder: Path, path: str, export: Callable[[Path], None],
-                 sensitive: Callable[[Path], Sequence[str]]) -> Path:
-    """The ONNX file of one path in `folder`, made on first need: `model.onnx` through `export`, the int8
-    variants quantised from it (`onnx-int8-mixed` leaves the nodes `sensitive` names in fp32)."""
-    files = {ONNX_FP32: folder / "model.onnx", ONNX_INT8: folder / "model.int8.onnx",
-             ONNX_INT8_MIXED: folder / "model.int8-mixed.onnx"}
-    target = files[path]
+                 sensitive: Callable[[Path], Sequence[str]],
+                 fuse: Callable[[Path, Path], None] | None = None,
+                 block_sensitive: Callable[[Path], Sequence[str]] = lambda source: ()) -> Path:
+    """The ONNX file of one path in `folder`, made on first need: `model.onnx` through `export`; the fused graph
+    through `fuse(source, target)` (a task without one has no fused paths); the int8 variants quantised from the
+    plain or fused fp32 graph (`onnx-int8-mixed` leaves the nodes `sensitive` names in fp32, `*-int8-block` those
+    `block_sensitive` names)."""
+    target = variant_file(folder, path)
     if target.exists():
         return target
+    graph, quant = onnx_variant_parts(path)
+    if graph == "fused" and fuse is None:
+        raise ValueError(f"{path}: this model has no fused graph")
     with _variant_lock:
-        source = atomic_onnx(files[ONNX_FP32], export)
-        if path == ONNX_INT8:
+        source = atomic_onnx(folder / "model.onnx", export)
+        if graph == "fused":
+            fused = folder / "model.fused.onnx"
+            source = atomic_onnx(fused, lambda tmp: fuse(folder / "model.onnx", tmp))  # type: ignore[misc]
+        if quant == "int8":
             quantize_int8(source, target)
-        elif path == ONNX_INT8_MIXED:
+        elif quant == "int8-mixed":
             quantize_int8(source, target, sensitive(source))
+        elif quant == "int8-block":
+            quantize_int8_blockwise(source, target, block_sensitive(source))
     return target
 
 
 def quantize_int8(source: Path, target: Path, exclude: Sequence[str] = ()) -> Path:
-    """Dynamic int8 quantisation of the weight MatMuls (per output channel, activations quantised per tensor at
-    run time). reduce_range stays off: it was measured less accurate here and ORT's AVX2 kernels do not need it."""
+    """Dynamic int8 quantisation of the weight MatMuls and fused Attentions (per output channel, activations
+    quantised per tensor at run time). reduce_range stays off: it was measured less accurate here and ORT's AVX2
+    kernels do not need it."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     skip = set(exclude)
@@ -326,20 +366,23 @@ def quantize_int8(source: Path, target: Path, exclude: Sequence[str] = ()) -> Pa
 
     def write(tmp: Path) -> None:
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes)
+                         op_types_to_quantize=["MatMul", "Attention"], nodes_to_quantize=nodes,
+                         # a fused graph's contrib ops defeat shape inference: their outputs are float
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
 
     return atomic_onnx(target, write)
 
 
 def weight_matmuls(model_path: Path) -> list[str]:
-    """Names of the MatMul nodes whose second input is a stored weight matrix, in graph order: the ones worth
-    quantising. Small or non-2-D constants are left out: a rotary embedding's `inv_freq @ positions` is a
+    """Names of the MatMul (and fused Attention) nodes whose second input is a stored weight matrix, in graph
+    order: the ones worth quantising. Small or non-2-D constants are left out: a rotary embedding's `inv_freq @ positions` is a
     MatMul with a constant too, and int8 there wrecks every position (perplexity off by orders of magnitude)."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
     matrices = {t.name for t in model.graph.initializer if len(t.dims) == 2 and min(t.dims) >= 64}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in matrices]
+    return [n.name for n in model.graph.node
+            if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in matrices]
 
 
 @cache
@@ -361,3 +404,55 @@ def onnx_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def quantize_int8_blockwise(source: Path, target: Path, exclude: Sequence[str] = (), block_size: int = 32,
+                            bits: int = 8) -> Path:
+    """Weight MatMuls as ONNX Runtime's `MatMulNBits` with 8-bit symmetric weights in blocks of `block_size`
+    along K and `accuracy_level=4` (int8 compute: the activations are quantised per row and block at run time,
+    not per tensor as in `quantize_int8`, so one outlier channel no longer coarsens a whole batch)."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    def write(tmp: Path) -> None:
+        model = onnx.load(str(source))
+        graph = model.graph
+        weights = {t.name: t for t in graph.initializer}
+        chosen = set(weight_matmuls(source)) - set(exclude)
+        users: dict[str, int] = {}
+        for node in graph.node:
+            for name in node.input:
+                users[name] = users.get(name, 0) + 1
+        nodes = []
+        for node in graph.node:
+            weight = weights.get(node.input[1]) if node.op_type == "MatMul" and node.name in chosen else None
+            k, n = (tuple(weight.dims) + (0, 0))[:2] if weight is not None else (0, 0)
+            if weight is None or k % block_size:
+                nodes.append(node)
+                continue
+            matrix = np.ascontiguousarray(numpy_helper.to_array(weight), dtype=np.float32)
+            blocks = k // block_size
+            packed = np.zeros((n, blocks, block_size * bits // 8), dtype=np.uint8)
+            scales = np.zeros((n, blocks), dtype=np.float32)
+            zero_points = np.zeros((n, (blocks * bits + 7) // 8), dtype=np.uint8)
+            quantize = quantize_matmul_8bits if bits == 8 else quantize_matmul_4bits
+            quantize(packed, matrix, scales, zero_points, block_size, n, k, True)
+            graph.initializer.extend([numpy_helper.from_array(packed, f"{weight.name}_q8"),
+                                      numpy_helper.from_array(scales, f"{weight.name}_q8_scales")])
+            nodes.append(onnx.helper.make_node(
+                "MatMulNBits", [node.input[0], f"{weight.name}_q8", f"{weight.name}_q8_scales"], list(node.output),
+                name=f"{node.name}_q8", domain="com.microsoft", K=k, N=n, bits=bits, block_size=block_size,
+                accuracy_level=4))
+            users[weight.name] -= 1
+        graph.ClearField("node")
+        graph.node.extend(nodes)
+        unused = [t for t in graph.initializer if users.get(t.name, 1) == 0]
+        for tensor in unused:
+            graph.initializer.remove(tensor)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        onnx.save(model, str(tmp))
+
+    return atomic_onnx(target, write)
