@@ -197,6 +197,10 @@ def pooled(base: ModelScores, trained: ModelScores, kind: str, formulation: str,
         passed = gain.value > min_gain
         text = f"{100 * gain.value:+.1f} points [{100 * gain.low:+.1f}, {100 * gain.high:+.1f}]"
         target = f"target: above {100 * min_gain:+.1f} points"
+    elif bc.mean() == 0:  # trained / base is undefined; the base had nothing on these items to lose
+        passed = True
+        text = f"undefined: the base scored 0 of {len(t_all)} (trained {100 * tc.mean():.1f} %)"
+        target = f"target: at least {min_retention:.2f}"
     else:
         passed = retention.value >= min_retention
         text = f"{retention.value:.3f} [{retention.low:.3f}, {retention.high:.3f}]"

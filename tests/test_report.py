@@ -143,3 +143,18 @@ def test_evaluate_and_report_pages_show_the_cached_scores_and_the_report(report_
     at = run_page("report.py", ws)
     assert not at.exception
     assert [b.label for b in at.download_button] == ["Download HTML", "Download JSON"]
+
+
+def test_retention_over_items_the_base_never_got_right_is_undefined_not_nan() -> None:
+    from core.evaluate.evaluation import BenchmarkScore, ItemResult, ModelScores
+    from core.report import pooled
+
+    def scores(preds: list[int]) -> ModelScores:
+        items = [ItemResult(f"d{k}", f"i{k}", "gen", "s", "cloze", [0.0] * 4, [1] * 4, p, p, 1, "")
+                 for k, p in enumerate(preds)]
+        bench = BenchmarkScore("gen", "general", "cloze", 0, "key", False, {}, {}, {}, 0, {}, items)
+        return ModelScores(None, [bench], [])  # type: ignore[arg-type]
+
+    card = pooled(scores([0, 0, 2, 3]), scores([1, 0, 1, 3]), "general", "cloze", 0.0, 0.95)
+    assert card["passed"] and card["text"] == "undefined: the base scored 0 of 4 (trained 50.0 %)"
+    assert "nan" not in card["text"]
