@@ -92,6 +92,14 @@ def open_studio_page(page: Any, base_url: str, title: str) -> None:
     wait_for_app(page)
 
 
+def scroll_to_top(page: Any, locator: Any = None) -> None:
+    """Scroll so that `locator` (default: the page's title) starts the view, whichever element scrolls; then wait
+    for the app to be idle."""
+    target = locator if locator is not None else page.locator("[data-testid='stMain'] h1").first
+    target.evaluate("element => element.scrollIntoView({block: 'start'})")
+    wait_for_app(page)
+
+
 def shown_metric(page: Any, label: str) -> str:
     """The value an `st.metric` labelled `label` shows."""
     metric = page.locator("[data-testid='stMetric']").filter(
@@ -132,7 +140,8 @@ def wait_for_job_end(page: Any, label: str | re.Pattern, timeout_ms: int = 300_0
 # --- the Train page ----------------------------------------------------------------------------------------------
 def train_walk(browser: Any, url: str, ws: Path, snap: Snap, *, steps: int, model: str = "", mix: str = "",
                mix_folder: str = "", block_size: int = 128, batch_size: int = 2, eval_steps: int = 4,
-               save_steps: int = 4, progress_timeout_ms: int = 600_000, end_timeout_s: float = 900) -> dict[str, Any]:
+               save_steps: int = 4, eval_tokens: int | None = None, progress_timeout_ms: int = 600_000,
+               end_timeout_s: float = 900) -> dict[str, Any]:
     """A CPT job launched from the Train page's form (`model`; the mix `mix`, or the export folder `mix_folder`),
     watched live, the page closed and opened again while it runs (it re-attaches), stopped, resumed and finished.
     The app must run with `STUDIO_TRAIN_STEP_DELAY` long enough for Stop to land before the last step. Returns
@@ -154,11 +163,15 @@ def train_walk(browser: Any, url: str, ws: Path, snap: Snap, *, steps: int, mode
     set_input(page, "Batch size (per device)", batch_size)
     set_input(page, "Evaluate every (steps)", eval_steps)
     set_input(page, "Checkpoint every (steps)", save_steps)
+    if eval_tokens is not None:
+        page.get_by_text("Advanced", exact=True).click()
+        set_input(page, "Validation tokens per set", eval_tokens)
     toml = page.get_by_label(TOML_LABEL).input_value()
     expected = [f"max_steps = {steps}", f"block_size = {block_size}", f"batch_size = {batch_size}",
                 f"eval_steps = {eval_steps}"]
     expected += [f'mix = "{mix_folder or mix}"'] if mix_folder or mix else []
     expected += [f'model = "{model}"'] if model else []
+    expected += [f"eval_tokens = {eval_tokens}"] if eval_tokens is not None else []
     for line in expected:
         assert line in toml, (line, toml)
     before = {j.job_id for j in list_jobs(ws, "train")}
@@ -171,6 +184,7 @@ def train_walk(browser: Any, url: str, ws: Path, snap: Snap, *, steps: int, mode
     page.wait_for_selector(f"text=/step [2-9] of {steps}/", timeout=progress_timeout_ms)  # live progress
     page.locator(".js-plotly-plot").nth(3).wait_for(timeout=60_000)  # the four live panels
     log["live_charts"] = page.locator(".js-plotly-plot").count()
+    scroll_to_top(page)
     snap(page, "train_2_live")
     page.context.close()  # the page closes while the job runs
 

@@ -27,6 +27,7 @@ from browser_walk import (
     choose_option,
     download_report,
     open_studio_page,
+    scroll_to_top,
     set_input,
     shown_metric,
     start_app,
@@ -37,27 +38,49 @@ from browser_walk import (
 )
 from evalkit import tiny_llama
 
+from core.benchmarks import BenchmarkImportConfig, import_benchmark
 from core.config import REPO_ROOT
-from core.demo import build_demo
+from core.demo import build_demo, load_recipe, run_steps
+from core.embed import PATH_ENV as EMBED_PATH_ENV
 from core.evaluate import score_table
+from core.fastpath import TORCH_FP32
+from core.jobs import cancel_step_job, get_step_job, kill_job, list_jobs, list_step_jobs, sleep_until
 from core.workspace import Workspace
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # slow: MiniLM embeds the recall sample
 
 WALK_RECIPE = REPO_ROOT / "tests" / "data" / "demo_walk.toml"
+MMLU_GENERAL = "mmlu/mcq_mmlu_general_test.jsonl"
 MIX_NAME = "walk-mix"
 TRAIN_STEPS = 20
 STEP_DELAY_S = 1.0  # per training step: time for the page to be closed, re-opened and Stop clicked
 EVAL_LIMIT = 8  # items per benchmark, for the Evaluate page and the report alike (so the report reuses scores)
 
 
+def general_benchmark_sample(data_dir: Path, target: Path, per_subject: int = 3) -> Path:
+    """The first `per_subject` items of every MMLU general subject, as a JSONL file."""
+    taken: dict[str, int] = {}
+    with open(data_dir / MMLU_GENERAL, encoding="utf-8") as source, open(target, "w", encoding="utf-8") as out:
+        for line in source:
+            subject = json.loads(line)["subject"]
+            if taken.get(subject, 0) < per_subject:
+                taken[subject] = taken.get(subject, 0) + 1
+                out.write(line)
+    return target
+
+
 @pytest.fixture(scope="module")
 def walk_setup(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """The small demo workspace, built once, and a tiny model beside it (inside the app's allowed roots)."""
+    """The small demo workspace, built once (the recipe's corpora, a general benchmark sample, the recipe's
+    steps), and a tiny model beside it (inside the app's allowed roots)."""
     root = tmp_path_factory.mktemp("walk")
     started = time.monotonic()
-    with Workspace.open(root / "ws") as ws:
-        build_demo(ws, data_dir, recipe_path=WALK_RECIPE, publish=False)
+    with pytest.MonkeyPatch.context() as patch, Workspace.open(root / "ws") as ws:
+        patch.setenv(EMBED_PATH_ENV, TORCH_FP32)  # no inference-path calibration on a fresh machine
+        build_demo(ws, data_dir, recipe_path=WALK_RECIPE, steps=False, publish=False)
+        sample = general_benchmark_sample(data_dir, root / "mmlu_general_sample.jsonl")
+        import_benchmark(ws, BenchmarkImportConfig(sources=[str(sample)], name="mmlu_general", kind="general"))
+        run_steps(ws, load_recipe(WALK_RECIPE)["step"])
     build_s = time.monotonic() - started
     yield {"ws": root / "ws", "model": tiny_llama(root / "tiny-llama"), "build_s": round(build_s, 1)}
 
@@ -81,8 +104,19 @@ def visit(page: Any, url: str, title: str, marker: str, shot: Path | None = None
     wait_for_app(page)
     assert_no_error_shown(page, title)
     if shot is not None:
-        page.evaluate("window.scrollTo(0, 0)")
+        scroll_to_top(page)
         page.screenshot(path=str(shot))
+
+
+def end_jobs(ws: Path) -> None:
+    """End every job still running on the workspace: step jobs (their work is rolled back), then training jobs."""
+    for job in list_step_jobs(ws):
+        if job.active:
+            cancel_step_job(ws, job.job_id)
+            sleep_until(lambda job=job: not get_step_job(ws, job.job_id).active, 30)
+    for job in list_jobs(ws):
+        if job.active:
+            kill_job(ws, job.job_id)
 
 
 def dropped_document(ws: Path, step: str) -> dict[str, Any]:
@@ -107,6 +141,8 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         nonlocal clock
         seconds[name] = round(time.monotonic() - clock, 1)
         clock = time.monotonic()
+        with capsys.disabled():
+            print(f"\nbrowser walk: {name} took {seconds[name]} s", flush=True)
 
     def more(page: Any, name: str) -> None:
         page.screenshot(path=str(screens / "more" / f"{name}.png"))
@@ -135,7 +171,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         trail = verdict.first.inner_text()
         assert f"Dropped by {fate['dropped_by']}: {fate['reason']}" in trail and "score" in trail, (trail, fate)
         assert page.get_by_text("Provenance").count() == 1
-        page.get_by_text("Provenance").scroll_into_view_if_needed()
+        scroll_to_top(page, page.get_by_text("Document", exact=True))
         page.screenshot(path=str(screens / "03_corpus.png"))
 
         visit(page, url, "Deduplication", "Clusters, largest first", screens / "04_dedup.png")
@@ -143,7 +179,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         # a threshold moved: the kept and dropped counts follow
         visit(page, url, "Quality", "All chosen rules together")
         before = (shown_metric(page, "Kept"), shown_metric(page, "Dropped"))
-        slider = page.locator("[class*='st-key-quality_thr_'] [role='slider']").first
+        slider = page.get_by_role("slider", name=re.compile("^Threshold for"))
         slider.focus()
         slider.press("PageUp")  # a tenth of the range up
         deadline = time.monotonic() + 60
@@ -154,10 +190,10 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         after = (shown_metric(page, "Kept"), shown_metric(page, "Dropped"))
         kept, dropped = (int(value.replace(",", "")) for value in after)
         assert shown_metric(page, "Documents") == f"{kept + dropped:,}"  # the same documents, split differently
-        assert after != before and page.get_by_text("Moved thresholds").count() == 1
-        page.evaluate("window.scrollTo(0, 0)")
+        assert after != before
+        scroll_to_top(page)
         page.screenshot(path=str(screens / "05_quality.png"))
-        page.get_by_text("All chosen rules together").scroll_into_view_if_needed()
+        scroll_to_top(page, page.get_by_text("All chosen rules together"))
         more(page, "quality_counts")
 
         visit(page, url, "Terminology", "Density per corpus", screens / "06_terms.png")
@@ -179,7 +215,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         files.wait_for(timeout=60_000)
         assert page.get_by_text(str(export)).count() >= 1  # where the export went, said on the page
         assert shown_metric(page, "Tokens") == f"{manifest['budget']['exported_tokens']:,}"
-        page.get_by_text("Exports", exact=True).scroll_into_view_if_needed()
+        scroll_to_top(page, page.get_by_text("Exports", exact=True))
         page.screenshot(path=str(screens / "08_mix.png"))
         lap("mix")
 
@@ -190,8 +226,8 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
                 shot_page.screenshot(path=str(screens / "09_train.png"))
 
         trained = train_walk(_browser, url, ws, train_snap, steps=TRAIN_STEPS, model=str(model), mix=MIX_NAME,
-                             block_size=64, eval_steps=5, save_steps=5, progress_timeout_ms=300_000,
-                             end_timeout_s=300)
+                             block_size=64, eval_steps=10, save_steps=5, eval_tokens=1024,
+                             progress_timeout_ms=300_000, end_timeout_s=300)
         assert trained["live_charts"] >= 4 and trained["reattached_status"] in ("running", "stopping")
         assert 0 < trained["stopped_at_step"] < TRAIN_STEPS
         assert trained["attempts"] == 2 and trained["last_step"] == TRAIN_STEPS
@@ -214,7 +250,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
             scores = score_table(w)
         assert {"mmlu_medical", "mmlu_general"} <= set(scores["benchmark"])
         assert scores["model"].nunique() == 2  # the trained model and its base
-        page.evaluate("window.scrollTo(0, 0)")
+        scroll_to_top(page)
         page.screenshot(path=str(screens / "10_evaluate.png"))
         lap("evaluate")
 
@@ -235,6 +271,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
     finally:
         context.close()
         stop_app(proc)
+        end_jobs(ws)  # a failed walk leaves no job running
     with capsys.disabled():
         print(f"\nbrowser walk: screenshots in {screens}; seconds {json.dumps(seconds)}; training {trained}; "
               f"report {offline['html_bytes']:,} bytes, {offline['charts']} charts")
