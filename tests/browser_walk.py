@@ -192,7 +192,9 @@ def train_walk(browser: Any, url: str, ws: Path, snap: Snap, *, steps: int, mode
     page.wait_for_selector(f"text={job_id}", timeout=60_000)
     log["reattached_status"] = get_job(ws, job_id).status
     snap(page, "train_3_reattached")
-    page.locator(f".st-key-stop_{job_id} button").first.click(timeout=60_000)
+    # The live panel redraws every 2 s, replacing its buttons: a click that waits for a stable element can miss
+    # them all on a loaded machine, so the click event is sent to whichever button is there.
+    page.locator(f".st-key-stop_{job_id} button").first.dispatch_event("click", timeout=60_000)
     assert sleep_until(lambda: get_job(ws, job_id).status == "stopped", end_timeout_s), get_job(ws, job_id).status
     log["stopped_at_step"] = max(r["step"] for r in read_metrics(Path(get_job(ws, job_id).output_dir)))
     page.reload()
@@ -200,7 +202,7 @@ def train_walk(browser: Any, url: str, ws: Path, snap: Snap, *, steps: int, mode
     open_studio_page(page, url, "Train")
     page.wait_for_selector("text=usable, and resumable", timeout=60_000)
     snap(page, "train_4_stopped")
-    page.locator(f".st-key-resume_{job_id} button").first.click(timeout=60_000)
+    page.locator(f".st-key-resume_{job_id} button").first.dispatch_event("click", timeout=60_000)
     assert sleep_until(lambda: get_job(ws, job_id).status == "finished", end_timeout_s), get_job(ws, job_id).status
     done = get_job(ws, job_id)
     log["attempts"] = done.attempts

@@ -52,7 +52,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]  # slow: MiniLM embeds the 
 WALK_RECIPE = REPO_ROOT / "tests" / "data" / "demo_walk.toml"
 MMLU_GENERAL = "mmlu/mcq_mmlu_general_test.jsonl"
 MIX_NAME = "walk-mix"
-TRAIN_STEPS = 20
+TRAIN_STEPS = 30
 STEP_DELAY_S = 1.0  # per training step: time for the page to be closed, re-opened and Stop clicked
 EVAL_LIMIT = 8  # items per benchmark, for the Evaluate page and the report alike (so the report reuses scores)
 
