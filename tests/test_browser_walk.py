@@ -205,7 +205,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         set_input(page, "Name", MIX_NAME)
         set_input(page, "Token budget", 200_000)
         more(page, "mix_recipe")
-        page.get_by_role("button", name="Export mix").click()
+        page.get_by_role("button", name="Export mix").first.click()
         wait_for_job_end(page, f"Export mix {MIX_NAME}", timeout_ms=300_000)
         export = ws / "artifacts" / "exports" / MIX_NAME
         manifest = json.loads((export / "manifest.json").read_text(encoding="utf-8"))
@@ -241,7 +241,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         set_input(page, "Model", trained_model, commit="Tab")
         set_input(page, "Baseline (optional)", str(model), commit="Tab")
         set_input(page, "Items per benchmark (0 = all)", EVAL_LIMIT, commit="Tab")
-        page.get_by_role("button", name="Evaluate").click()
+        page.get_by_role("button", name="Evaluate").first.click()
         wait_for_job_end(page, re.compile(r"Evaluate \S+"), timeout_ms=300_000)
         page.get_by_text("Perplexity on the validation sets").wait_for(timeout=60_000)
         assert page.get_by_text("Nothing evaluated yet.").count() == 0
@@ -260,7 +260,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         set_input(page, "Items per benchmark (0 = all)", EVAL_LIMIT, commit="Tab")
         set_input(page, "Report file name", "walk", commit="Tab")
         more(page, "report_form")
-        page.get_by_role("button", name="Build report").click()
+        page.get_by_role("button", name="Build report").first.click()
         wait_for_job_end(page, "Report", timeout_ms=300_000)
         html_file = download_report(page, screens / "more", lambda p, name: p.screenshot(
             path=str(screens / "11_report.png")))
