@@ -107,6 +107,12 @@ def shown_metric(page: Any, label: str) -> str:
     return metric.first.locator("[data-testid='stMetricValue']").inner_text().strip()
 
 
+def cut_metric_values(page: Any) -> list[str]:
+    """The metric values the page shows cut short (wider than their box, drawn with an ellipsis)."""
+    return page.evaluate("""Array.from(document.querySelectorAll("[data-testid='stMetricValue'] div"))
+        .filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.innerText)""")
+
+
 def set_input(page: Any, label: str, value: object, commit: str = "Enter") -> None:
     """Type `value` into the text or number input labelled `label` and commit it (Enter; "Tab" inside a form,
     where Enter would submit it)."""

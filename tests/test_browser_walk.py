@@ -25,6 +25,7 @@ from browser_walk import (
     VIEWPORT,
     check_report_offline,
     choose_option,
+    cut_metric_values,
     download_report,
     open_studio_page,
     scroll_to_top,
@@ -204,6 +205,8 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         visit(page, url, "Mix", "Requested versus available tokens")
         set_input(page, "Name", MIX_NAME)
         set_input(page, "Token budget", 200_000)
+        page.get_by_text("Ordering, validation, export").click()
+        set_input(page, "Validation tokens per set", 5_000)  # small sets: perplexity is scored on each, per model
         more(page, "mix_recipe")
         page.get_by_role("button", name="Export mix").first.click()
         wait_for_job_end(page, f"Export mix {MIX_NAME}", timeout_ms=300_000)
@@ -215,6 +218,10 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
         files.wait_for(timeout=60_000)
         assert page.get_by_text(str(export)).count() >= 1  # where the export went, said on the page
         assert shown_metric(page, "Tokens") == f"{manifest['budget']['exported_tokens']:,}"
+        removed = manifest["decontamination"]
+        assert shown_metric(page, "Decontamination: dropped / cut") == \
+            f"{removed['dropped_documents']:,} / {removed['cut_documents']:,}"
+        assert cut_metric_values(page) == []  # every figure of the export readable in full
         scroll_to_top(page, page.get_by_text("Exports", exact=True))
         page.screenshot(path=str(screens / "08_mix.png"))
         lap("mix")
