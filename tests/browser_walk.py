@@ -270,9 +270,9 @@ def check_report_offline(browser: Any, html_file: Path, snap: Snap) -> dict[str,
         drawn += charts.nth(k).locator(".main-svg").count() >= 1 and charts.nth(k).is_visible()
     page.evaluate("window.scrollTo(0, 0)")
     snap(page, "report_2_html")
-    offline.close()
     log = {"sections_visible": visible, "charts": charts.count(), "charts_drawn": drawn,
            "network_requests": requests, "html_bytes": html_file.stat().st_size}
+    offline.close()
     assert all(v and all(v) for v in visible.values()), visible
     assert drawn == charts.count() and requests == [], log
     return log
