@@ -8,10 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,11 +15,14 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The browser pieces live in browser_walk (shared with bench/browser_demo.py); imported here under their old names.
+from browser_walk import CHROMIUM, launch_chromium, open_studio_page, start_app, stop_app, wait_for_app  # noqa: E402
+
 from core.config import REPO_ROOT, data_root  # noqa: E402
 from core.demo import build_demo  # noqa: E402
 from core.workspace import Workspace  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+__all__ = ["CHROMIUM", "open_studio_page", "wait_for_app"]
 
 
 @pytest.fixture(scope="session")
@@ -57,39 +56,19 @@ def empty_ws(tmp_path: Path) -> Iterator[Workspace]:
         yield ws
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_server(data_dir: Path) -> Iterator[Callable[[Path], str]]:
     """Start `studio app` on a workspace; returns its base URL. Servers stop when the test ends."""
-    procs: list[subprocess.Popen] = []
+    procs = []
 
     def start(workspace: Path) -> str:
-        port = _free_port()
-        env = dict(os.environ, STUDIO_WORKSPACE=str(workspace), STUDIO_DATA=str(data_dir))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "studio.cli", "app", str(workspace), "--port", str(port), "--host", "127.0.0.1"],
-            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc, url = start_app(workspace, {"STUDIO_DATA": str(data_dir)}, timeout_s=60)
         procs.append(proc)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    return f"http://127.0.0.1:{port}"
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"studio app exited with {proc.returncode}") from None
-                time.sleep(0.3)
-        raise RuntimeError("studio app did not start within 60 s")
+        return url
 
     yield start
     for proc in procs:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=20)
+        stop_app(proc)
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +78,7 @@ def _browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+        browser = launch_chromium(pw)
         yield browser
         browser.close()
 
@@ -121,13 +99,6 @@ def browser_page(_browser: object) -> Iterator[Callable[[str], object]]:
     yield open_page
     for context in contexts:
         context.close()
-
-
-def wait_for_app(page, timeout_ms: int = 60_000) -> None:
-    """Wait until Streamlit is connected and the script has finished running."""
-    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout_ms)
-    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout_ms)
-    page.wait_for_timeout(300)
 
 
 def shared_text(data_dir: Path, relative: str, record_id: str) -> str:
@@ -152,13 +123,6 @@ def run_page(page: str | Path, workspace: Path):
 
 def metric_value(at, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
-
-
-def open_studio_page(page, base_url: str, title: str) -> None:
-    """Navigate with the sidebar link named `title` and wait for its script to finish."""
-    page.get_by_role("link", name=title).first.click()
-    page.wait_for_timeout(500)
-    wait_for_app(page)
 
 
 def replicated_jsonl(source: Path, target: Path, copies: int) -> Path:

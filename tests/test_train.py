@@ -419,44 +419,19 @@ def test_bundled_model_trains_a_few_steps_from_the_command_line(tiny: dict[str, 
 @pytest.mark.browser
 def test_train_page_in_a_browser_launch_watch_reload_stop_resume(tiny: dict[str, Path], tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch, app_server,
-                                                                 browser_page) -> None:
-    from conftest import open_studio_page, wait_for_app
+                                                                 _browser) -> None:
+    from browser_walk import train_walk
 
     ws = tmp_path / "ws"
     Workspace.open(ws).close()
     monkeypatch.setenv("STUDIO_TRAIN_STEP_DELAY", "2.0")  # jobs the app launches inherit it: time to watch
     url = app_server(ws)
-    page = browser_page(url)
-    open_studio_page(page, url, "Train")
-    page.wait_for_selector("text=New training job")
-    editor = page.get_by_label("Config (TOML): launched as shown; edits here win until the form changes")
-    editor.fill(tiny_config(tiny, max_steps=40, eval_steps=5))
-    editor.press("Control+Enter")
-    wait_for_app(page)
-    page.get_by_role("button", name="Launch").click()
-    page.wait_for_selector("text=/step [3-9] of 40/", timeout=300_000)  # live progress, curves drawn
-    assert page.locator(".js-plotly-plot").count() >= 4
-    page.screenshot(path="/tmp/studio-train-live.png", full_page=True)
-    job_id = list_jobs(ws)[0].job_id
 
-    # Closing the page and opening it again re-attaches to the running job.
-    page.context.close()
-    page = browser_page(url)
-    open_studio_page(page, url, "Train")
-    page.wait_for_selector(f"text={job_id}", timeout=60_000)
-    page.locator(f".st-key-stop_{job_id} button").first.click(timeout=60_000)
-    assert sleep_until(lambda: get_job(ws, job_id).status == "stopped", 300)
-    page.reload()
-    wait_for_app(page)
-    open_studio_page(page, url, "Train")
-    page.wait_for_selector("text=Past jobs", timeout=60_000)
-    page.wait_for_selector("text=usable, and resumable")
-    page.locator(f".st-key-resume_{job_id} button").first.click(timeout=60_000)
-    assert sleep_until(lambda: get_job(ws, job_id).status == "finished", 400)
-    done = get_job(ws, job_id)
-    assert done.attempts == 2 and max(r["step"] for r in read_metrics(Path(done.output_dir))) == 40
-    page.reload()
-    wait_for_app(page)
-    open_studio_page(page, url, "Train")
-    page.wait_for_selector("text=Compare two jobs", timeout=60_000)
-    page.screenshot(path="/tmp/studio-train-done.png", full_page=True)
+    def snap(page, name: str) -> None:
+        page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+
+    # the form pointed at the tiny model and export; launched, watched, closed and re-opened, stopped, resumed
+    seen = train_walk(_browser, url, ws, snap, steps=40, model=str(tiny["model"]), mix_folder=str(tiny["export"]),
+                      block_size=32, eval_steps=5, save_steps=100, progress_timeout_ms=300_000, end_timeout_s=400)
+    assert seen["live_charts"] >= 4 and 0 < seen["stopped_at_step"] < 40
+    assert seen["attempts"] == 2 and seen["last_step"] == 40
