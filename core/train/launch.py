@@ -228,7 +228,7 @@ def measured_rate(ws: Workspace | str | Path, config: TrainConfig) -> tuple[floa
 
 def estimate(ws: Workspace | str | Path, config_text: str) -> Estimate:
     """Tokens, steps and time of a config before launching it (time at the rate measured by earlier jobs)."""
-    from core.train.recipes import steps_for
+    from core.train.recipes import steps_for, validation_blocks_per_set
 
     config = parse_config(config_text)
     workspace = ws if isinstance(ws, Workspace) else _workspace_path(ws)
@@ -253,7 +253,7 @@ def estimate(ws: Workspace | str | Path, config_text: str) -> Estimate:
     # Validation: both sets at step 0, every eval_steps and at the end, in whole blocks. A forward pass costs about a
     # third of a training step per token (the backward pass about twice the forward), hence rate x 3.
     passes = (1 + steps // config.eval_steps + (1 if steps % config.eval_steps else 0)) if config.mix else 0
-    val_tokens = passes * len(VALIDATION_SETS) * (config.eval_tokens // config.block_size) * config.block_size
+    val_tokens = passes * len(VALIDATION_SETS) * validation_blocks_per_set(config) * config.block_size
     val_seconds = val_tokens / (3 * rate) if rate else None
     if seconds is not None and val_seconds is not None:
         seconds += val_seconds

@@ -25,6 +25,7 @@ from core.train.callbacks import (
 )
 from core.train.config import TrainConfig
 from core.train.data import (
+    VALIDATION_SETS,
     check_export,
     pack_blocks,
     preference_examples,
@@ -106,12 +107,16 @@ def training_arguments(config: TrainConfig, job_dir: Path, max_steps: int, stage
     }
 
 
+def validation_blocks_per_set(config: TrainConfig) -> int:
+    """Whole blocks of `block_size` scored per validation set each pass (the estimate counts the same)."""
+    return config.eval_tokens // config.block_size
+
+
 def validation_blocks(tokenizer: Any, export: Path, config: TrainConfig) -> dict[str, list[list[int]]]:
-    blocks = config.eval_tokens // config.block_size
     return {role: pack_blocks(tokenizer, read_texts(validation_file(export, role),
                                                     config.eval_tokens * CHARS_PER_TOKEN_READ),
-                              config.block_size, max_blocks=blocks)
-            for role in ("domain", "general")}
+                              config.block_size, max_blocks=validation_blocks_per_set(config))
+            for role in VALIDATION_SETS}
 
 
 def apply_method(model: Any, config: TrainConfig) -> tuple[Any, list[str]]:
