@@ -19,6 +19,7 @@ resume runs the same command again with `STUDIO_JOB_RESUME=1` in the environment
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -47,6 +48,7 @@ CONFIG_NAME = "config.toml"
 STOP_NAME = "stop_requested"
 STARTED_NAME = "started"  # written when a queued job's command starts
 JOB_FILE = "job.json"  # a step job's record (the workspace it writes is locked while it runs)
+LAUNCH_LOCK_NAME = ".launch.lock"  # held while a step job is launched: who runs first and who queues is decided once
 WRITES_NAME = "writes_workspace"  # present when the job writes the workspace: such jobs run one at a time
 PIDS_DIR = "pids"
 # What the job's process finds in its environment.
@@ -532,26 +534,49 @@ def launch_step_job(ws_path: str | Path, argv: Sequence[str], label: str = "", *
     """Run `studio ARGV` (e.g. `["dedup", "--method", "minhash"]`, as `core.steps.job_argv` gives it) on the
     workspace as a job. A job that writes the workspace queues behind the active ones that do."""
     root = step_jobs_root(ws_path)
-    ahead = [j for j in list_step_jobs(ws_path) if j.active and writes_workspace(j)] if writes else []
-    job_id = new_job_id(argv[0])
-    folder = root / job_id
-    folder.mkdir(parents=True)
-    job = Job(job_id=job_id, kind=argv[0], status="queued" if ahead else "running", output_dir=str(folder),
-              config=f"argv = {json.dumps(list(argv))}\n", argv=studio_argv(ws_path, argv), label=label or argv[0],
-              log_path=str(folder / LOG_NAME), created_at=datetime.now())
-    (folder / CONFIG_NAME).write_text(job.config, encoding="utf-8")
-    if writes:
-        (folder / WRITES_NAME).write_text("")
-    if ahead:
-        write_progress(folder, -1.0, f"queued: starts when '{ahead[0].label}' finishes")
-    # A writer also waits for a workspace held by another process (the app's page, a command line) instead of failing,
-    # and publishes the read snapshot as it takes the lock, so the pages read the workspace while it runs.
-    extra = {"STUDIO_LOCK_WAIT_S": str(lock_wait_s), **({PUBLISH_ON_OPEN_ENV: "1"} if writes else {}), **(env or {})}
-    job.pid = _spawn(job, job_environment(job, extra), after=ahead)
-    if not ahead:
-        job.started_at = job.created_at
-    _save_step_job(job)
+    root.mkdir(parents=True, exist_ok=True)
+    # Two launches at once (two browser sessions, a page and a command line) must not both find no writer ahead
+    # and both start: looking for the writers ahead and recording this job is one step, under a file lock.
+    with _launch_lock(root):
+        ahead = [j for j in list_step_jobs(ws_path) if j.active and writes_workspace(j)] if writes else []
+        job_id = new_job_id(argv[0])
+        folder = root / job_id
+        folder.mkdir(parents=True)
+        job = Job(job_id=job_id, kind=argv[0], status="queued" if ahead else "running", output_dir=str(folder),
+                  config=f"argv = {json.dumps(list(argv))}\n", argv=studio_argv(ws_path, argv),
+                  label=label or argv[0], log_path=str(folder / LOG_NAME), created_at=datetime.now())
+        (folder / CONFIG_NAME).write_text(job.config, encoding="utf-8")
+        if writes:
+            (folder / WRITES_NAME).write_text("")
+        if ahead:
+            write_progress(folder, -1.0, queued_message(ahead[0].label))
+        # A writer also waits for a workspace held by another process (the app's page, a command line) instead of
+        # failing, and publishes the read snapshot as it takes the lock, so the pages read the workspace while it
+        # runs.
+        extra = {"STUDIO_LOCK_WAIT_S": str(lock_wait_s), **({PUBLISH_ON_OPEN_ENV: "1"} if writes else {}),
+                 **(env or {})}
+        job.pid = _spawn(job, job_environment(job, extra), after=ahead)
+        if not ahead:
+            job.started_at = job.created_at
+        _save_step_job(job)
     return job
+
+
+def queued_message(ahead_label: str) -> str:
+    """What a queued writer's progress says: whom it waits for, and why."""
+    return f"queued: starts when '{ahead_label}' finishes (one job writes the workspace at a time)"
+
+
+@contextlib.contextmanager
+def _launch_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the workspace's jobs folder, across processes and threads (each call opens the lock
+    file anew, and `flock` locks are per open file)."""
+    with open(root / LAUNCH_LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _refresh_step_job(job: Job) -> Job:

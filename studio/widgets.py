@@ -178,11 +178,16 @@ def current_job(path: Path | None = None) -> AppJob | None:
     return found[0] if found else None
 
 
+LAUNCHED_KEY = "_job_launched"  # the last job this browser session launched
+
+
 def launch_job(argv: Sequence[str], label: str) -> AppJob:
     """Run `studio ARGV WORKSPACE` as a core job. While another job writes the workspace, this one is queued:
     it starts when that one ends (DuckDB allows one writer process)."""
     path = require_workspace()
-    return AppJob(jobs.launch_step_job(path, argv, label), path)
+    job = AppJob(jobs.launch_step_job(path, argv, label), path)
+    st.session_state[LAUNCHED_KEY] = job.job_id
+    return job
 
 
 def start_job(argv: Sequence[str], label: str) -> None:
@@ -214,7 +219,9 @@ def job_panel() -> None:
     @st.fragment(run_every=1.0 if active else None)
     def _panel() -> None:
         now = step_jobs(limit=10)
-        running = [job for job in now if job.job.active]
+        # in the order they run: the one writing now, then the queue, oldest first
+        running = sorted((job for job in now if job.job.active), key=lambda job: (
+            job.job.status == "queued", job.job.created_at.timestamp() if job.job.created_at else 0.0))
         for job in running:
             fraction, message = job.last_progress()
             with st.container(border=True):
@@ -229,24 +236,32 @@ def job_panel() -> None:
             st.session_state["_job_seen_running"] = job.job_id
         if running:
             return
-        latest = now[0]
-        outcome = latest.result() or {}
-        if latest.job.status == "finished" and outcome.get("ok", True):
-            st.success(f"{latest.label}: finished", icon=":material/check_circle:")
-        elif latest.job.status == "stopped":
-            st.warning(f"{latest.label}: cancelled", icon=":material/stop_circle:")
-        else:
-            st.error(f"{latest.label}: failed (exit {latest.exit_code()}). "
-                     f"{outcome.get('error') or (latest.job.error or '').splitlines()[:1]}", icon=":material/error:")
-        with st.expander("Job details"):
-            st.json(outcome or {})
-            st.code(latest.job.log_tail(60) or "(no output)")
+        # The latest job's outcome, and this session's own when another session launched a job after it: each
+        # session sees how its job ended.
+        own = next((job for job in now if job.job_id == st.session_state.get(LAUNCHED_KEY)), None)
+        for job in [now[0], *([own] if own is not None and own is not now[0] else [])]:
+            _job_outcome(job)
         if st.session_state.get("_job_seen_running"):
             # A job finished while this page watched it: redraw the whole page with the new data.
             st.session_state["_job_seen_running"] = None
             st.rerun(scope="app")
 
     _panel()
+
+
+def _job_outcome(job: AppJob) -> None:
+    """How an ended job ended, with its result and log tail."""
+    outcome = job.result() or {}
+    if job.job.status == "finished" and outcome.get("ok", True):
+        st.success(f"{job.label}: finished", icon=":material/check_circle:")
+    elif job.job.status == "stopped":
+        st.warning(f"{job.label}: cancelled", icon=":material/stop_circle:")
+    else:
+        st.error(f"{job.label}: failed (exit {job.exit_code()}). "
+                 f"{outcome.get('error') or (job.job.error or '').splitlines()[:1]}", icon=":material/error:")
+    with st.expander("Job details"):
+        st.json(outcome or {})
+        st.code(job.job.log_tail(60) or "(no output)")
 
 
 # --- charts --------------------------------------------------------------------------------------------------

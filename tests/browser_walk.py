@@ -13,19 +13,36 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from core.config import REPO_ROOT
+from core.demo import build_demo, load_recipe, run_steps
 from core.jobs import get_job, list_jobs, sleep_until
+from core.workspace import Workspace
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium: never `playwright install`
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
 VIEWPORT = {"width": 1400, "height": 900}
 TOML_LABEL = "Config (TOML): launched as shown; edits here win until the form changes"
+WALK_RECIPE = REPO_ROOT / "tests" / "data" / "demo_walk.toml"  # the small demo workspace the browser tests serve
 
 Snap = Callable[[Any, str], None]  # (page, name) -> a screenshot saved somewhere
+
+
+# --- the workspace ----------------------------------------------------------------------------------------------
+def build_walk_workspace(path: Path, data_dir: Path, steps: Collection[str] | None = None,
+                         before_steps: Callable[[Workspace], None] | None = None) -> float:
+    """The small demo workspace of `WALK_RECIPE` at `path`: its corpora ingested, `before_steps(ws)` (e.g. one more
+    benchmark), then its steps in its order (only those named in `steps`, when given). Returns the seconds taken."""
+    started = time.monotonic()
+    with Workspace.open(path) as ws:
+        build_demo(ws, data_dir, recipe_path=WALK_RECIPE, steps=False, publish=False)
+        if before_steps is not None:
+            before_steps(ws)
+        run_steps(ws, [s for s in load_recipe(WALK_RECIPE)["step"] if steps is None or s["name"] in steps])
+    return time.monotonic() - started
 
 
 # --- the server and the browser --------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from browser_walk import (
     VIEWPORT,
+    build_walk_workspace,
     check_report_offline,
     choose_option,
     cut_metric_values,
@@ -40,8 +41,6 @@ from browser_walk import (
 from evalkit import tiny_llama
 
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
-from core.config import REPO_ROOT
-from core.demo import build_demo, load_recipe, run_steps
 from core.embed import PATH_ENV as EMBED_PATH_ENV
 from core.evaluate import score_table
 from core.fastpath import TORCH_FP32
@@ -50,7 +49,6 @@ from core.workspace import Workspace
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # slow: MiniLM embeds the recall sample
 
-WALK_RECIPE = REPO_ROOT / "tests" / "data" / "demo_walk.toml"
 MMLU_GENERAL = "mmlu/mcq_mmlu_general_test.jsonl"
 MIX_NAME = "walk-mix"
 TRAIN_STEPS = 30
@@ -75,14 +73,14 @@ def walk_setup(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     """The small demo workspace, built once (the recipe's corpora, a general benchmark sample, the recipe's
     steps), and a tiny model beside it (inside the app's allowed roots)."""
     root = tmp_path_factory.mktemp("walk")
-    started = time.monotonic()
-    with pytest.MonkeyPatch.context() as patch, Workspace.open(root / "ws") as ws:
-        patch.setenv(EMBED_PATH_ENV, TORCH_FP32)  # no inference-path calibration on a fresh machine
-        build_demo(ws, data_dir, recipe_path=WALK_RECIPE, steps=False, publish=False)
+
+    def add_general_benchmark(ws: Workspace) -> None:
         sample = general_benchmark_sample(data_dir, root / "mmlu_general_sample.jsonl")
         import_benchmark(ws, BenchmarkImportConfig(sources=[str(sample)], name="mmlu_general", kind="general"))
-        run_steps(ws, load_recipe(WALK_RECIPE)["step"])
-    build_s = time.monotonic() - started
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(EMBED_PATH_ENV, TORCH_FP32)  # no inference-path calibration on a fresh machine
+        build_s = build_walk_workspace(root / "ws", data_dir, before_steps=add_general_benchmark)
     yield {"ws": root / "ws", "model": tiny_llama(root / "tiny-llama"), "build_s": round(build_s, 1)}
 
 

@@ -24,6 +24,7 @@ from conftest import replicated_jsonl
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
 from core.decontam import contamination_index
 from core.ingest import IngestConfig, ingest
+from core.jobs import queued_message
 from core.mix import Component, MixRecipe, build_mix
 from core.tokens import count_tokens
 from core.workspace import Workspace, WorkspaceError
@@ -497,7 +498,7 @@ def test_the_app_queues_a_job_while_another_runs(tmp_path: Path, data_dir: Path,
                                "Ingest MedQuAD")
     second = widgets.launch_job(["status"], "Status")  # refused before: 'still running'
     assert second.job_id != first.job_id
-    assert second.last_progress()[1] == "queued: starts when 'Ingest MedQuAD' finishes"
+    assert second.last_progress()[1] == queued_message("Ingest MedQuAD")
     assert widgets.current_job(ws_path).job_id == second.job_id
     deadline = time.time() + 180
     while time.time() < deadline and (first.running or second.running):

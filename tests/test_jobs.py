@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.jobs import (
+    Job,
     JobError,
     get_job,
     kill_job,
@@ -177,7 +178,7 @@ MEDQUAD = "medquad/corpus_en_medquad_nih_paragraphs.jsonl"
 
 
 def test_step_jobs_queue_behind_a_writer_and_a_queued_one_can_be_cancelled(tmp_path: Path, data_dir: Path) -> None:
-    from core.jobs import cancel_step_job, launch_step_job, list_step_jobs, wait_step_job
+    from core.jobs import cancel_step_job, launch_step_job, list_step_jobs, queued_message, wait_step_job
 
     ws_path = tmp_path / "ws"
     Workspace.open(ws_path).close()
@@ -188,7 +189,7 @@ def test_step_jobs_queue_behind_a_writer_and_a_queued_one_can_be_cancelled(tmp_p
     reader = launch_step_job(ws_path, ["status"], "Look", writes=False)
     assert first.status == "running" and second.status == "queued" and third.status == "queued"
     assert reader.status == "running"  # a job that does not write never waits
-    assert second.progress()["message"] == "queued: starts when 'Ingest MedQuAD' finishes"
+    assert second.progress()["message"] == queued_message("Ingest MedQuAD")
     assert [j.job_id for j in list_step_jobs(ws_path)][:3] == [reader.job_id, third.job_id, second.job_id]
     assert cancel_step_job(ws_path, third.job_id).status == "stopping"
     second = wait_step_job(ws_path, second.job_id, timeout_s=180)
@@ -198,6 +199,39 @@ def test_step_jobs_queue_behind_a_writer_and_a_queued_one_can_be_cancelled(tmp_p
     # it ran after the first ended, and saw its documents
     assert second.started_at >= first.ended_at - timedelta(seconds=1)
     assert second.result()["documents"] == 4896
+
+
+def test_two_writers_launched_at_the_same_instant_run_one_after_the_other(tmp_path: Path) -> None:
+    """Two sessions press their buttons together: one job runs, the other is queued behind it (both looking for a
+    writer ahead before either had recorded its job started both at once)."""
+    import threading
+
+    from core.jobs import get_step_job, launch_step_job, queued_message, wait_step_job
+
+    ws_path = tmp_path / "ws"
+    Workspace.open(ws_path).close()
+    for attempt in range(2):  # without the lock, the first try already started both at once
+        barrier = threading.Barrier(2)
+        launched: dict[str, Job] = {}
+
+        def press(label: str, barrier: threading.Barrier = barrier, launched: dict[str, Job] = launched) -> None:
+            barrier.wait()
+            launched[label] = launch_step_job(ws_path, ["status"], label)  # as a writer would
+
+        threads = [threading.Thread(target=press, args=(f"{who} {attempt}",)) for who in ("A", "B")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        jobs = sorted(launched.values(), key=lambda j: j.status != "running")
+        assert [j.status for j in jobs] == ["running", "queued"], [(j.label, j.status) for j in jobs]
+        first, second = jobs
+        assert second.progress()["message"] == queued_message(first.label)
+        first, second = (wait_step_job(ws_path, j.job_id, timeout_s=120) for j in (first, second))
+        assert first.status == second.status == "finished", (first.error, second.error)
+        started = (second.folder / "started").stat().st_mtime
+        assert started >= (first.folder / "exit_code").stat().st_mtime - 0.01  # it waited for the first
+        assert get_step_job(ws_path, second.job_id).started_at is not None
 
 
 def test_a_running_step_job_is_listed_and_cancelled_from_the_command_line(
