@@ -20,6 +20,7 @@ from core.quality import (
     QualityFilterConfig,
     QualityScoreConfig,
     QualityStepConfig,
+    Rule,
     composite_summary,
     corpus_summary,
     documents_near_threshold,
@@ -48,14 +49,14 @@ with w.read_ws() as ws:
     applied_run = active_run(ws, FILTER_STEP)
 applied = applied_run.params if applied_run else None
 
+# the thresholds the applied filter moved, one entry per language group
+applied_thresholds: dict[str, float] = {}
+for name, value in ((applied or {}).get("thresholds") or {}).items():
+    base, _, only = name.partition("@")
+    for group in ([only] if only else ["latin", "zh"]):
+        applied_thresholds[f"{base}@{group}"] = float(value)
 if OVERRIDES not in st.session_state:
-    # start from the thresholds applied now, one entry per language group
-    seeded: dict[str, float] = {}
-    for name, value in ((applied or {}).get("thresholds") or {}).items():
-        base, _, only = name.partition("@")
-        for group in ([only] if only else ["latin", "zh"]):
-            seeded[f"{base}@{group}"] = float(value)
-    st.session_state[OVERRIDES] = seeded
+    st.session_state[OVERRIDES] = dict(applied_thresholds)  # start from the filter as applied now
 applied_presets = [p for p in (applied or {}).get("rules", []) if p in PRESETS]
 
 # --- scoring -----------------------------------------------------------------------------------------------------
@@ -91,9 +92,21 @@ if not chosen_rules:
     st.stop()
 
 c1, c2, c3 = st.columns([3, 1, 1])
-rule = c1.selectbox("Rule", chosen_rules, key="quality_rule",
-                    format_func=lambda r: f"{r.preset} / {r.name} (keep if {r.keep_if} {r.latin:g}"
-                                          + (f", Chinese {r.zh:g})" if r.zh != r.latin else ")"))
+
+
+def rule_label(r: Rule) -> str:
+    """The rule with the thresholds that hold now: the applied filter's where it moved them (saying so and what
+    the default is), else the defaults."""
+    def both(latin: float | None, zh: float | None) -> str:
+        return f"{latin:g}" + (f", Chinese {zh:g}" if zh != latin else "")
+
+    now = [applied_thresholds.get(f"{r.name}@{g}", r.threshold(g)) for g in ("latin", "zh")]
+    if now == [r.latin, r.zh]:
+        return f"{r.preset} / {r.name} (keep if {r.keep_if} {both(r.latin, r.zh)})"
+    return f"{r.preset} / {r.name} (keep if {r.keep_if} {both(*now)} as applied; default {both(r.latin, r.zh)})"
+
+
+rule = c1.selectbox("Rule", chosen_rules, key="quality_rule", format_func=rule_label)
 group = c2.radio("Language group", ["latin", "zh"], horizontal=True, key="quality_group",
                  format_func=lambda g: "Latin script" if g == "latin" else "Chinese")
 keep_share = c3.number_input("Random keep share", 0.0, 0.5, 0.05, step=0.01, key="quality_keep_share",

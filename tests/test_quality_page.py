@@ -12,7 +12,7 @@ from conftest import metric_value, run_page
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
-from core.quality import QualityFilterConfig, QualityScoreConfig, filter_preview, score_quality
+from core.quality import QualityFilterConfig, QualityScoreConfig, apply_filters, filter_preview, score_quality
 from core.workspace import Workspace
 from studio import widgets
 
@@ -75,6 +75,21 @@ def test_counts_follow_the_threshold_and_apply_runs_as_a_job(scored_ws: Path) ->
         drops = ws.query("SELECT count(*) FROM decisions d JOIN runs r USING (run_id) "
                          "WHERE r.step = 'quality' AND r.active AND d.verdict = 'drop'")[0][0]
     assert drops == looser.dropped
+
+
+def test_the_rule_box_shows_the_threshold_applied_now(scored_ws: Path, tmp_path: Path) -> None:
+    """After a filter that moved a threshold (the demo's minimum word count of 20), the rule box names the applied
+    value and says so, not the rule's default."""
+    path = tmp_path / "ws"
+    shutil.copytree(scored_ws, path)
+    with Workspace.open(path) as ws:
+        apply_filters(ws, QualityFilterConfig(thresholds={"word_count:min": 20}))
+    at = page(path)
+    assert not at.exception
+    box = at.selectbox(key="quality_rule")
+    assert box.options[:2] == ["gopher_quality / word_count:min (keep if >= 20 as applied; default 50)",
+                               "gopher_quality / word_count:max (keep if <= 100000)"]
+    assert box.value.name == "word_count:min" and at.slider(key="quality_thr_word_count:min@latin").value == 20.0
 
 
 def test_composite_section_says_what_is_missing(scored_ws: Path) -> None:
