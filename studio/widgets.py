@@ -264,6 +264,17 @@ def _job_outcome(job: AppJob) -> None:
         st.code(job.job.log_tail(60) or "(no output)")
 
 
+# --- figures ---------------------------------------------------------------------------------------------------
+def token_figure(count: int) -> str:
+    """A token count short enough for a quarter-width `st.metric` at 1400 px: exact up to 9,999,999, then in
+    millions or billions (the tables beside it keep the exact figures)."""
+    if abs(count) < 10_000_000:
+        return f"{count:,}"
+    if abs(count) < 1_000_000_000:
+        return f"{count / 1e6:,.1f}M"
+    return f"{count / 1e9:,.2f}B"
+
+
 # --- charts --------------------------------------------------------------------------------------------------
 def threshold_histogram(data: pd.DataFrame | Sequence[float], column: str | None = None,
                         threshold: float | Sequence[float] | None = None, *, color: str | None = None,

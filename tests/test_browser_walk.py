@@ -201,6 +201,7 @@ def test_a_curator_walks_every_page_from_corpora_to_report(walk_setup: dict[str,
 
         # --- the mix: built and exported ------------------------------------------------------------------------
         visit(page, url, "Mix", "Requested versus available tokens")
+        assert cut_metric_values(page) == []  # the plan's token figures in full
         set_input(page, "Name", MIX_NAME)
         set_input(page, "Token budget", 200_000)
         page.get_by_text("Ordering, validation, export").click()

@@ -33,6 +33,7 @@ from core.mix import (
 )
 from core.tokens import count_tokens
 from core.workspace import Workspace, WorkspaceError
+from studio import widgets
 from studio.cli import main as cli_main
 
 pytestmark = pytest.mark.slow  # one real token count of the demo corpora, then several exports
@@ -418,7 +419,9 @@ def test_page_accounting_follows_the_sliders_and_saves_recipes(counted_ws_path: 
     assert not at.exception
     assert [(s.label, s.value) for s in at.slider] == [("domain", 80.0), ("instruction", 10.0), ("general", 10.0)]
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Requested"] == "1,000,000 tokens" and metrics["Components short"] == "0"
+    assert metrics["Requested tokens"] == "1,000,000" and metrics["Components short"] == "0"
+    assert [widgets.token_figure(n) for n in (9_999_999, 12_345_678, 2_500_000_000)] == ["9,999,999", "12.3M",
+                                                                                     "2.50B"]
     assert not at.warning
     # Ask for far more replay than the demo has: the page says the component is short and the budget shrinks.
     at.number_input(key="mix_total_0").set_value(6_000_000)
@@ -449,6 +452,7 @@ def test_page_accounting_follows_the_sliders_and_saves_recipes(counted_ws_path: 
 
 @pytest.mark.browser
 def test_page_exports_in_a_real_browser(counted_ws_path: Path, tmp_path: Path, app_server, browser_page) -> None:
+    from browser_walk import VIEWPORT, cut_metric_values
     from conftest import open_studio_page, wait_for_app
 
     path = tmp_path / "ws"
@@ -456,6 +460,9 @@ def test_page_exports_in_a_real_browser(counted_ws_path: Path, tmp_path: Path, a
     page = browser_page(app_server(path))
     open_studio_page(page, "", "Mix")
     page.get_by_text("Requested versus available tokens").wait_for(timeout=60_000)
+    page.set_viewport_size(VIEWPORT)  # the plan's figures are read in full at 1400 px too
+    wait_for_app(page)
+    assert cut_metric_values(page) == [], cut_metric_values(page)
     page.get_by_text("Validation carve-out").scroll_into_view_if_needed()
     page.screenshot(path="/tmp/mix-page-plan.png")
     page.get_by_role("button", name="Export mix").click()
