@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ from core.models import ModelUnavailable
 from core.readers import SourceError
 from core.steps import comma_list  # noqa: F401  (commands import it from here)
 from core.workspace import WorkspaceError
+from core.workspace import log as workspace_log
 
 # Order here is the order of `studio --help`.
 COMMAND_MODULES = [
@@ -192,6 +194,18 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # a job's stop: the step rolls back its unfinished work, as on Ctrl-C
 
 
+class _WaitsToProgress(logging.Handler):
+    """In a job, the workspace's notes (a writer waiting for another process to let go of it) go to its progress, so
+    the job panel says why a running job has not started its work, not only its log."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        super().__init__(logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.reporter(-1.0, record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,6 +213,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         register_process(Path(job_dir))
         signal.signal(signal.SIGTERM, _stop_on_sigterm)
     reporter = Reporter(quiet=getattr(args, "json", False), progress_file=getattr(args, "progress_file", None))
+    waits = _WaitsToProgress(reporter) if os.environ.get(JOB_DIR_ENV) else None
+    if waits is not None:
+        workspace_log.addHandler(waits)
+    try:
+        return _run(args, reporter)
+    finally:
+        if waits is not None:
+            workspace_log.removeHandler(waits)
+
+
+def _run(args: argparse.Namespace, reporter: Reporter) -> int:
+    """The command, and what its outcome prints, returns and leaves in a job's folder."""
     try:
         result: CommandResult = args.handler(args, reporter)
     except USER_ERRORS as exc:

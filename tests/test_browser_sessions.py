@@ -164,6 +164,9 @@ def test_two_sessions_apply_filters_at_once_and_the_second_is_queued(
             for page in (quality, terms):
                 page.get_by_text(shown(f"{first.label} is running")).wait_for(timeout=60_000)
                 page.get_by_text(shown(f"{second.label} is queued")).wait_for(timeout=60_000)
+            # the first says why it has not started its work: another process holds the workspace
+            for page in (quality, terms):
+                page.get_by_text(re.compile(r"waiting for workspace .*, in use by")).first.wait_for(timeout=60_000)
             waiting = page_of[second.job_id]
             waiting.get_by_text(shown(queued_message(first.label))).wait_for(timeout=60_000)
             assert waiting.locator("[data-testid='stException']").count() == 0
