@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -36,11 +37,41 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def last_checkpoint(job_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+# The Trainer writes a checkpoint's files in place and its trainer_state.json last: a checkpoint folder without it is
+# one a kill interrupted, whose weights or optimizer state may be half written (resuming from it fails).
+CHECKPOINT_DONE = "trainer_state.json"
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+# Folders save_model / save_averaged write before renaming them into place: left over only by a kill.
+TMP_FOLDERS = ("model.tmp", "adapter.tmp", "model_averaged.tmp")
 
+
+def _checkpoints(job_dir: Path) -> list[tuple[int, Path]]:
     folder = job_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    found = [(int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else [])
+             if (m := CHECKPOINT_RE.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def last_checkpoint(job_dir: Path) -> str | None:
+    """The newest complete checkpoint (one the Trainer finished writing), or None. A newer folder a kill left
+    half written is passed over, so a resume continues from the last checkpoint that can be read."""
+    complete = [path for _, path in _checkpoints(job_dir) if (path / CHECKPOINT_DONE).is_file()]
+    return str(complete[-1]) if complete else None
+
+
+def remove_half_written(job_dir: Path) -> list[str]:
+    """Remove what a killed attempt left half written (checkpoint folders without their trainer state, the
+    temporary model folders), so a resumed job neither reads nor leaves them; returns their names."""
+    removed = []
+    for _, path in _checkpoints(job_dir):
+        if not (path / CHECKPOINT_DONE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"checkpoints/{path.name}")
+    for name in TMP_FOLDERS:
+        if (job_dir / name).exists():
+            shutil.rmtree(job_dir / name, ignore_errors=True)
+            removed.append(name)
+    return removed
 
 
 def _replace_folder(tmp: Path, final: Path) -> None:
@@ -122,6 +153,8 @@ def train(job_dir: Path, resume: bool = False) -> dict[str, Any]:
     config = parse_config((job_dir / "config.toml").read_text(encoding="utf-8"))
     resolved = json.loads((job_dir / RESOLVED_NAME).read_text(encoding="utf-8"))
     register_process(job_dir)
+    if resume and is_main_process() and (removed := remove_half_written(job_dir)):
+        print(f"removed what the interrupted attempt left half written: {', '.join(removed)}", flush=True)
     checkpoint = last_checkpoint(job_dir) if resume else None
     elapsed_before = 0.0
     if is_main_process():
