@@ -59,6 +59,18 @@ def last_checkpoint(job_dir: Path) -> str | None:
     return str(complete[-1]) if complete else None
 
 
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
+def load_checkpoint(trainer: Any, checkpoint: str) -> None:
+    """The checkpoint's weights (or adapter) and trainer state into `trainer`, without training."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / CHECKPOINT_DONE))
+
+
 def remove_half_written(job_dir: Path) -> list[str]:
     """Remove what a killed attempt left half written (checkpoint folders without their trainer state, the
     temporary model folders), so a resumed job neither reads nor leaves them; returns their names."""
@@ -159,7 +171,7 @@ def train(job_dir: Path, resume: bool = False) -> dict[str, Any]:
     elapsed_before = 0.0
     if is_main_process():
         if checkpoint is not None:
-            step = int(Path(checkpoint).name.rsplit("-", 1)[-1])
+            step = checkpoint_step(checkpoint)
             elapsed_before = truncate_metrics(job_dir, step)
             print(f"resuming from {checkpoint} (step {step})", flush=True)
         else:
@@ -172,7 +184,13 @@ def train(job_dir: Path, resume: bool = False) -> dict[str, Any]:
                              float(os.environ.get(THROTTLE_ENV, "0") or 0))
     if is_main_process():
         write_progress(job_dir, 0.0, f"training, {prepared.max_steps:,} steps", max_steps=prepared.max_steps)
-    prepared.trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= prepared.max_steps:
+        # Killed after its last checkpoint, before its model was saved: nothing is left to train (the Trainer,
+        # resumed there, would take one step past max_steps before it checks), so the checkpoint is the model.
+        print(f"{Path(checkpoint).name} is the last step: nothing left to train", flush=True)
+        load_checkpoint(prepared.trainer, checkpoint)
+    else:
+        prepared.trainer.train(resume_from_checkpoint=checkpoint)
     step = prepared.trainer.state.global_step
     status = "stopped" if prepared.stop.stopped_at is not None else "finished"
     save_model(prepared, config, resolved, job_dir, status)
