@@ -228,6 +228,7 @@ def _build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None, pro
     recipe.validate()
     out_path = Path(out_dir).expanduser().resolve() if out_dir else exports_folder(ws) / recipe.name
     progress(0.0, "planning the mix")
+    _forget_unfinished_mixes(ws)
     if recipe.count_missing_tokens:
         exclusions = build_pools(ws, recipe)
         if ws.scalar("SELECT count(*) FROM mix_pool WHERE NOT counted"):
@@ -273,14 +274,21 @@ def _build_mix(ws: Workspace, recipe: MixRecipe, out_dir: str | Path | None, pro
             partial.rename(out_path)
     except BaseException:
         with contextlib.suppress(Exception):
-            ws.con.execute("DELETE FROM mix_members WHERE mix_id IN (SELECT run_id FROM runs WHERE step = 'mix' "
-                           "AND status <> 'ok')")
+            _forget_unfinished_mixes(ws)
         shutil.rmtree(partial, ignore_errors=True)
         raise
     finally:
         drop_temp_tables(ws)
     progress(1.0, f"mix {recipe.name} exported to {out_path}")
     return result
+
+
+def _forget_unfinished_mixes(ws: Workspace) -> None:
+    """Remove the membership rows of mix runs that did not finish. A failed build removes its own as it fails; a
+    killed one cannot (its rows are committed as they are written, its run is marked failed when the workspace is
+    next opened), so each build first removes what such a run left."""
+    ws.con.execute("DELETE FROM mix_members WHERE mix_id IN (SELECT run_id FROM runs WHERE step = 'mix' "
+                   "AND status <> 'ok')")
 
 
 def _warn_if_off_target(plan: MixPlan, screening: Screening, components: dict[str, dict[str, Any]],

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from core.ingest import file_sha256
-from core.jobs import Job, JobError, launch_job, list_jobs
+from core.jobs import Job, JobError, launch_job, list_jobs, resume_job
 from core.models import ModelUnavailable, resolve_lm
 from core.steps import Step
 from core.train.config import ConfigError, TrainConfig, parse_config
@@ -139,11 +139,15 @@ def launch_training(ws: Workspace | str | Path, config_text: str, *, env: dict[s
                     reuse: bool = False) -> Job:
     """Check `config_text` (TOML) and start it as a `train` job; ConfigError with the reason when it cannot run.
     With `reuse`, a job with the same config and the same resolved inputs (model, mix manifest hash) that finished
-    or is still running is returned instead: launching it again would only compute the same model again."""
+    or is still running is returned instead: launching it again would only compute the same model again; one that
+    was killed or stopped before it finished is resumed from its last checkpoint (a re-run of the recipe after a
+    crash continues the training it asked for, and leaves no second job beside the first)."""
     config = parse_config(config_text)
     resolved = resolve(config, ws if isinstance(ws, Workspace) else _workspace_path(ws))
     if reuse and (same := same_training(ws, config_text, resolved)) is not None:
         return same
+    if reuse and (unfinished := same_training(ws, config_text, resolved, ended=("failed", "stopped"))) is not None:
+        return resume_job(ws, unfinished.job_id, env=env)
 
     def prepare(folder: Path) -> None:
         (folder / RESOLVED_NAME).write_text(json.dumps(resolved, indent=2), encoding="utf-8")
@@ -153,13 +157,14 @@ def launch_training(ws: Workspace | str | Path, config_text: str, *, env: dict[s
     return launch_job(ws, JOB_KIND, config_text, launch_argv(), label=label, env=env, prepare=prepare)
 
 
-def same_training(ws: Workspace | str | Path, config_text: str, resolved: dict[str, Any]) -> Job | None:
-    """The newest finished or running train job launched with `config_text` on the same `resolved` inputs. The
-    mix is compared by content (`mix_content_sha256`), not by its manifest's hash, which names the run that
-    wrote it: re-running the curation and the mix with nothing changed must not train again."""
+def same_training(ws: Workspace | str | Path, config_text: str, resolved: dict[str, Any],
+                  ended: tuple[str, ...] = ("finished",)) -> Job | None:
+    """The newest running train job, or one that ended as one of `ended`, launched with `config_text` on the same
+    `resolved` inputs. The mix is compared by content (`mix_content_sha256`), not by its manifest's hash, which
+    names the run that wrote it: re-running the curation and the mix with nothing changed must not train again."""
     wanted = _comparable(resolved)
     for job in list_jobs(ws, JOB_KIND):
-        if job.config != config_text or not (job.active or job.status == "finished"):
+        if job.config != config_text or not (job.active or job.status in ended):
             continue
         try:
             if _comparable(json.loads((job.folder / RESOLVED_NAME).read_text(encoding="utf-8"))) == wanted:
@@ -359,7 +364,9 @@ def run_training_job(ws: Workspace, cfg: TrainJobConfig, progress: Any) -> Train
     from core.train.config import config_to_toml
 
     job = launch_training(ws, config_to_toml(cfg.train_config()), reuse=True)
-    progress(0.5, f"training job {job.job_id} {'started' if job.status == 'running' else job.status}")
+    state = job.status if job.status != "running" else "started" if job.attempts == 1 else \
+        f"resumed (attempt {job.attempts})"
+    progress(0.5, f"training job {job.job_id} {state}")
     if cfg.wait:  # the job's own progress, so the demo's log and stages say how far training is
         job = wait_job(ws, job.job_id, poll_s=2.0, on_progress=lambda j: progress(
             0.5 + 0.5 * max(float(j.progress().get("fraction") or 0.0), 0.0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -36,11 +37,53 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def last_checkpoint(job_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+# The Trainer writes a checkpoint's files in place and its trainer_state.json last: a checkpoint folder without it is
+# one a kill interrupted, whose weights or optimizer state may be half written (resuming from it fails).
+CHECKPOINT_DONE = "trainer_state.json"
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+# Folders save_model / save_averaged write before renaming them into place: left over only by a kill.
+TMP_FOLDERS = ("model.tmp", "adapter.tmp", "model_averaged.tmp")
 
+
+def _checkpoints(job_dir: Path) -> list[tuple[int, Path]]:
     folder = job_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    found = [(int(m.group(1)), p) for p in (folder.iterdir() if folder.is_dir() else [])
+             if (m := CHECKPOINT_RE.fullmatch(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def last_checkpoint(job_dir: Path) -> str | None:
+    """The newest complete checkpoint (one the Trainer finished writing), or None. A newer folder a kill left
+    half written is passed over, so a resume continues from the last checkpoint that can be read."""
+    complete = [path for _, path in _checkpoints(job_dir) if (path / CHECKPOINT_DONE).is_file()]
+    return str(complete[-1]) if complete else None
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
+def load_checkpoint(trainer: Any, checkpoint: str) -> None:
+    """The checkpoint's weights (or adapter) and trainer state into `trainer`, without training."""
+    from transformers.trainer_callback import TrainerState
+
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / CHECKPOINT_DONE))
+
+
+def remove_half_written(job_dir: Path) -> list[str]:
+    """Remove what a killed attempt left half written (checkpoint folders without their trainer state, the
+    temporary model folders), so a resumed job neither reads nor leaves them; returns their names."""
+    removed = []
+    for _, path in _checkpoints(job_dir):
+        if not (path / CHECKPOINT_DONE).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(f"checkpoints/{path.name}")
+    for name in TMP_FOLDERS:
+        if (job_dir / name).exists():
+            shutil.rmtree(job_dir / name, ignore_errors=True)
+            removed.append(name)
+    return removed
 
 
 def _replace_folder(tmp: Path, final: Path) -> None:
@@ -122,11 +165,13 @@ def train(job_dir: Path, resume: bool = False) -> dict[str, Any]:
     config = parse_config((job_dir / "config.toml").read_text(encoding="utf-8"))
     resolved = json.loads((job_dir / RESOLVED_NAME).read_text(encoding="utf-8"))
     register_process(job_dir)
+    if resume and is_main_process() and (removed := remove_half_written(job_dir)):
+        print(f"removed what the interrupted attempt left half written: {', '.join(removed)}", flush=True)
     checkpoint = last_checkpoint(job_dir) if resume else None
     elapsed_before = 0.0
     if is_main_process():
         if checkpoint is not None:
-            step = int(Path(checkpoint).name.rsplit("-", 1)[-1])
+            step = checkpoint_step(checkpoint)
             elapsed_before = truncate_metrics(job_dir, step)
             print(f"resuming from {checkpoint} (step {step})", flush=True)
         else:
@@ -139,7 +184,13 @@ def train(job_dir: Path, resume: bool = False) -> dict[str, Any]:
                              float(os.environ.get(THROTTLE_ENV, "0") or 0))
     if is_main_process():
         write_progress(job_dir, 0.0, f"training, {prepared.max_steps:,} steps", max_steps=prepared.max_steps)
-    prepared.trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint is not None and checkpoint_step(checkpoint) >= prepared.max_steps:
+        # Killed after its last checkpoint, before its model was saved: nothing is left to train (the Trainer,
+        # resumed there, would take one step past max_steps before it checks), so the checkpoint is the model.
+        print(f"{Path(checkpoint).name} is the last step: nothing left to train", flush=True)
+        load_checkpoint(prepared.trainer, checkpoint)
+    else:
+        prepared.trainer.train(resume_from_checkpoint=checkpoint)
     step = prepared.trainer.state.global_step
     status = "stopped" if prepared.stop.stopped_at is not None else "finished"
     save_model(prepared, config, resolved, job_dir, status)
