@@ -181,3 +181,21 @@ def test_mix_page_starts_a_preset_from_the_control_set(demo_run) -> None:
     assert not at.exception
     assert [(s.label, s.value) for s in at.slider] == [("control", 80.0), ("domain", 0.0), ("instruction", 10.0),
                                                        ("general", 10.0)]
+
+
+def test_a_training_job_that_fails_fails_the_train_step(demo_run, tmp_path: Path) -> None:
+    """The train step says its job failed (with the log's last lines), instead of passing and leaving the evaluate
+    step to find no model."""
+    import shutil
+
+    ws, planned, _, _ = demo_run
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    broken = tiny_llama(tmp_path / "broken-model", seed=0)
+    for weights in Path(broken).glob("*.safetensors"):  # cut short, as a disk that filled up leaves them
+        weights.write_bytes(weights.read_bytes()[:64])
+    train = next(dict(s) for s in planned if s["name"] == "train")
+    train.update(model=str(broken), max_steps=2)
+    train.pop("average", None)
+    with Workspace.open(copy) as w, pytest.raises(RuntimeError, match=r"training job train-\S+ failed \(log: "):
+        run_steps(w, [train])
