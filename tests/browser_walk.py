@@ -189,7 +189,8 @@ def train_walk(browser: Any, url: str, ws: Path, snap: Snap, *, steps: int, mode
     if eval_tokens is not None:
         page.get_by_text("Advanced", exact=True).click()
         set_input(page, "Validation tokens per set", eval_tokens)
-    toml = page.get_by_label(TOML_LABEL).input_value()
+    wait_for_app(page)  # a rerun can still show the text area it replaces beside the new one: read the newest
+    toml = page.get_by_label(TOML_LABEL).last.input_value()
     expected = [f"max_steps = {steps}", f"block_size = {block_size}", f"batch_size = {batch_size}",
                 f"eval_steps = {eval_steps}"]
     expected += [f'mix = "{mix_folder or mix}"'] if mix_folder or mix else []
