@@ -25,7 +25,10 @@ N: semantic dedup embeds at most `--semantic-limit` documents (of the recipe's c
 
 With `--pages`, the app is served on the largest workspace and each page's render time is measured in headless
 Chromium (from the sidebar click until Streamlit has run the page's script to the end; target < 3 s), twice
-(first visit, then again), with the app server's peak RSS.
+(first visit, then again), with the app server's peak RSS; `--pages-on WS` measures only that, on a workspace an
+earlier run left (`--work DIR/ws-N` is kept). Below the largest size's figures the bench extrapolates each step to
+`--extrapolate` documents (default 1M) from the two largest sizes. `--corpora` keeps a few of the recipe's corpora
+and `--set STEP.KEY=VALUE` overrides a step's key (the tests run it tiny that way).
 """
 
 from __future__ import annotations
