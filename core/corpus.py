@@ -15,7 +15,10 @@ from core.workspace import Workspace
 
 Measure = Literal["characters", "tokens"]
 LENGTH_COLUMNS: dict[str, str] = {"characters": "char_count", "tokens": "token_count"}
-LENGTH_SAMPLE_ROWS = 200_000  # a reservoir sample bounds the histogram's cost on large workspaces
+# A reservoir sample of this many rows bounds a page histogram's cost on large workspaces (the values it reads and
+# the points it sends to the browser); the counts beside a histogram are counted in DuckDB over every document.
+HISTOGRAM_SAMPLE_ROWS = 200_000
+LENGTH_SAMPLE_ROWS = HISTOGRAM_SAMPLE_ROWS
 SEARCH_LIMIT = 500
 
 

@@ -127,7 +127,10 @@ class IngestResult:
                 "files": [asdict(f) for f in self.files]}
 
 
-INGEST_MEMORY_LIMIT = "192MB"
+# DuckDB's buffer pool while ingest appends: small, so that peak memory stays flat on huge files, but room for the
+# primary-key index on documents.doc_id, which DuckDB keeps in memory (an ART index does not spill): 192 MB ran out
+# at ~1M documents (bench/scale.py).
+INGEST_MEMORY_LIMIT = "1GB"
 ANALYSIS_CHUNK = 2_000
 PARALLEL_FROM_BYTES = 32 << 20  # smaller files are done before a worker pool would have started
 

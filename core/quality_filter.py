@@ -174,14 +174,35 @@ def apply_filters(ws: Workspace, cfg: QualityFilterConfig | None = None,
 
 
 # --- what the page shows --------------------------------------------------------------------------------------
-def signal_values(ws: Workspace, signal: str, roles: Sequence[str] = DEFAULT_ROLES,
-                  corpora: Sequence[str] = ()):  # -> pandas.DataFrame
-    """Stored values of one signal (or 'perplexity' / 'composite') with corpus and language group."""
+def _values_sql(ws: Workspace, roles: Sequence[str], corpora: Sequence[str],
+                group: str | None) -> tuple[str, list[Any]]:
+    """FROM and WHERE of the stored values of one signal (its `?` the last parameter but the group's) in scope."""
     scope, params = scope_sql(ws, FILTER_STEP, roles, corpora)
-    return ws.df(
-        f"""SELECT s.doc_id, s.corpus, q.language_group, v.value FROM ({scope}) s
-            JOIN quality_scored q USING (doc_id) JOIN quality_values v ON v.doc_id = s.doc_id
-            WHERE v.signal = ? AND NOT isnan(v.value)""", params + [signal])
+    return (f"""FROM ({scope}) s JOIN quality_scored q USING (doc_id) JOIN quality_values v ON v.doc_id = s.doc_id
+                WHERE v.signal = ? AND NOT isnan(v.value){' AND q.language_group = ?' if group else ''}""", params)
+
+
+def signal_values(ws: Workspace, signal: str, roles: Sequence[str] = DEFAULT_ROLES, corpora: Sequence[str] = (),
+                  group: str | None = None, sample_rows: int | None = None):  # -> pandas.DataFrame
+    """Stored values of one signal (or 'perplexity' / 'composite') with corpus and language group; only those of
+    language `group` with one; with `sample_rows`, a repeatable reservoir sample of at most that many (the page's
+    histogram: on a million documents the whole column would cost the page seconds; its counts come from
+    `rule_counts`)."""
+    body, params = _values_sql(ws, roles, corpora, group)
+    sql = f"SELECT s.doc_id, s.corpus, q.language_group, v.value {body}"
+    if sample_rows is not None:  # sampled after the filter: USING SAMPLE on the join would sample before WHERE
+        sql = f"SELECT * FROM ({sql}) USING SAMPLE reservoir({int(sample_rows)} ROWS) REPEATABLE (7)"
+    return ws.df(sql, params + [signal] + ([group] if group else []))
+
+
+def rule_counts(ws: Workspace, signal: str, keep_if: str, threshold: float, group: str,
+                roles: Sequence[str] = DEFAULT_ROLES, corpora: Sequence[str] = ()):  # -> pandas.DataFrame
+    """Per corpus, the documents of language `group` with a stored value of `signal` and how many of them
+    `value keep_if threshold` keeps (columns corpus, documents, kept), counted in DuckDB over every document."""
+    body, params = _values_sql(ws, roles, corpora, group)
+    return ws.df(f"SELECT s.corpus, count(*) AS documents, "
+                 f"count(*) FILTER (WHERE {keeps_sql(keep_if, 'v.value', '?')}) AS kept "
+                 f"{body} GROUP BY s.corpus ORDER BY s.corpus", [threshold] + params + [signal, group])
 
 
 def documents_near_threshold(ws: Workspace, signal: str, threshold: float, keep_if: str, corpus: str,

@@ -495,13 +495,17 @@ def apply_term_filter(ws: Workspace, cfg: TermFilterConfig | None = None,
 
 
 # --- reading stored values (the page, the tests) -----------------------------------------------------------------
-def density_table(ws: Workspace, corpora: Sequence[str] | None = None):  # -> pandas.DataFrame
-    """Stored density and length of every scored document, with its corpus and role."""
+def density_table(ws: Workspace, corpora: Sequence[str] | None = None,
+                  sample_rows: int | None = None):  # -> pandas.DataFrame
+    """Stored density and length of every scored document, with its corpus and role; with `sample_rows`, of a
+    repeatable reservoir sample of at most that many (the page's histogram: on a million documents the whole
+    table would cost the page seconds)."""
     where, params = ("WHERE d.corpus IN (SELECT unnest(?::VARCHAR[]))", [list(corpora)]) if corpora else ("", [])
-    return ws.df(
-        f"""SELECT h.doc_id, d.corpus, c.role, h.unit, h.units, h.hits, h.weighted_hits, h.density
-            FROM current_term_hits h JOIN documents d USING (doc_id) JOIN corpora c ON c.name = d.corpus
-            {where} ORDER BY d.corpus, h.doc_id""", params)
+    rows = f"""SELECT h.doc_id, d.corpus, c.role, h.unit, h.units, h.hits, h.weighted_hits, h.density
+               FROM current_term_hits h JOIN documents d USING (doc_id) JOIN corpora c ON c.name = d.corpus {where}"""
+    if sample_rows is not None:  # sampled after the filter: USING SAMPLE on the join would sample before WHERE
+        rows = f"SELECT * FROM ({rows}) USING SAMPLE reservoir({int(sample_rows)} ROWS) REPEATABLE (7)"
+    return ws.df(f"SELECT * FROM ({rows}) ORDER BY corpus, doc_id", params)
 
 
 def corpus_density_summary(ws: Workspace) -> list[dict[str, Any]]:

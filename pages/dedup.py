@@ -151,11 +151,13 @@ kept_policy = params.get("policy", "first")
 st.caption(f"Run `{run.run_id}`: {SCOPE_LABELS.get(params.get('scope', 'all'))}, keeping the "
            f"{POLICY_LABELS.get(POLICY_ALIASES.get(kept_policy, kept_policy))} document of each cluster.")
 
-with w.read_ws() as ws:
-    pairs = stored_pairs(ws, run.run_id).to_pandas()
+pairs = None
+if method != "exact":  # exact duplicates have no threshold to move: their pairs (one per copy) are not read
+    with w.read_ws() as ws:
+        pairs = stored_pairs(ws, run.run_id).to_pandas()
 
 # --- the movable threshold --------------------------------------------------------------------------------------
-if method != "exact" and len(pairs):
+if pairs is not None and len(pairs):
     st.subheader("Similarity of the stored pairs")
     floor = float(params.get("floor", pairs["similarity"].min()))
     applied = float(params.get("threshold", DEFAULT_THRESHOLDS[method]))

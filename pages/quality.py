@@ -9,6 +9,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from core.corpus import HISTOGRAM_SAMPLE_ROWS
 from core.perplexity import describe_path as describe_perplexity_path
 from core.quality import (
     DEFAULT_PRESETS,
@@ -25,7 +26,7 @@ from core.quality import (
     corpus_summary,
     documents_near_threshold,
     filter_preview,
-    keeps,
+    rule_counts,
     scored_documents,
     set_weights,
     signal_values,
@@ -117,9 +118,9 @@ st.caption(signal.description if signal else
            ("per-token perplexity of the first tokens under the language model" if rule.signal == "perplexity"
             else "weighted mean of relevance, fluency, informativeness and safety (see below)"))
 
-with w.read_ws() as ws:
-    values = signal_values(ws, rule.signal, roles or list(DEFAULT_ROLES))
-values = values[values["language_group"] == group]
+with w.read_ws() as ws:  # a sample for the slider's range and the histogram; the counts below are exact
+    values = signal_values(ws, rule.signal, roles or list(DEFAULT_ROLES), group=group,
+                           sample_rows=HISTOGRAM_SAMPLE_ROWS)
 key = f"{rule.name}@{group}"
 default_thr = st.session_state[OVERRIDES].get(key, rule.threshold(group))
 if values.empty:
@@ -144,7 +145,8 @@ else:
                                           log_x=log_scale and lo > 0, bins=80,
                                           title=f"{rule.signal} per corpus ({group}); keep if {rule.keep_if} "
                                                 f"{threshold:g}"))
-    by_corpus = values.assign(kept=keeps(rule.keep_if, values["value"], threshold)).groupby("corpus")["kept"].agg(["size", "sum"]).reset_index()
+    with w.read_ws() as ws:
+        by_corpus = rule_counts(ws, rule.signal, rule.keep_if, threshold, group, roles or list(DEFAULT_ROLES))
     by_corpus.columns = ["corpus", "documents", "kept by this rule"]
     by_corpus["dropped by this rule"] = by_corpus["documents"] - by_corpus["kept by this rule"]
     st.dataframe(by_corpus, hide_index=True)

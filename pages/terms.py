@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from core.config import clean_file_name, save_upload
-from core.corpus import corpus_roles
+from core.corpus import HISTOGRAM_SAMPLE_ROWS, corpus_roles
 from core.lexicon_mine import (
     LANGUAGES,
     LexiconMineConfig,
@@ -288,7 +288,7 @@ shown = st.multiselect("Corpora in the histogram", corpora["name"].tolist(),
                        default=list(dict.fromkeys(scope_names + general_names)), key="terms_hist_corpora")
 if shown:
     with w.read_ws() as ws:
-        values = density_table(ws, shown)
+        values = density_table(ws, shown, sample_rows=HISTOGRAM_SAMPLE_ROWS)
     h1, h2 = st.columns([4, 1])
     clip = h1.slider("Show densities up to", 0.05, 1.0, 0.3, step=0.05, key="terms_clip")
     log_y = h2.checkbox("Log scale", value=True, key="terms_log_y",

@@ -24,11 +24,13 @@ from core.quality import (
     composite_summary,
     filter_preview,
     parse_thresholds,
+    rule_counts,
     score_quality,
     select_rules,
+    signal_values,
 )
 from core.quality_signals import signals_dict
-from core.terms import TermScoreConfig, score_terms
+from core.terms import TermScoreConfig, density_table, score_terms
 from core.workspace import Workspace
 
 C4 = "llamafactory/corpus_en_c4_web_paragraphs.jsonl"
@@ -199,6 +201,29 @@ def test_apply_writes_a_reason_for_every_drop_and_thresholds_move_without_recomp
         # the 'quality_composite' view is what the dedup step reads
         assert ws.query("SELECT count(*) FROM quality_composite WHERE score BETWEEN 0 AND 1")[0][0] == \
             985 + 2000 + 2676
+
+
+def test_page_histograms_read_a_sample_and_the_counts_every_document(zh_ws: Path) -> None:
+    """The Quality and Terminology pages' histograms read a bounded reservoir sample (the whole column of a
+    million documents would cost a page seconds and ship every value to the browser); the per-corpus counts beside
+    the quality histogram come from DuckDB over every document, the same as counting the whole column."""
+    with Workspace.open(zh_ws, create=False, read_only=True) as ws:
+        full = signal_values(ws, "word_count", group="zh")
+        assert len(full) > 2000 and (full["language_group"] == "zh").all()
+        sample = signal_values(ws, "word_count", group="zh", sample_rows=500)
+        assert len(sample) == 500 and set(sample["doc_id"]) <= set(full["doc_id"])
+        assert (sample["language_group"] == "zh").all()  # sampled after the filter, not before it
+        counts = rule_counts(ws, "word_count", ">=", 20.0, "zh")
+        expected = full.assign(kept=full["value"] >= 20).groupby("corpus")["kept"].agg(["size", "sum"])
+        assert counts["corpus"].tolist() == expected.index.tolist() == ["fever_textbook_zh", "medical_dialogue_zh"]
+        assert counts["documents"].tolist() == expected["size"].tolist()
+        assert counts["kept"].tolist() == expected["sum"].tolist()
+        assert 0 < counts["kept"].sum() < counts["documents"].sum()
+        densities = density_table(ws, ["c4_web_en", "fever_textbook_zh"])
+        assert len(densities) == 2676 + 985
+        few = density_table(ws, ["c4_web_en", "fever_textbook_zh"], sample_rows=300)
+        assert len(few) == 300 and set(few["corpus"]) == {"c4_web_en", "fever_textbook_zh"}
+        assert few["corpus"].is_monotonic_increasing
 
 
 def test_studio_score_command(zh_ws: Path, tmp_path: Path) -> None:
