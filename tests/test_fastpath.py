@@ -123,7 +123,9 @@ def test_blockwise_int8_keeps_matmuls_close_to_fp32(tmp_path: Path) -> None:
     assert {t.name for t in onnx.load(str(target)).graph.initializer} == {"w1_q8", "w1_q8_scales", "w2", "w3"}
     blockwise = np.abs(run(target) - exact).max() / np.abs(exact).max()
     dynamic = np.abs(run(fastpath.quantize_int8(source, tmp_path / "d.onnx")) - exact).max() / np.abs(exact).max()
-    assert blockwise < 0.05 and blockwise < dynamic / 4, (blockwise, dynamic)  # measured 0.021 vs 0.147
+    # measured 0.021 vs 0.147 on an AVX2 CPU and 0.021 vs 0.031 on AVX-512 VNNI, whose int8 kernels do not saturate:
+    # the blockwise error is the same everywhere, the per-tensor one depends on the CPU's kernels
+    assert blockwise < 0.05 and blockwise < dynamic, (blockwise, dynamic)
 
 
 @pytest.mark.slow
