@@ -95,20 +95,25 @@ def build_pools(ws: Workspace, recipe: MixRecipe) -> dict[int, tuple[int, int]]:
     ws.con.execute(
         "CREATE OR REPLACE TEMP TABLE mix_pool (doc_id VARCHAR, comp_idx INTEGER, tokens BIGINT, "
         "counted BOOLEAN, content_hash VARCHAR, corpus VARCHAR, role VARCHAR, budget BIGINT)")
+    # Every component draws from the current documents: they are resolved once (the view checks each document
+    # against every active drop), not twice per component.
+    ws.con.execute(
+        "CREATE OR REPLACE TEMP TABLE mix_current AS SELECT d.doc_id, d.token_count, d.content_hash, d.corpus, "
+        "c.role FROM current_documents d JOIN corpora c ON c.name = d.corpus WHERE c.role <> 'benchmark'")
     exclusions: dict[int, tuple[int, int]] = {}
     for index, comp in enumerate(recipe.components):
-        where = ["c.role <> 'benchmark'"]
+        where = ["TRUE"]
         params: dict[str, Any] = {}
         if comp.corpora:
             where.append("d.corpus IN (SELECT unnest($corpora))")
             params["corpora"] = comp.corpora
         elif role_of(comp):
-            where.append("c.role = $role")
+            where.append("d.role = $role")
             params["role"] = role_of(comp)
         if comp.source != "corpora":
             where.append(f"d.doc_id IN (SELECT doc_id FROM {comp.source}_documents)")
-        candidates = (f"SELECT d.doc_id, d.token_count, d.content_hash, d.corpus, c.role FROM current_documents d "
-                      f"JOIN corpora c ON c.name = d.corpus WHERE {' AND '.join(where)}")
+        candidates = (f"SELECT d.doc_id, d.token_count, d.content_hash, d.corpus, d.role FROM mix_current d "
+                      f"WHERE {' AND '.join(where)}")
         claimed, copies = ws.con.execute(
             f"SELECT count(*) FILTER (WHERE doc_id IN (SELECT doc_id FROM mix_pool)), "
             f"count(*) FILTER (WHERE content_hash IN (SELECT content_hash FROM mix_benchmark_hashes)) "
@@ -239,7 +244,7 @@ def plan_mix(ws: Workspace, recipe: MixRecipe) -> MixPlan:
 
 
 def drop_temp_tables(ws: Workspace) -> None:
-    for name in ("mix_pool", "mix_validation", "mix_benchmark_hashes", "mix_stream", "mix_comp_params",
+    for name in ("mix_current", "mix_pool", "mix_validation", "mix_benchmark_hashes", "mix_stream", "mix_comp_params",
                  "mix_phase_params", "mix_screened"):
         with contextlib.suppress(Exception):
             ws.con.execute(f"DROP TABLE IF EXISTS temp.{name}")

@@ -118,14 +118,21 @@ def filter_preview(ws: Workspace, cfg: QualityFilterConfig | None = None) -> Qua
 def _summarise(ws: Workspace, cfg: QualityFilterConfig, run_id: str | None) -> QualityFilterResult:
     sql, params = _verdict_sql(ws, cfg)
     scope, scope_params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
-    by_rule = dict(ws.query(f"SELECT rule, count(*) FROM ({sql}) WHERE NOT randomly_kept GROUP BY rule "
-                            "ORDER BY 2 DESC", params))
-    rows = ws.query(
-        f"""SELECT s.corpus, count(*) AS documents, count(q.doc_id) AS scored,
-                   count(v.doc_id) FILTER (WHERE NOT v.randomly_kept) AS dropped,
-                   count(v.doc_id) FILTER (WHERE v.randomly_kept) AS randomly_kept
-            FROM ({scope}) s LEFT JOIN quality_scored q USING (doc_id) LEFT JOIN ({sql}) v USING (doc_id)
-            GROUP BY s.corpus ORDER BY s.corpus""", scope_params + params)
+    # The verdicts are computed once (the join over every stored value is the cost: 35 values a document) and
+    # read twice, per rule and per corpus.
+    verdicts = ws.con.sql(f"SELECT doc_id, rule, randomly_kept FROM ({sql})", params=params).to_arrow_table()
+    ws.con.register("q_verdicts", verdicts)
+    try:
+        by_rule = dict(ws.query("SELECT rule, count(*) FROM q_verdicts WHERE NOT randomly_kept GROUP BY rule "
+                                "ORDER BY 2 DESC"))
+        rows = ws.query(
+            f"""SELECT s.corpus, count(*) AS documents, count(q.doc_id) AS scored,
+                       count(v.doc_id) FILTER (WHERE NOT v.randomly_kept) AS dropped,
+                       count(v.doc_id) FILTER (WHERE v.randomly_kept) AS randomly_kept
+                FROM ({scope}) s LEFT JOIN quality_scored q USING (doc_id) LEFT JOIN q_verdicts v USING (doc_id)
+                GROUP BY s.corpus ORDER BY s.corpus""", scope_params)
+    finally:
+        ws.con.unregister("q_verdicts")
     corpora = [dict(zip(("corpus", "documents", "scored", "dropped", "randomly_kept"), r, strict=True))
                for r in rows]
     for c in corpora:
