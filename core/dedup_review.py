@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from core.minhash import SIMILARITY_TOLERANCE, removal_count
@@ -23,13 +22,16 @@ def stored_pairs(ws: Workspace, run_id: str) -> pa.Table:
 
 def what_if(ws: Workspace, run_id: str, threshold: float) -> int:
     """Documents a run's stored pairs would drop at another threshold (no recomputation)."""
-    table = ws.con.sql("SELECT doc_a, doc_b, similarity FROM dedup_pairs WHERE run_id = ?",
-                       params=[run_id]).to_arrow_table()
-    ids, inverse = np.unique(np.concatenate([np.asarray(table.column("doc_a").to_pylist(), dtype=object),
-                                             np.asarray(table.column("doc_b").to_pylist(), dtype=object)]),
-                             return_inverse=True)
-    half = table.num_rows
-    return removal_count(inverse[:half], inverse[half:], table.column("similarity").to_numpy(), threshold)
+    # DuckDB numbers the documents, so the pairs reach numpy as integers (not 2 x pairs Python strings to sort).
+    table = ws.con.sql(
+        """WITH p AS (SELECT doc_a, doc_b, similarity FROM dedup_pairs WHERE run_id = $run),
+                ids AS (SELECT doc_id, row_number() OVER () AS k
+                        FROM (SELECT doc_a AS doc_id FROM p UNION SELECT doc_b FROM p))
+           SELECT ia.k AS a, ib.k AS b, p.similarity
+           FROM p JOIN ids ia ON ia.doc_id = p.doc_a JOIN ids ib ON ib.doc_id = p.doc_b""",
+        params={"run": run_id}).to_arrow_table()
+    return removal_count(table.column("a").to_numpy(), table.column("b").to_numpy(),
+                         table.column("similarity").to_numpy(), threshold)
 
 
 def boundary_pairs(ws: Workspace, run_id: str, threshold: float, n: int = 3) -> dict[str, list[dict[str, Any]]]:
