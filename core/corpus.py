@@ -18,7 +18,6 @@ LENGTH_COLUMNS: dict[str, str] = {"characters": "char_count", "tokens": "token_c
 # A reservoir sample of this many rows bounds a page histogram's cost on large workspaces (the values it reads and
 # the points it sends to the browser); the counts beside a histogram are counted in DuckDB over every document.
 HISTOGRAM_SAMPLE_ROWS = 200_000
-LENGTH_SAMPLE_ROWS = HISTOGRAM_SAMPLE_ROWS
 SEARCH_LIMIT = 500
 
 
@@ -40,13 +39,18 @@ def language_counts(ws: Workspace):  # -> pandas.DataFrame
         GROUP BY ALL ORDER BY c.role, d.corpus, language""", params)
 
 
+def sampled(sql: str, rows: int = HISTOGRAM_SAMPLE_ROWS) -> str:
+    """`sql` cut to a repeatable reservoir sample of at most `rows` of its rows. The sample is taken of the query's
+    result: USING SAMPLE on a join would sample a table before the WHERE."""
+    return f"SELECT * FROM ({sql}) USING SAMPLE reservoir({int(rows)} ROWS) REPEATABLE (7)"
+
+
 def length_sample(ws: Workspace, corpora: Sequence[str], measure: Measure = "characters"):  # -> pandas.DataFrame
     """(corpus, length) of a repeatable sample of the documents of `corpora` that have the measure (token counts
     exist only once `studio tokens` ran)."""
     column = LENGTH_COLUMNS[measure]
-    return ws.df(f"SELECT corpus, {column} AS length FROM documents WHERE corpus IN (SELECT unnest(?::VARCHAR[])) "
-                 f"AND {column} IS NOT NULL USING SAMPLE reservoir({LENGTH_SAMPLE_ROWS} ROWS) REPEATABLE (7)",
-                 [list(corpora)])
+    return ws.df(sampled(f"SELECT corpus, {column} AS length FROM documents "
+                         f"WHERE corpus IN (SELECT unnest(?::VARCHAR[])) AND {column} IS NOT NULL"), [list(corpora)])
 
 
 def search_documents(ws: Workspace, text: str, corpora: Sequence[str] = (), current_only: bool = False,

@@ -10,6 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from core.corpus import sampled
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.quality_rules import (
@@ -197,8 +198,8 @@ def signal_values(ws: Workspace, signal: str, roles: Sequence[str] = DEFAULT_ROL
     `rule_counts`)."""
     body, params = _values_sql(ws, roles, corpora, group)
     sql = f"SELECT s.doc_id, s.corpus, q.language_group, v.value {body}"
-    if sample_rows is not None:  # sampled after the filter: USING SAMPLE on the join would sample before WHERE
-        sql = f"SELECT * FROM ({sql}) USING SAMPLE reservoir({int(sample_rows)} ROWS) REPEATABLE (7)"
+    if sample_rows is not None:
+        sql = sampled(sql, sample_rows)
     return ws.df(sql, params + [signal] + ([group] if group else []))
 
 

@@ -49,6 +49,7 @@ import ahocorasick
 import pyarrow as pa
 
 from core.config import REPO_ROOT
+from core.corpus import sampled
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.steps import ScoredAndFiltered, Step, param, score_then_filter, split_recipe
@@ -503,8 +504,8 @@ def density_table(ws: Workspace, corpora: Sequence[str] | None = None,
     where, params = ("WHERE d.corpus IN (SELECT unnest(?::VARCHAR[]))", [list(corpora)]) if corpora else ("", [])
     rows = f"""SELECT h.doc_id, d.corpus, c.role, h.unit, h.units, h.hits, h.weighted_hits, h.density
                FROM current_term_hits h JOIN documents d USING (doc_id) JOIN corpora c ON c.name = d.corpus {where}"""
-    if sample_rows is not None:  # sampled after the filter: USING SAMPLE on the join would sample before WHERE
-        rows = f"SELECT * FROM ({rows}) USING SAMPLE reservoir({int(sample_rows)} ROWS) REPEATABLE (7)"
+    if sample_rows is not None:
+        rows = sampled(rows, sample_rows)
     return ws.df(f"SELECT * FROM ({rows}) ORDER BY corpus, doc_id", params)
 
 

@@ -372,9 +372,7 @@ def run_training_job(ws: Workspace, cfg: TrainJobConfig, progress: Any) -> Train
             0.5 + 0.5 * max(float(j.progress().get("fraction") or 0.0), 0.0),
             f"training job {j.job_id}: {j.progress().get('message', '')}"))
     if job.status == "failed":  # say so here, not later as an evaluation that finds no model
-        log = Path(job.output_dir) / "job.log"
-        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-5:] if log.exists() else []
-        raise RuntimeError(f"training job {job.job_id} failed (log: {log})" + "".join(f"\n  {t}" for t in tail))
+        raise RuntimeError(f"training job {job.job_id} failed (log: {job.log_path})\n{job.log_tail(5)}")
     return TrainJobResult(job.job_id, job.status, job.output_dir)
 
 
