@@ -114,7 +114,10 @@ def test_ingest_and_corpus_pages_in_a_browser(ws_copy: Path, data_dir: Path, app
     page.get_by_label("Text contains").fill("hypertension")
     page.keyboard.press("Enter")
     wait_for_app(page)
-    page.wait_for_selector("text=Provenance")
+    # Wait for what the search itself draws: the viewer's "Provenance" heading can be on screen from the rerun
+    # before, and Streamlit streams a page's elements while its script still runs.
+    page.get_by_text("match(es)").first.wait_for()
+    page.get_by_text("Decisions", exact=True).first.wait_for()
     body = page.inner_text("[data-testid='stMain']")
     assert "match(es)" in body and "Decisions" in body
     page.screenshot(path="/tmp/studio-corpus.png", full_page=True)
