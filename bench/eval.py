@@ -2,7 +2,10 @@
 through `core.evaluate.run`) against a one-item-at-a-time loop (one plain forward pass per choice, batch 1) on the
 same items, the same model and the same run, so the ratio holds on a noisy shared machine. Target: >= 5x.
 
-    nice -n 10 .venv/bin/python bench/eval.py [--items 24] [--formulation both] [--device cpu|cuda]
+    nice -n 10 .venv/bin/python bench/eval.py [--items 24] [--shots 0] [--formulation both] [--device cpu|cuda]
+
+The studio scores the choices of a question on one pass of their shared context (core/evaluate/shared_context.py)
+and checks its first batch against lm-eval's own computation; the bench prints that check.
 
 Items: a seeded sample of MMLU-Med (the shared data), imported into a temporary workspace. Model: the bundled
 SmolLM2-135M (fp32). The loop's log-likelihoods are compared with the studio's (they must agree within 1e-3).
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -60,7 +64,11 @@ def main() -> None:
     parser.add_argument("--formulation", default="both", choices=["letter", "cloze", "both"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--shots", type=int, default=0, help="k-shot prompts from the shared dev set (default 0)")
     args = parser.parse_args()
+    # The shared-context pass reports its first-batch agreement with lm-eval's own computation (or why it is off).
+    logging.basicConfig(format="%(message)s")
+    logging.getLogger("core.evaluate.shared_context").setLevel(logging.INFO)
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -74,10 +82,10 @@ def main() -> None:
         with Workspace.open(Path(tmp) / "ws") as ws:
             import_benchmark(ws, BenchmarkImportConfig(sources=[str(file)], name="mmlu_med", kind="domain"))
             CHOICES.update({d: json.loads(c) for d, c in ws.query("SELECT doc_id, choices FROM benchmark_items")})
-            print(f"{len(rows)} MMLU-Med items, formulation {args.formulation}, device {args.device}, "
+            print(f"{len(rows)} MMLU-Med items, {args.shots}-shot, formulation {args.formulation}, device {args.device}, "
                   f"{torch.get_num_threads()} threads, {os.cpu_count()} cores", flush=True)
             cfg = EvalConfig(model="bundled:smollm2", formulation=args.formulation, perplexity=False,
-                             batch_size=args.batch_size, device=args.device)
+                             batch_size=args.batch_size, device=args.device, shots=args.shots)
             start = time.perf_counter()
             result = run(ws, cfg)
             studio_s = time.perf_counter() - start

@@ -92,7 +92,7 @@ class EvalConfig:
         """What a cached score depends on besides the model and the items (batch size does not)."""
         from importlib.metadata import version
 
-        return {"dtype": self.dtype, "chat_template": False, "lm_eval": version("lm-eval")}
+        return {"dtype": self.dtype, "chat_template": False, "lm_eval": version("lm-eval"), "shared_context": True}
 
 
 @dataclass
@@ -258,9 +258,9 @@ class _Harness:
         if self._lm is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-            from lm_eval.models.huggingface import HFLM
+            from core.evaluate.shared_context import SharedContextHFLM
 
-            self._lm = HFLM(**self.spec.lm_eval_args(self.cfg.dtype, pick_device(self.cfg.device)),
+            self._lm = SharedContextHFLM(**self.spec.lm_eval_args(self.cfg.dtype, pick_device(self.cfg.device)),
                             batch_size=self.cfg.batch_size, max_length=self.cfg.max_length)
         return self._lm
 

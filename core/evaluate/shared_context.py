@@ -1,0 +1,206 @@
+"""lm-eval's `hf` model with the choices of one question scored on one forward pass of their shared context.
+
+A multiple-choice item asks lm-eval for log P(choice | context) once per choice, with the same context each time.
+lm-eval (0.4) runs the context once only when every choice is a single token (its one-token-continuation cache, the
+letter formulation); for cloze choices (" Hypertension", " Renal failure", ...) it runs the whole context once per
+choice, so an MMLU item costs four context passes, each with the vocabulary projection and a log-softmax over every
+position. This model keeps lm-eval's scoring and changes only how the numbers are computed:
+
+1. the distinct contexts run once, packed several to a forward pass (one sequence, a block-diagonal causal mask, each
+   context's positions from 0: no padding computed), keeping the key/value cache and projecting only each context's
+   last position onto the vocabulary (`logits_to_keep`): its log-softmax scores every choice's first token;
+2. the other tokens of every choice (all but the last, as lm-eval feeds them) run packed on that cache, each seeing
+   its own context and its own earlier tokens, with positions continuing from its context's length.
+
+The answer for each request is lm-eval's: (sum of the continuation's token log-probabilities, whether greedy
+decoding reproduces it). What the shared pass does not cover goes through lm-eval's own `_loglikelihood_tokens`
+unchanged: a context asked about only once (the rolling windows of perplexity), a request lm-eval would truncate to
+`max_length`, a seq2seq model, a model not in float32 (half-precision passes of different shapes differ by more than
+the tolerance below). For each model, the shortest question of the first pack is also scored by lm-eval's own path
+and compared: a log-likelihood more than `AGREEMENT` apart, or a different greedy flag, switches the shared pass off
+for that model (with a warning), so the scores stay lm-eval's on any architecture whose masking or positions behave
+differently.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+# Tokens (contexts and choice tails) packed into one forward pass. Measured with SmolLM2-135M on 2 CPU cores: one
+# 96-token context runs at ~505 tokens/s, packs of 192-384 tokens at ~600 (larger matrix products), 512 and more
+# slower again (the attention spans the whole pack, computed in full and masked); an accelerator takes more.
+PACK_TOKENS = 384
+ACCELERATOR_PACK_TOKENS = 2048
+AGREEMENT = 1e-4  # largest log-likelihood difference from lm-eval's own path accepted in the first-pack check
+Request = tuple[tuple[str, str] | None, list[int], list[int]]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class SharedContextHFLM(HFLM):
+    """`HFLM` whose log-likelihood requests that share a context are scored on one pass of that context."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shared_context = self.backend == "causal" and self.model.dtype == torch.float32
+        self._checked = False
+
+    def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,
+                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+        if not self.shared_context:
+            return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, context, continuation) in enumerate(requests):
+            if len(context) + len(continuation) <= self.max_length:
+                groups.setdefault(tuple(context), []).append(i)
+        shared = {ctx: idx for ctx, idx in groups.items() if len(idx) > 1}
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        in_shared = {i for idx in shared.values() for i in idx}
+        rest = [i for i in range(len(requests)) if i not in in_shared]
+        if rest:
+            for i, answer in zip(rest, super()._loglikelihood_tokens([requests[i] for i in rest], disable_tqdm,
+                                                                    override_bs), strict=True):
+                results[i] = answer
+        # In token order: questions that share a prefix (a subject's header, a few-shot block) sit side by side.
+        ordered = sorted(shared.items())
+        pbar = tqdm(total=len(in_shared), disable=disable_tqdm or self.rank != 0,
+                    desc="Running loglikelihood requests (shared contexts)")
+        done = 0
+        for chunk in self._packs(ordered, requests):
+            answers = self._score_chunk(chunk, requests)
+            if not self._checked:
+                self._checked = True
+                if not self._agrees_with_lm_eval(chunk, requests, answers):
+                    self.shared_context = False
+                    remaining = [i for _, idx in ordered[done:] for i in idx]
+                    for i, answer in zip(remaining, super()._loglikelihood_tokens(
+                            [requests[i] for i in remaining], disable_tqdm, override_bs), strict=True):
+                        results[i] = answer
+                    break
+            for i, answer in answers.items():
+                results[i] = answer
+                request_str = requests[i][0]
+                if request_str is not None:
+                    self.cache_hook.add_partial("loglikelihood", request_str, answer)
+            done += len(chunk)
+            pbar.update(sum(len(idx) for _, idx in chunk))
+        pbar.close()
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _packs(self, ordered: list[tuple[tuple[int, ...], list[int]]], requests: list[Request]
+               ) -> Iterator[list[tuple[tuple[int, ...], list[int]]]]:
+        """Consecutive groups whose new tokens (context not shared with the one before, choice tails) fit
+        `PACK_TOKENS` (one group at least)."""
+        budget = PACK_TOKENS if self.device.type == "cpu" else ACCELERATOR_PACK_TOKENS
+        pack: list[tuple[tuple[int, ...], list[int]]] = []
+        size = 0
+        for group in ordered:
+            tails = sum(len(requests[i][2]) - 1 for i in group[1])
+            tokens = len(group[0]) - (common_prefix(pack[-1][0], group[0]) if pack else 0) + tails
+            if pack and size + tokens > budget:
+                yield pack
+                pack, tokens = [], len(group[0]) + tails
+                size = 0
+            pack.append(group)
+            size += tokens
+        if pack:
+            yield pack
+
+    def _forward(self, **kwargs: Any):
+        # As lm-eval's `_model_call`: no gradients, its optional mixed-precision autocast.
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            return self.model(**kwargs)
+
+    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+
+    def _score_chunk(self, chunk: list[tuple[tuple[int, ...], list[int]]], requests: list[Request]
+                     ) -> dict[int, tuple[float, bool]]:
+        # One sequence: per question the part of its context not already placed by the question before it (the
+        # pack is in token order, so a shared subject header or few-shot block is placed once), then each choice's
+        # tokens but the last (lm-eval feeds context + continuation[:-1]). A context token sees the earlier tokens
+        # of its own context; a choice token its whole context and its own earlier tokens. Positions are each
+        # token's place in its own context (+ choice).
+        tokens: list[int] = []
+        positions: list[int] = []
+        context_at: list[list[int]] = []  # per question: where each token of its context sits in the sequence
+        placed: list[int] = []  # per question: how many leading tokens of its context an earlier question placed
+        tail_at: dict[int, list[int]] = {}  # request -> where its choice tokens (all but the last) sit
+        for g, (context, indices) in enumerate(chunk):
+            shared = common_prefix(chunk[g - 1][0], context) if g else 0
+            context_at.append(context_at[-1][:shared] + list(range(len(tokens), len(tokens) + len(context) - shared))
+                              if g else list(range(len(context))))
+            placed.append(shared)
+            tokens += context[shared:]
+            positions += range(shared, len(context))
+            for i in indices:
+                tail = requests[i][2][:-1]
+                tail_at[i] = list(range(len(tokens), len(tokens) + len(tail)))
+                tokens += tail
+                positions += range(len(context), len(context) + len(tail))
+        sees = torch.zeros(len(tokens), len(tokens), dtype=torch.bool)
+        for g, (context, indices) in enumerate(chunk):
+            at, shared = torch.tensor(context_at[g]), placed[g]
+            sees[at[shared:, None], at[None, :]] = torch.ones(len(context) - shared, len(context),
+                                                              dtype=torch.bool).tril(diagonal=shared)
+            for i in indices:
+                own = torch.tensor(tail_at[i], dtype=torch.long)
+                sees[own[:, None], at[None, :]] = True
+                sees[own[:, None], own[None, :]] = torch.ones(len(own), len(own), dtype=torch.bool).tril()
+        # Only the positions that score a choice token are projected onto the vocabulary.
+        scored_at = {i: [context_at[g][-1], *tail_at[i]] for g, (_, indices) in enumerate(chunk) for i in indices}
+        keep = sorted({p for at in scored_at.values() for p in at})
+        row = {p: k for k, p in enumerate(keep)}
+        device = self.device
+        logits = self._forward(input_ids=torch.tensor([tokens], dtype=torch.long, device=device),
+                               attention_mask=self._additive(sees.to(device)),
+                               position_ids=torch.tensor([positions], device=device), use_cache=False,
+                               logits_to_keep=torch.tensor(keep, device=device)).logits[0]
+        scores_all = self._log_softmax(logits)  # [kept positions, vocab]
+        answers = {}
+        for i, at in scored_at.items():
+            scores = scores_all[[row[p] for p in at]]
+            target = torch.tensor(requests[i][2], dtype=torch.long, device=device)
+            greedy = bool((scores.argmax(dim=-1) == target).all())
+            answers[i] = (float(scores.gather(1, target[:, None]).sum()), greedy)
+        return answers
+
+    def _additive(self, sees: torch.Tensor) -> torch.Tensor:
+        """A [query, key] visibility as the 4D additive mask every attention implementation takes as it is."""
+        dtype = self.model.dtype
+        return torch.zeros(sees.shape, dtype=dtype, device=sees.device).masked_fill(
+            ~sees, torch.finfo(dtype).min)[None, None]
+
+    def _agrees_with_lm_eval(self, chunk: list[tuple[tuple[int, ...], list[int]]], requests: list[Request],
+                             answers: dict[int, tuple[float, bool]]) -> bool:
+        # One question, the shortest of the pack, is enough to catch a model whose masking or positions differ,
+        # and costs lm-eval's path only a few forward passes.
+        indices = min(chunk, key=lambda group: len(group[0]))[1]
+        reference = super()._loglikelihood_tokens([requests[i] for i in indices], disable_tqdm=True)
+        worst = max(abs(answers[i][0] - ref[0]) for i, ref in zip(indices, reference, strict=True))
+        same_greedy = all(answers[i][1] == ref[1] for i, ref in zip(indices, reference, strict=True))
+        if worst > AGREEMENT or not same_greedy:
+            log.warning("shared-context scoring differs from lm-eval's own on this model (largest log-likelihood "
+                        "difference %.2e, greedy flags equal: %s): using lm-eval's path", worst, same_greedy)
+            return False
+        log.info("shared-context scoring agrees with lm-eval's own (largest difference %.2e)", worst)
+        return True
