@@ -245,8 +245,14 @@ def composite_summary(ws: Workspace) -> dict[str, Any]:
     """Which parts the composite could use, and for how many documents; relevance is said unavailable (and
     its weight renormalised away) where the terminology step has not scored the documents."""
     weights = dict(zip(PARTS, ws.query("SELECT * FROM quality_weights LIMIT 1")[0], strict=True))
-    row = ws.query("SELECT count(*), count(relevance), count(fluency), count(informativeness), count(safety) "
-                   "FROM quality_parts")[0]
+    # What `quality_parts` would count, without ranking every document: relevance exists where a terms density
+    # does, fluency where a perplexity does (on 1M documents 0.1 s against 0.35 s).
+    row = ws.query(
+        """SELECT count(*), count(*) FILTER (WHERE q.doc_id IN (SELECT doc_id FROM current_term_density)),
+                  count(*) FILTER (WHERE q.doc_id IN (SELECT doc_id FROM quality_perplexity_latest
+                                                      WHERE perplexity IS NOT NULL)),
+                  count(q.informativeness), count(q.safety)
+           FROM quality_scored q""")[0]
     total, have = row[0], dict(zip(PARTS, row[1:], strict=True))
     notes = []
     if total and have["relevance"] == 0:
