@@ -17,7 +17,9 @@ Measure = Literal["characters", "tokens"]
 LENGTH_COLUMNS: dict[str, str] = {"characters": "char_count", "tokens": "token_count"}
 # A reservoir sample of this many rows bounds a page histogram's cost on large workspaces (the values it reads and
 # the points it sends to the browser); the counts beside a histogram are counted in DuckDB over every document.
-HISTOGRAM_SAMPLE_ROWS = 200_000
+# 50,000 values put ~600 in each of 80 bins on average, enough for the shape; 200,000 cost the Quality page 0.3 s
+# more of DuckDB at 1M documents and four times the points to draw.
+HISTOGRAM_SAMPLE_ROWS = 50_000
 SEARCH_LIMIT = 500
 
 

@@ -148,6 +148,12 @@ def database_signature(path: Path) -> list[int]:
     return _file_signature(db) + _file_signature(db.with_name(db.name + ".wal"))
 
 
+def workspace_signature(path: Path) -> tuple[int, ...]:
+    """Changes whenever anything is written to the workspace: the database signature and the read snapshot a
+    writing job publishes (what a cache of reads is keyed by)."""
+    return tuple(database_signature(path) + _file_signature(path / SNAPSHOT_NAME))
+
+
 def _short_command() -> str:
     """`studio dedup` for this process when it is a `studio` command, else its program name."""
     if sys.argv and sys.argv[0].endswith(("studio/cli.py", "studio")) and len(sys.argv) > 1:

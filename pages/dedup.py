@@ -153,8 +153,7 @@ st.caption(f"Run `{run.run_id}`: {SCOPE_LABELS.get(params.get('scope', 'all'))},
 
 pairs = None
 if method != "exact":  # exact duplicates have no threshold to move: their pairs (one per copy) are not read
-    with w.read_ws() as ws:
-        pairs = stored_pairs(ws, run.run_id).to_pandas()
+    pairs = w.cached_read(stored_pairs, run.run_id).to_pandas()
 
 # --- the movable threshold --------------------------------------------------------------------------------------
 if pairs is not None and len(pairs):
@@ -164,8 +163,7 @@ if pairs is not None and len(pairs):
     moved = st.slider("Move the threshold", floor, 1.0, applied, 0.005, key=f"dedup_moved_{method}",
                       help="Counts below come from the pairs stored by the run (down to the floor); nothing is "
                            "recomputed. Apply the new value with the button to record it.")
-    with w.read_ws() as ws:
-        would = what_if(ws, run.run_id, moved)
+    would = w.cached_read(what_if, run.run_id, moved)
     histogram = w.threshold_histogram(pairs, "similarity", [moved], title="Pairs by similarity",
                                       x_label="Jaccard estimate" if method == "minhash" else "cosine", bins=50)
     histogram.update_layout(yaxis_title="pairs")
@@ -188,8 +186,7 @@ if pairs is not None and len(pairs):
     # --- pairs either side of the line --------------------------------------------------------------------------
     st.subheader("Pairs at the threshold")
     st.caption("Red: only in the first text; green: only in the second.")
-    with w.read_ws() as ws:
-        edge = boundary_pairs(ws, run.run_id, moved, n=3)
+    edge = w.cached_read(boundary_pairs, run.run_id, moved, 3)
     for side, title in (("above", "Just above (dropped)"), ("below", "Just below (kept)")):
         st.markdown(f"**{title}**")
         if not edge[side]:
@@ -207,8 +204,7 @@ if pairs is not None and len(pairs):
 
 # --- clusters -------------------------------------------------------------------------------------------------------
 st.subheader("Clusters, largest first")
-with w.read_ws() as ws:
-    biggest = clusters(ws, run.run_id, limit=200)
+biggest = w.cached_read(clusters, run.run_id, 200)
 if not biggest:
     st.caption("No cluster: nothing was dropped.")
     st.stop()
@@ -218,8 +214,7 @@ st.dataframe(frame, hide_index=True, height=240)
 pick = st.selectbox("Open a cluster", [x["kept_doc"] for x in biggest],
                     format_func=lambda k: f"{k} ({next(x['size'] for x in biggest if x['kept_doc'] == k)} documents)",
                     key=f"dedup_cluster_{method}")
-with w.read_ws() as ws:
-    members = cluster_members(ws, run.run_id, pick)
+members = w.cached_read(cluster_members, run.run_id, pick)
 kept_text = next((m["text"] for m in members if m["is_kept"]), "")
 for member in members[:20]:
     label = "kept" if member["is_kept"] else f"dropped, similarity to kept {member['similarity_to_kept']:.3f}"

@@ -49,8 +49,8 @@ st.caption("What the model trains on: components drawn from the current (filtere
 path = w.require_workspace()
 w.job_panel()
 
+corpora = w.cached_read(mixable_corpora)
 with w.read_ws() as ws:
-    corpora = mixable_corpora(ws)
     mixes = pd.DataFrame(recent_mixes(ws, limit=20), columns=list(MIX_COLUMNS))
 if corpora.empty:
     st.info("No corpora to mix yet: ingest domain, general or instruction data first.", icon=":material/info:")
@@ -202,8 +202,7 @@ st.session_state["mix_recipe_current"] = current
 # --- live accounting -------------------------------------------------------------------------------------------
 st.subheader("Requested versus available tokens")
 try:
-    with w.read_ws() as ws:
-        plan = plan_mix(ws, current)
+    plan = w.cached_read(plan_mix, current)
 except WorkspaceError as exc:
     st.error(str(exc), icon=":material/error:")
     st.stop()
@@ -259,10 +258,10 @@ else:
 # --- samples ---------------------------------------------------------------------------------------------------
 st.subheader("Sample documents")
 tabs = st.tabs(names)
+samples_by_component = w.cached_read(sample_documents, current, 4)
 for tab, comp_name in zip(tabs, names, strict=True):
     with tab:
-        with w.read_ws() as ws:
-            samples = sample_documents(ws, current, comp_name, n=4)
+        samples = samples_by_component.get(comp_name, [])
         if not samples:
             st.caption("No documents.")
         for doc in samples:

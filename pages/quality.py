@@ -118,9 +118,8 @@ st.caption(signal.description if signal else
            ("per-token perplexity of the first tokens under the language model" if rule.signal == "perplexity"
             else "weighted mean of relevance, fluency, informativeness and safety (see below)"))
 
-with w.read_ws() as ws:  # a sample for the slider's range and the histogram; the counts below are exact
-    values = signal_values(ws, rule.signal, roles or list(DEFAULT_ROLES), group=group,
-                           sample_rows=HISTOGRAM_SAMPLE_ROWS)
+# a sample for the slider's range and the histogram; the counts below are exact
+values = w.cached_read(signal_values, rule.signal, roles or list(DEFAULT_ROLES), (), group, HISTOGRAM_SAMPLE_ROWS)
 key = f"{rule.name}@{group}"
 default_thr = st.session_state[OVERRIDES].get(key, rule.threshold(group))
 if values.empty:
@@ -145,8 +144,7 @@ else:
                                           log_x=log_scale and lo > 0, bins=80,
                                           title=f"{rule.signal} per corpus ({group}); keep if {rule.keep_if} "
                                                 f"{threshold:g}"))
-    with w.read_ws() as ws:
-        by_corpus = rule_counts(ws, rule.signal, rule.keep_if, threshold, group, roles or list(DEFAULT_ROLES))
+    by_corpus = w.cached_read(rule_counts, rule.signal, rule.keep_if, threshold, group, roles or list(DEFAULT_ROLES))
     by_corpus.columns = ["corpus", "documents", "kept by this rule"]
     by_corpus["dropped by this rule"] = by_corpus["documents"] - by_corpus["kept by this rule"]
     st.dataframe(by_corpus, hide_index=True)
@@ -164,8 +162,7 @@ if overrides:
 # --- live counts with every chosen rule -----------------------------------------------------------------------------
 cfg = QualityFilterConfig(rules=presets, thresholds=overrides, roles=roles or list(DEFAULT_ROLES),
                           keep_share=keep_share)
-with w.read_ws() as ws:
-    preview = filter_preview(ws, cfg)
+preview = w.cached_read(filter_preview, cfg)
 st.subheader("All chosen rules together")
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Documents", f"{preview.documents:,}")
@@ -191,8 +188,7 @@ st.subheader("Documents either side of the threshold")
 in_scope = sorted(values["corpus"].unique()) if not values.empty else []
 corpus = st.selectbox("Corpus", in_scope, key="quality_near_corpus")
 if corpus and not values.empty:
-    with w.read_ws() as ws:
-        near = documents_near_threshold(ws, rule.signal, threshold, rule.keep_if, corpus, group, n=3)
+    near = w.cached_read(documents_near_threshold, rule.signal, threshold, rule.keep_if, corpus, group, 3)
     left, right = st.columns(2)
     for column, side, title in ((left, "dropped", "Just failing: dropped"), (right, "kept", "Just passing: kept")):
         with column:
@@ -205,9 +201,8 @@ if corpus and not values.empty:
 
 # --- composite --------------------------------------------------------------------------------------------------------
 st.subheader("Composite score")
-with w.read_ws() as ws:
-    summary = composite_summary(ws)
-    per_corpus = pd.DataFrame(corpus_summary(ws, roles or list(DEFAULT_ROLES)))
+summary = w.cached_read(composite_summary)
+per_corpus = pd.DataFrame(w.cached_read(corpus_summary, roles or list(DEFAULT_ROLES)))
 st.caption("relevance: share of same-language documents with lower terminology density (0 without terms); "
            "fluency: 1 - percentile of perplexity within the language group; informativeness: 0.5 length "
            "(saturating at 200 words) + 0.25 lexical diversity + 0.25 compressibility; safety: 1 - flagged-word "

@@ -251,9 +251,8 @@ cfg = TermFilterConfig(min_density=min_density, min_words=min_words, max_words=m
                        max_chars=max_chars, roles=roles or ["domain"], corpora=only_corpora or None)
 
 # --- live counts from stored values ----------------------------------------------------------------------------
-with w.read_ws() as ws:
-    preview = pd.DataFrame(filter_preview(ws, cfg).per_corpus)
-    summary = pd.DataFrame(corpus_density_summary(ws))
+preview = pd.DataFrame(w.cached_read(filter_preview, cfg).per_corpus)
+summary = pd.DataFrame(w.cached_read(corpus_density_summary))
 total = int(preview["documents"].sum()) if not preview.empty else 0
 kept = int(preview["kept"].sum()) if not preview.empty else 0
 m1, m2, m3, m4 = st.columns(4)
@@ -287,8 +286,7 @@ general_names = corpora.loc[corpora["role"] == "general", "name"].tolist()
 shown = st.multiselect("Corpora in the histogram", corpora["name"].tolist(),
                        default=list(dict.fromkeys(scope_names + general_names)), key="terms_hist_corpora")
 if shown:
-    with w.read_ws() as ws:
-        values = density_table(ws, shown, sample_rows=HISTOGRAM_SAMPLE_ROWS)
+    values = w.cached_read(density_table, shown, HISTOGRAM_SAMPLE_ROWS)
     h1, h2 = st.columns([4, 1])
     clip = h1.slider("Show densities up to", 0.05, 1.0, 0.3, step=0.05, key="terms_clip")
     log_y = h2.checkbox("Log scale", value=True, key="terms_log_y",
@@ -306,8 +304,7 @@ st.subheader("Documents either side of the threshold")
 candidates = scope_names or corpora["name"].tolist()
 corpus = st.selectbox("Corpus", candidates, key="terms_near_corpus")
 if corpus:
-    with w.read_ws() as ws:
-        near = documents_near_threshold(ws, corpus, min_density, n=3, cfg=cfg)
+    near = w.cached_read(documents_near_threshold, corpus, min_density, 3, cfg)
     matcher = matcher_for(tuple(scored_specs), spec_stamp(scored_specs)) if scored_specs else None
     left, right = st.columns(2)
     for column, side, title in ((left, "below", "Just below: dropped"), (right, "above", "Just above: kept")):
