@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # slower again (the attention spans the whole pack, computed in full and masked); an accelerator takes more.
 PACK_TOKENS = 384
 ACCELERATOR_PACK_TOKENS = 2048
+PACK_LIMIT = 4  # a pack grows past its budget only for shared prefixes, and never past this many budgets
 AGREEMENT = 1e-4  # largest log-likelihood difference from lm-eval's own path accepted in the first-pack check
 Request = tuple[tuple[str, str] | None, list[int], list[int]]
 
@@ -107,15 +108,17 @@ class SharedContextHFLM(HFLM):
 
     def _packs(self, ordered: list[tuple[tuple[int, ...], list[int]]], requests: list[Request]
                ) -> Iterator[list[tuple[tuple[int, ...], list[int]]]]:
-        """Consecutive groups whose new tokens (context not shared with the one before, choice tails) fit
-        `PACK_TOKENS` (one group at least)."""
+        """Consecutive groups, packed while their new tokens (context not shared with the group before, choice
+        tails) fit the budget, or while a group shares more of its context than it adds (a k-shot block placed
+        once is worth a longer pass), up to `PACK_LIMIT` times the budget."""
         budget = PACK_TOKENS if self.device.type == "cpu" else ACCELERATOR_PACK_TOKENS
         pack: list[tuple[tuple[int, ...], list[int]]] = []
         size = 0
         for group in ordered:
             tails = sum(len(requests[i][2]) - 1 for i in group[1])
-            tokens = len(group[0]) - (common_prefix(pack[-1][0], group[0]) if pack else 0) + tails
-            if pack and size + tokens > budget:
+            shared = common_prefix(pack[-1][0], group[0]) if pack else 0
+            tokens = len(group[0]) - shared + tails
+            if pack and (size + tokens > PACK_LIMIT * budget or (size + tokens > budget and shared < tokens)):
                 yield pack
                 pack, tokens = [], len(group[0]) + tails
                 size = 0
