@@ -43,6 +43,10 @@ def _requests(lm: SharedContextHFLM, seed: int = 0) -> list[tuple[tuple[str, str
             requests.append(((context, choice), lm.tok_encode(context), lm.tok_encode(choice)))
     lone = "A context asked about only once"
     requests.append(((lone, " here"), lm.tok_encode(lone), lm.tok_encode(" here")))
+    # Rolling-window style: one short context shared by long continuations (lm-eval's own path takes them).
+    for k in range(3):
+        text = " " + " ".join(rng.choice(words) for _ in range(10 + k))
+        requests.append((None, [lm.eot_token_id], lm.tok_encode(text)))
     rng.shuffle(requests)
     return requests
 
