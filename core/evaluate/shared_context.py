@@ -14,8 +14,8 @@ position. This model keeps lm-eval's scoring and changes only how the numbers ar
 
 The answer for each request is lm-eval's: (sum of the continuation's token log-probabilities, whether greedy
 decoding reproduces it). What the shared pass does not cover goes through lm-eval's own `_loglikelihood_tokens`
-unchanged: a context asked about only once, or shorter than its continuations (the rolling windows of perplexity), a
-question too long for a bounded pack, a request lm-eval would truncate to `max_length`, a seq2seq model, a model not
+unchanged: a context asked about only once, a context whose requests together exceed a bounded pack (perplexity's
+rolling windows of long documents), a request lm-eval would truncate to `max_length`, a seq2seq model, a model not
 in float32 (half-precision passes of different shapes differ by more than the tolerance below). For each model, the shortest question of the first pack is also scored by lm-eval's own path
 and compared: a log-likelihood more than `AGREEMENT` apart, or a different greedy flag, switches the shared pass off
 for that model (with a warning), so the scores stay lm-eval's on any architecture whose masking or positions behave
@@ -71,13 +71,12 @@ class SharedContextHFLM(HFLM):
         for i, (_, context, continuation) in enumerate(requests):
             if len(context) + len(continuation) <= self.max_length:
                 groups.setdefault(tuple(context), []).append(i)
-        # Shared only where it pays and stays bounded: several requests on one context at least as long as their
-        # longest continuation (a question and its choices), small enough for a pack of `PACK_LIMIT` budgets. The
-        # rolling windows of perplexity share a one-token context with long continuations: lm-eval's own batches.
+        # Shared: several requests on one context, all of them within one bounded pack (`PACK_LIMIT` budgets; the
+        # mask grows with the square of a pack). The rolling windows of perplexity share a one-token context with
+        # continuations up to `max_length` long: beyond the bound, they go to lm-eval's own batches.
         limit = PACK_LIMIT * (PACK_TOKENS if self.device.type == "cpu" else ACCELERATOR_PACK_TOKENS)
         shared = {ctx: idx for ctx, idx in groups.items()
-                  if len(idx) > 1 and len(ctx) >= max(len(requests[i][2]) for i in idx)
-                  and len(ctx) + sum(len(requests[i][2]) - 1 for i in idx) <= limit}
+                  if len(idx) > 1 and len(ctx) + sum(len(requests[i][2]) - 1 for i in idx) <= limit}
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         in_shared = {i for idx in shared.values() for i in idx}
         rest = [i for i in range(len(requests)) if i not in in_shared]
