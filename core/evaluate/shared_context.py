@@ -4,22 +4,21 @@ A multiple-choice item asks lm-eval for log P(choice | context) once per choice,
 lm-eval (0.4) runs the context once only when every choice is a single token (its one-token-continuation cache, the
 letter formulation); for cloze choices (" Hypertension", " Renal failure", ...) it runs the whole context once per
 choice, so an MMLU item costs four context passes, each with the vocabulary projection and a log-softmax over every
-position. This model keeps lm-eval's scoring and changes only how the numbers are computed:
-
-1. the distinct contexts run once, packed several to a forward pass (one sequence, a block-diagonal causal mask, each
-   context's positions from 0: no padding computed), keeping the key/value cache and projecting only each context's
-   last position onto the vocabulary (`logits_to_keep`): its log-softmax scores every choice's first token;
-2. the other tokens of every choice (all but the last, as lm-eval feeds them) run packed on that cache, each seeing
-   its own context and its own earlier tokens, with positions continuing from its context's length.
+position. This model keeps lm-eval's scoring and changes only how the numbers are computed: one forward pass
+scores a pack of questions: their contexts and every choice's tokens but the last (as lm-eval feeds
+them) in one sequence, with a block mask (a context token sees the earlier tokens of its own context; a choice token
+its whole context and its own earlier tokens) and each token's position in its own context and choice, so no padding
+is computed; a context shared with the question before it in token order (a subject header, a k-shot block) is
+placed once. Only the positions that score a choice token are projected onto the vocabulary (`logits_to_keep`).
 
 The answer for each request is lm-eval's: (sum of the continuation's token log-probabilities, whether greedy
 decoding reproduces it). What the shared pass does not cover goes through lm-eval's own `_loglikelihood_tokens`
 unchanged: a context asked about only once, a context whose requests together exceed a bounded pack (perplexity's
 rolling windows of long documents), a request lm-eval would truncate to `max_length`, a seq2seq model, a model not
-in float32 (half-precision passes of different shapes differ by more than the tolerance below). For each model, the shortest question of the first pack is also scored by lm-eval's own path
-and compared: a log-likelihood more than `AGREEMENT` apart, or a different greedy flag, switches the shared pass off
-for that model (with a warning), so the scores stay lm-eval's on any architecture whose masking or positions behave
-differently.
+in float32 (half-precision passes of different shapes differ by more than the tolerance below). For each model, the
+shortest question of the first pack is also scored by lm-eval's own path and compared: a log-likelihood more than
+`AGREEMENT` apart, or a different greedy flag, switches the shared pass off for that model (with a warning), so the
+scores stay lm-eval's on any architecture whose masking or positions behave differently.
 """
 
 from __future__ import annotations
@@ -74,7 +73,7 @@ class SharedContextHFLM(HFLM):
         # Shared: several requests on one context, all of them within one bounded pack (`PACK_LIMIT` budgets; the
         # mask grows with the square of a pack). The rolling windows of perplexity share a one-token context with
         # continuations up to `max_length` long: beyond the bound, they go to lm-eval's own batches.
-        limit = PACK_LIMIT * (PACK_TOKENS if self.device.type == "cpu" else ACCELERATOR_PACK_TOKENS)
+        limit = PACK_LIMIT * self._pack_budget
         shared = {ctx: idx for ctx, idx in groups.items()
                   if len(idx) > 1 and len(ctx) + sum(len(requests[i][2]) - 1 for i in idx) <= limit}
         results: list[tuple[float, bool] | None] = [None] * len(requests)
@@ -111,12 +110,16 @@ class SharedContextHFLM(HFLM):
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
+    @property
+    def _pack_budget(self) -> int:
+        return PACK_TOKENS if self.device.type == "cpu" else ACCELERATOR_PACK_TOKENS
+
     def _packs(self, ordered: list[tuple[tuple[int, ...], list[int]]], requests: list[Request]
                ) -> Iterator[list[tuple[tuple[int, ...], list[int]]]]:
         """Consecutive groups, packed while their new tokens (context not shared with the group before, choice
         tails) fit the budget, or while a group shares more of its context than it adds (a k-shot block placed
         once is worth a longer pass), up to `PACK_LIMIT` times the budget."""
-        budget = PACK_TOKENS if self.device.type == "cpu" else ACCELERATOR_PACK_TOKENS
+        budget = self._pack_budget
         pack: list[tuple[tuple[int, ...], list[int]]] = []
         size = 0
         for group in ordered:
