@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from core.config import data_root  # noqa: E402
-from core.decontam import BenchmarkItemRef, ContaminationIndex, DecontamConfig, _fast_tokens  # noqa: E402
+from core.decontam import BenchmarkItemRef, ContaminationIndex, DecontamConfig, fast_tokens  # noqa: E402
 from core.embed import embed_texts  # noqa: E402
 from core.readers import render_mcq  # noqa: E402
 from core.recall import build_index, search  # noqa: E402
@@ -151,7 +151,7 @@ def ngram_bench(data: Path) -> None:
     def naive() -> int:
         grams: set[tuple[str, ...]] = set()
         for it in items:
-            toks = _fast_tokens(it.text)
+            toks = fast_tokens(it.text)
             grams.update(tuple(toks[i:i + 13]) for i in range(len(toks) - 12))
         found = 0
         for d in docs:

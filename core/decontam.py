@@ -103,7 +103,7 @@ def tokenize(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return tokens, spans
 
 
-def _fast_tokens(text: str) -> list[str]:
+def fast_tokens(text: str) -> list[str]:
     # The same tokens as `tokenize`, without offsets (folding the whole text at once is much faster).
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
@@ -131,7 +131,7 @@ class ContaminationIndex:
         self.item_tokens: list[np.ndarray] = []
         self.too_short: list[str] = []
         for it in items:
-            ids = [self.vocab.setdefault(tok, len(self.vocab)) for tok in _fast_tokens(it.text)]
+            ids = [self.vocab.setdefault(tok, len(self.vocab)) for tok in fast_tokens(it.text)]
             self.item_tokens.append(np.asarray(ids, dtype=np.int64))
         rng = np.random.default_rng(seed)
         self._token_hash = rng.integers(1, 2**63, size=max(len(self.vocab), 1), dtype=np.uint64) | np.uint64(1)
@@ -236,7 +236,7 @@ class ContaminationIndex:
     # --- public API --------------------------------------------------------------------------------------
     def find(self, text: str) -> list[Overlap]:
         """Overlapping spans of `text` with any item, merged per item (character offsets in `text`)."""
-        if not self._candidate_texts([_fast_tokens(text)]):
+        if not self._candidate_texts([fast_tokens(text)]):
             return []
         return self._verify(text)
 
@@ -245,7 +245,7 @@ class ContaminationIndex:
         out: list[list[Overlap]] = []
         for start in range(0, len(texts), _SCAN_BATCH):  # bounded memory: a batch's tokens at a time
             part = texts[start:start + _SCAN_BATCH]
-            found = self._candidate_texts([_fast_tokens(t) for t in part])
+            found = self._candidate_texts([fast_tokens(t) for t in part])
             out.extend(self._verify(t) if i in found else [] for i, t in enumerate(part))
         return out
 

@@ -2,8 +2,9 @@
 
 Scoring and filtering are separate on purpose:
 - `score_quality` computes every signal of `core.quality_signals.SIGNALS` for each document once and stores the
-  raw values (`quality_signals`, long format: doc_id, signal, value), plus perplexity for the documents asked
-  for (`quality_perplexity`, with the model and truncation length). It records a `quality_score` run.
+  raw values (`quality_signal_values`: a row per document, a column per signal; the view `quality_signals`
+  reads them in long format: doc_id, signal, value), plus perplexity for the documents asked for
+  (`quality_perplexity`, with the model and truncation length). It records a `quality_score` run.
 - `apply_filters` reads the stored values only, checks the chosen rules (presets of `RULES`, thresholds
   overridable) and writes one `decisions` row per dropped document (reason = rule, score = the document's value,
   threshold = the bound, details = every rule it failed). It records a `quality` run that supersedes the last,

@@ -4,6 +4,7 @@ values and documents either side of a threshold that the page shows. See `core.q
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from core.quality_rules import (
     parse_thresholds,
     select_rules,
 )
+from core.quality_signals import SIGNAL_NAMES
 from core.steps import param
 from core.workspace import Workspace
 
@@ -75,46 +77,80 @@ def rules_table(cfg: QualityFilterConfig) -> pa.Table:
 
 
 def values_source(signal: str) -> str:
-    """A SELECT of (doc_id, signal, value) holding the stored values of `signal`, from the one table or view that
-    has them. The `quality_values` view unions all three, but a query through it ranks every document for the
-    composite (window functions over the whole workspace) even when no composite value is asked for: on 1M
-    documents that, and the union's worse join plan, cost the quality filter's preview 1.0 s against 0.65 s."""
+    """A SELECT of (doc_id, signal, value) holding the stored values of one signal, read from the one place that
+    has them: its column of `quality_signal_values`, perplexity's latest table, or the composite's view (the
+    `quality_values` view unions all three, but a query through it ranks every document for the composite even
+    when no composite value is asked for)."""
     if signal == "perplexity":
         return ("SELECT doc_id, 'perplexity' AS signal, perplexity AS value FROM quality_perplexity_latest "
                 "WHERE perplexity IS NOT NULL")
     if signal == "composite":
         return "SELECT doc_id, 'composite' AS signal, score AS value FROM quality_composite WHERE score IS NOT NULL"
-    return "SELECT doc_id, signal, value FROM quality_signals"
+    return f"SELECT doc_id, '{_stored_signal(signal)}' AS signal, \"{signal}\" AS value FROM quality_signal_values"
+
+
+def _stored_signal(signal: str) -> str:
+    if signal not in SIGNAL_NAMES:  # (a column name in SQL: only the known ones)
+        raise ValueError(f"unknown quality signal {signal!r}")
+    return signal
+
+
+def _value_column(signal: str) -> str:
+    """The column holding a signal's value in the verdict's rows (stored signals, perplexity, the composite)."""
+    return {"perplexity": "perplexity", "composite": "composite"}.get(signal) or f'"{_stored_signal(signal)}"'
+
+
+def _checked_sql(ws: Workspace, cfg: QualityFilterConfig) -> tuple[str, list[Any], list[str]]:
+    """A row per document in scope: corpus, whether it has stored signals (`scored`), the index `ord` of the first
+    rule it fails (in preset order; NULL when it fails none), that rule's `value`, whether the random keep share
+    spares it, and every signal's value. One pass over a row per document: a rule fails where its language
+    group is the document's and `NOT (value keep_if threshold)` (a missing or NaN value fails nothing). Also
+    returns each rule's failure condition, in `ord` order, over the same columns."""
+    scope, params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
+    chosen = select_rules(cfg.rules, cfg.thresholds)
+    fails: list[str] = []
+    for rule, group, threshold in chosen:
+        if not math.isfinite(threshold):
+            raise ValueError(f"the threshold of {rule.name} must be a finite number, not {threshold!r}")
+        value = _value_column(rule.signal)
+        fails.append(f"(language_group = '{group}' AND NOT isnan({value}) "
+                     f"AND NOT {keeps_sql(rule.keep_if, value, repr(float(threshold)))})")
+    signals = {rule.signal for rule, _, _ in chosen}
+    first = " ".join(f"WHEN {fail} THEN {i}" for i, fail in enumerate(fails))
+    value_of_first = " ".join(f"WHEN {i} THEN {_value_column(rule.signal)}" for i, (rule, _, _) in enumerate(chosen))
+    sql = f"""
+        SELECT *, CASE ord {value_of_first} END AS value,
+               CASE WHEN ord IS NOT NULL THEN ('0x' || substr(md5(doc_id || ':' || ?), 1, 12))::UBIGINT
+                                              / 281474976710656.0 < ? END AS randomly_kept
+        FROM (
+            SELECT s.doc_id, s.corpus, q.language_group, q.doc_id IS NOT NULL AS scored,
+                   v.* EXCLUDE (doc_id, run_id),
+                   {'p.perplexity,' if 'perplexity' in signals else ''}
+                   {'c.score AS composite,' if 'composite' in signals else ''}
+                   CASE {first} END AS ord
+            FROM ({scope}) s LEFT JOIN quality_scored q USING (doc_id)
+            LEFT JOIN quality_signal_values v USING (doc_id)
+            {'LEFT JOIN quality_perplexity_latest p USING (doc_id)' if 'perplexity' in signals else ''}
+            {'LEFT JOIN quality_composite c USING (doc_id)' if 'composite' in signals else ''})
+    """
+    return sql, [str(cfg.seed), cfg.keep_share] + params, fails
 
 
 def _verdict_sql(ws: Workspace, cfg: QualityFilterConfig) -> tuple[str, list[Any]]:
-    """Per failing document: first failed rule (in preset order), its value and threshold, every failure,
-    and whether the random keep share spares it. Needs `q_rules` registered."""
-    scope, params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
-    # One join per table the chosen rules' values live in (see values_source), their failures stacked.
-    sources = dict.fromkeys(values_source(rule.signal) for rule, _, _ in select_rules(cfg.rules, cfg.thresholds))
-    fails = "\n            UNION ALL\n".join(
-        f"""SELECT s.doc_id, s.corpus, s.language_group, r.rule, r.preset, r.keep_if, r.threshold, r.ord,
-                   v.value
-            FROM scope s JOIN ({source}) v ON v.doc_id = s.doc_id
-            JOIN q_rules r ON r.signal = v.signal AND r.language_group = s.language_group
-            WHERE NOT isnan(v.value) AND NOT {keeps_sql(None, 'v.value', 'r.threshold')}""" for source in sources)
+    """Per failing document: the first failed rule with its value and threshold, every failed rule (`failed`),
+    and whether the random keep share spares it (`randomly_kept`). Needs `q_rules` registered (the rules'
+    names and presets by `ord`)."""
+    checked, params, fails = _checked_sql(ws, cfg)
+    entries = ", ".join(
+        f"CASE WHEN {fail} THEN struct_pack(rule := '{rule.name}', value := {_value_column(rule.signal)}, "
+        f"threshold := {float(threshold)!r}::DOUBLE, keep_if := '{rule.keep_if}') END"
+        for fail, (rule, _, threshold) in zip(fails, select_rules(cfg.rules, cfg.thresholds), strict=True))
     sql = f"""
-        WITH scope AS (SELECT s.*, q.language_group FROM ({scope}) s JOIN quality_scored q USING (doc_id)),
-        fails AS (
-            {fails}),
-        per_doc AS (
-            SELECT doc_id, any_value(corpus) AS corpus, any_value(language_group) AS language_group,
-                   arg_min(rule, ord) AS rule, arg_min(preset, ord) AS preset, arg_min(value, ord) AS value,
-                   arg_min(threshold, ord) AS threshold, arg_min(keep_if, ord) AS keep_if,
-                   list(struct_pack(rule := rule, value := value, threshold := threshold, keep_if := keep_if)
-                        ORDER BY ord) AS failed
-            FROM fails GROUP BY doc_id)
-        SELECT *, ('0x' || substr(md5(doc_id || ':' || ?), 1, 12))::UBIGINT / 281474976710656.0 < ?
-                  AS randomly_kept
-        FROM per_doc
+        SELECT doc_id, corpus, language_group, r.rule, r.preset, value, r.threshold, r.keep_if,
+               list_filter([{entries}], lambda x: x IS NOT NULL) AS failed, randomly_kept
+        FROM ({checked}) JOIN (SELECT ord, rule, preset, threshold, keep_if FROM q_rules) r USING (ord)
     """
-    return sql, params + [str(cfg.seed), cfg.keep_share]
+    return sql, params
 
 
 def _with_rules(ws: Workspace, cfg: QualityFilterConfig):
@@ -126,35 +162,28 @@ def filter_preview(ws: Workspace, cfg: QualityFilterConfig | None = None) -> Qua
     cfg = cfg or QualityFilterConfig()
     cfg.validate()
     check_corpora(ws, cfg.corpora)
-    _with_rules(ws, cfg)
-    try:
-        return _summarise(ws, cfg, None)
-    finally:
-        ws.con.unregister("q_rules")
+    return _summarise(ws, cfg, None)
 
 
 def _summarise(ws: Workspace, cfg: QualityFilterConfig, run_id: str | None) -> QualityFilterResult:
-    sql, params = _verdict_sql(ws, cfg)
-    scope, scope_params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
-    # The verdicts are computed once (the join over every stored value is the cost: 35 values a document) and
-    # read twice, per rule and per corpus.
-    verdicts = ws.con.sql(f"SELECT doc_id, rule, randomly_kept FROM ({sql})", params=params).to_arrow_table()
-    ws.con.register("q_verdicts", verdicts)
-    try:
-        by_rule = dict(ws.query("SELECT rule, count(*) FROM q_verdicts WHERE NOT randomly_kept GROUP BY rule "
-                                "ORDER BY 2 DESC"))
-        rows = ws.query(
-            f"""SELECT s.corpus, count(*) AS documents, count(q.doc_id) AS scored,
-                       count(v.doc_id) FILTER (WHERE NOT v.randomly_kept) AS dropped,
-                       count(v.doc_id) FILTER (WHERE v.randomly_kept) AS randomly_kept
-                FROM ({scope}) s LEFT JOIN quality_scored q USING (doc_id) LEFT JOIN q_verdicts v USING (doc_id)
-                GROUP BY s.corpus ORDER BY s.corpus""", scope_params)
-    finally:
-        ws.con.unregister("q_verdicts")
-    corpora = [dict(zip(("corpus", "documents", "scored", "dropped", "randomly_kept"), r, strict=True))
-               for r in rows]
-    for c in corpora:
-        c["kept"] = c["documents"] - c["dropped"]
+    """Counts per corpus and drops per first failed rule, in one pass over the checked documents."""
+    checked, params, _ = _checked_sql(ws, cfg)
+    rows = ws.query(
+        f"""SELECT grouping(corpus) AS per_rule, corpus, ord, count(*) AS documents,
+                   count(*) FILTER (WHERE scored) AS scored,
+                   count(*) FILTER (WHERE NOT randomly_kept) AS dropped,
+                   count(*) FILTER (WHERE randomly_kept) AS randomly_kept
+            FROM ({checked}) GROUP BY GROUPING SETS ((corpus), (ord)) ORDER BY per_rule, corpus""", params)
+    names = [rule.name for rule, _, _ in select_rules(cfg.rules, cfg.thresholds)]
+    drops = sorted(((names[ord_], dropped) for per_rule, _, ord_, _, _, dropped, _ in rows
+                    if per_rule and ord_ is not None and dropped), key=lambda kv: -kv[1])
+    by_rule: dict[str, int] = {}
+    for name, n in drops:  # a rule checked in both language groups is one rule
+        by_rule[name] = by_rule.get(name, 0) + n
+    by_rule = dict(sorted(by_rule.items(), key=lambda kv: -kv[1]))
+    corpora = [{"corpus": corpus, "documents": documents, "scored": scored, "dropped": dropped,
+                "randomly_kept": randomly_kept, "kept": documents - dropped}
+               for per_rule, corpus, _, documents, scored, dropped, randomly_kept in rows if not per_rule]
     return QualityFilterResult(run_id, sum(c["documents"] for c in corpora), sum(c["dropped"] for c in corpora),
                                sum(c["randomly_kept"] for c in corpora), by_rule, corpora)
 

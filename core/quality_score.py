@@ -94,16 +94,12 @@ class QualityScoreResult:
 
 def _signal_rows(doc_ids: list[str], groups: list[str],
                  columns: list[list[float]]) -> tuple[pa.Table, pa.Table]:
-    """The long `quality_signals` rows and the `quality_scored` rows of one computed batch."""
-    n = len(doc_ids)
-    values = np.asarray(columns, dtype=np.float64)  # signals x documents
+    """The `quality_signal_values` rows (a column per signal) and the `quality_scored` rows of one computed
+    batch."""
+    values = np.asarray(columns, dtype=np.float64).reshape(len(SIGNAL_NAMES), len(doc_ids))  # signals x documents
     ids = pa.array(doc_ids, pa.string())
-    signals = pa.table({
-        "doc_id": pa.concat_arrays([ids] * len(SIGNAL_NAMES)) if n else pa.array([], pa.string()),
-        "signal": pa.array(np.repeat(np.array(SIGNAL_NAMES, dtype=object), n), pa.string()),
-        "value": pa.array(values.reshape(-1)),
-    })
     col = {name: values[i] for i, name in enumerate(SIGNAL_NAMES)}
+    signals = pa.table({"doc_id": ids, **{name: pa.array(col[name]) for name in SIGNAL_NAMES}})
     length = np.minimum(1.0, np.log1p(col["word_count"]) / math.log1p(LENGTH_SATURATION_WORDS))
     compression = np.clip((col["compression_ratio"] - 0.2) / 0.4, 0.0, 1.0)
     informativeness = 0.5 * length + 0.25 * col["lexical_diversity"] + 0.25 * compression
@@ -118,10 +114,10 @@ def _store_batch(ws: Workspace, run_id: str, doc_ids: list[str], groups: list[st
     signals, scored = _signal_rows(doc_ids, groups, columns)
     with ws.transaction():
         ws.con.register("q_batch_ids", pa.table({"doc_id": doc_ids}))
-        ws.con.execute("DELETE FROM quality_signals WHERE doc_id IN (SELECT doc_id FROM q_batch_ids)")
+        ws.con.execute("DELETE FROM quality_signal_values WHERE doc_id IN (SELECT doc_id FROM q_batch_ids)")
         ws.con.execute("DELETE FROM quality_scored WHERE doc_id IN (SELECT doc_id FROM q_batch_ids)")
         ws.con.register("q_signals", signals)
-        ws.con.execute("INSERT INTO quality_signals SELECT doc_id, signal, value, ? FROM q_signals", [run_id])
+        ws.con.execute("INSERT INTO quality_signal_values BY NAME SELECT *, ? AS run_id FROM q_signals", [run_id])
         ws.con.register("q_scored", scored)
         ws.con.execute("INSERT INTO quality_scored (doc_id, language_group, signals_version, informativeness, "
                        "safety, run_id) SELECT doc_id, language_group, ?, informativeness, safety, ? "

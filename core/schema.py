@@ -8,6 +8,8 @@ that has shipped.
 
 from __future__ import annotations
 
+from core.quality_signals import SIGNAL_NAMES
+
 CORE_MIGRATIONS: list[str] = [
     # 1: the foundation
     """
@@ -385,6 +387,24 @@ QUALITY_MIGRATIONS: list[str] = [
         WHERE perplexity IS NOT NULL
         UNION ALL
         SELECT doc_id, 'composite' AS signal, score AS value FROM quality_composite WHERE score IS NOT NULL;
+    """,
+    # 2: the raw signals one row per document and a column per signal (`quality_signal_values`): a filter checks
+    # every rule in one pass over a million rows instead of joining 30 million (doc_id, signal) rows, which cost
+    # the Quality page a second at 1M documents. `quality_signals` stays, as a view, in its long format.
+    f"""
+    CREATE TABLE IF NOT EXISTS quality_signal_values (
+        doc_id VARCHAR NOT NULL,
+        run_id VARCHAR,
+        {", ".join(f'"{name}" DOUBLE' for name in SIGNAL_NAMES)}
+    );
+    INSERT INTO quality_signal_values
+        SELECT doc_id, any_value(run_id),
+               {", ".join(f"any_value(value) FILTER (WHERE signal = '{name}')" for name in SIGNAL_NAMES)}
+        FROM quality_signals GROUP BY doc_id;
+    DROP TABLE quality_signals;
+    CREATE OR REPLACE VIEW quality_signals AS
+        SELECT doc_id, signal, value, run_id FROM quality_signal_values
+        UNPIVOT INCLUDE NULLS (value FOR signal IN (COLUMNS(* EXCLUDE (doc_id, run_id))));
     """,
 ]
 

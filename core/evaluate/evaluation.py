@@ -27,7 +27,14 @@ import pyarrow as pa
 
 from core.benchmarks import benchmark_names
 from core.evaluate.models import ModelSpec, resolve_model
-from core.evaluate.stats import Estimate, mcnemar, mean_interval, paired_difference, paired_ratio
+from core.evaluate.stats import (
+    Estimate,
+    bootstrap_interval,
+    mcnemar,
+    mean_interval,
+    paired_difference,
+    paired_ratio,
+)
 from core.evaluate.tasks import (
     FORMULATIONS,
     BenchmarkItem,
@@ -555,8 +562,6 @@ def compare(base: ModelScores, trained: ModelScores, retention_target: float = R
 def compare_perplexity(base: ModelScores, trained: ModelScores) -> list[dict[str, Any]]:
     """Perplexity before and after per validation set, with a paired bootstrap interval over documents of the
     change in token perplexity and bits per byte."""
-    from core.evaluate.stats import _interval
-
     out = []
     for t in trained.perplexity:
         b = next((p for p in base.perplexity if p.validation_set == t.validation_set), None)
@@ -572,8 +577,8 @@ def compare_perplexity(base: ModelScores, trained: ModelScores) -> list[dict[str
         def bpb_change(x, y, n, axis=-1):
             return (-x.sum(axis=axis) + y.sum(axis=axis)) / n.sum(axis=axis) / math.log(2)
 
-        low, high = _interval(ppl_change, (lt, lb, nt, nb), True, 2000, 0)
-        blow, bhigh = _interval(bpb_change, (lt, lb, nbytes), True, 2000, 0)
+        low, high = bootstrap_interval(ppl_change, (lt, lb, nt, nb), True, 2000, 0)
+        blow, bhigh = bootstrap_interval(bpb_change, (lt, lb, nbytes), True, 2000, 0)
         out.append({"validation_set": t.validation_set, "documents": t.documents,
                     "base_token_perplexity": b.token_perplexity, "trained_token_perplexity": t.token_perplexity,
                     "token_perplexity_change": Estimate(t.token_perplexity - b.token_perplexity, low, high,

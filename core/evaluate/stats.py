@@ -27,8 +27,10 @@ class Estimate:
         return asdict(self)
 
 
-def _interval(statistic, samples: tuple[np.ndarray, ...], paired: bool, resamples: int,
-              seed: int) -> tuple[float, float]:
+def bootstrap_interval(statistic, samples: tuple[np.ndarray, ...], paired: bool, resamples: int,
+                       seed: int) -> tuple[float, float]:
+    """The percentile bootstrap interval (scipy) of `statistic` over `samples` (resampled together when
+    `paired`); the point itself when there is no variation to resample."""
     if len(samples[0]) < 2 or all(np.all(s == s[0]) for s in samples):
         value = float(statistic(*samples))  # no variation: the interval is the point
         return value, value
@@ -43,7 +45,7 @@ def mean_interval(values: np.ndarray | list[float], resamples: int = BOOTSTRAP_R
     x = np.asarray(values, dtype=float)
     if x.size == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    low, high = _interval(lambda a, axis=-1: np.mean(a, axis=axis), (x,), False, resamples, seed)
+    low, high = bootstrap_interval(lambda a, axis=-1: np.mean(a, axis=axis), (x,), False, resamples, seed)
     return Estimate(float(x.mean()), low, high, int(x.size))
 
 
@@ -54,8 +56,8 @@ def paired_difference(trained: np.ndarray | list[float], base: np.ndarray | list
     _check_paired(a, b)
     if a.size == 0:
         return Estimate(float("nan"), float("nan"), float("nan"), 0)
-    low, high = _interval(lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis), (a, b), True,
-                          resamples, seed)
+    low, high = bootstrap_interval(lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis), (a, b), True,
+                                   resamples, seed)
     return Estimate(float(a.mean() - b.mean()), low, high, int(a.size))
 
 
@@ -73,7 +75,7 @@ def paired_ratio(trained: np.ndarray | list[float], base: np.ndarray | list[floa
             return np.where(denominator > 0, np.mean(x, axis=axis) / np.where(denominator > 0, denominator, 1),
                             np.nan)
 
-    low, high = _interval(ratio, (a, b), True, resamples, seed)
+    low, high = bootstrap_interval(ratio, (a, b), True, resamples, seed)
     return Estimate(float(a.mean() / b.mean()), low, high, int(a.size))
 
 
