@@ -265,11 +265,12 @@ def composite_summary(ws: Workspace) -> dict[str, Any]:
 
 def corpus_summary(ws: Workspace, roles: Sequence[str] = (), corpora: Sequence[str] = ()) -> list[dict[str, Any]]:
     scope, params = scope_sql(ws, FILTER_STEP, roles, corpora)
+    # quality_composite has a row per scored document (NULL score where no part exists): it counts them too
     rows = ws.query(
-        f"""SELECT s.corpus, any_value(s.role), count(*), count(q.doc_id), count(p.doc_id),
+        f"""SELECT s.corpus, any_value(s.role), count(*), count(c.doc_id), count(p.doc_id),
                    median(p.perplexity), median(c.score)
-            FROM ({scope}) s LEFT JOIN quality_scored q USING (doc_id)
-            LEFT JOIN quality_perplexity_latest p USING (doc_id) LEFT JOIN quality_composite c USING (doc_id)
+            FROM ({scope}) s LEFT JOIN quality_composite c USING (doc_id)
+            LEFT JOIN quality_perplexity_latest p USING (doc_id)
             GROUP BY s.corpus ORDER BY s.corpus""", params)
     keys = ("corpus", "role", "documents", "scored", "perplexity_scored", "median_perplexity", "median_composite")
     return [dict(zip(keys, r, strict=True)) for r in rows]
