@@ -85,6 +85,14 @@ def document_text(ws: Workspace, doc_id: str) -> str | None:
     return ws.scalar("SELECT text FROM documents WHERE doc_id = ?", [doc_id])
 
 
+def document_texts(ws: Workspace, doc_ids: Sequence[str]) -> dict[str, str]:
+    """The texts of some documents by id (a page picks a few documents first, then reads only their texts)."""
+    if not doc_ids:
+        return {}
+    return dict(ws.query("SELECT doc_id, text FROM documents WHERE doc_id IN (SELECT unnest(?::VARCHAR[]))",
+                         [list(doc_ids)]))
+
+
 def workspace_status(ws: Workspace) -> dict[str, Any]:
     """What a workspace holds, as `studio status --json` reports it and the Overview page shows it: corpora with
     their current documents, ingest errors by reason, the latest runs, the flow funnel and the stale steps."""

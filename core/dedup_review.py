@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from core.corpus import document_texts
 from core.minhash import SIMILARITY_TOLERANCE, removal_count
 from core.text import NormalisationConfig, normalise
 from core.workspace import Workspace
@@ -35,37 +36,44 @@ def what_if(ws: Workspace, run_id: str, threshold: float) -> int:
 
 
 def boundary_pairs(ws: Workspace, run_id: str, threshold: float, n: int = 3) -> dict[str, list[dict[str, Any]]]:
-    """The `n` stored pairs just at/above and just below `threshold`, with their texts."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    """The `n` stored pairs just at/above and just below `threshold`, with their texts (read for the picked
+    pairs only: joining every stored pair to its texts cost the Dedup page half a second on 1M documents)."""
+    keys = ("doc_a", "doc_b", "similarity", "corpus_a", "corpus_b")
+    sides: dict[str, list[dict[str, Any]]] = {}
     for side, cond, order in (("above", ">=", "ASC"), ("below", "<", "DESC")):
         rows = ws.query(
-            f"""SELECT p.doc_a, p.doc_b, p.similarity, da.corpus, db.corpus, da.text, db.text
-                FROM dedup_pairs p JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
-                WHERE p.run_id = ? AND p.similarity {cond} ? ORDER BY p.similarity {order}, p.doc_a LIMIT ?""",
+            f"""SELECT p.doc_a, p.doc_b, p.similarity, da.corpus, db.corpus
+                FROM (SELECT * FROM dedup_pairs WHERE run_id = ? AND similarity {cond} ?
+                      ORDER BY similarity {order}, doc_a LIMIT ?) p
+                JOIN documents da ON da.doc_id = p.doc_a JOIN documents db ON db.doc_id = p.doc_b
+                ORDER BY p.similarity {order}, p.doc_a""",
             [run_id, threshold - SIMILARITY_TOLERANCE, n])  # the sides `reaches` draws
-        keys = ("doc_a", "doc_b", "similarity", "corpus_a", "corpus_b", "text_a", "text_b")
-        out[side] = [dict(zip(keys, r, strict=True)) for r in rows]
-    return out
+        sides[side] = [dict(zip(keys, r, strict=True)) for r in rows]
+    texts = document_texts(ws, [pair[k] for pairs in sides.values() for pair in pairs for k in ("doc_a", "doc_b")])
+    return {side: [{**pair, "text_a": texts[pair["doc_a"]], "text_b": texts[pair["doc_b"]]} for pair in pairs]
+            for side, pairs in sides.items()}
 
 
 def clusters(ws: Workspace, run_id: str, limit: int = 50) -> list[dict[str, Any]]:
-    """Clusters of a run, largest first: kept document, size and corpora."""
+    """Clusters of a run, largest first: kept document, size and corpora (and the kept document's text)."""
     rows = ws.query(
         """SELECT c.kept_doc, max(c.cluster_size) AS size, min(c.similarity_to_kept) AS min_similarity,
-                  string_agg(DISTINCT d.corpus, ', ') AS corpora, any_value(k.text) AS kept_text
-           FROM dedup_clusters c JOIN documents d USING (doc_id) JOIN documents k ON k.doc_id = c.kept_doc
+                  string_agg(DISTINCT d.corpus, ', ') AS corpora
+           FROM dedup_clusters c JOIN documents d USING (doc_id)
            WHERE c.run_id = ? GROUP BY c.kept_doc ORDER BY size DESC, c.kept_doc LIMIT ?""", [run_id, limit])
-    keys = ("kept_doc", "size", "min_similarity", "corpora", "kept_text")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    texts = document_texts(ws, [r[0] for r in rows])
+    keys = ("kept_doc", "size", "min_similarity", "corpora")
+    return [{**dict(zip(keys, r, strict=True)), "kept_text": texts.get(r[0])} for r in rows]
 
 
 def cluster_members(ws: Workspace, run_id: str, kept_doc: str) -> list[dict[str, Any]]:
     rows = ws.query(
-        """SELECT c.doc_id, c.is_kept, c.similarity_to_kept, d.corpus, d.text FROM dedup_clusters c
+        """SELECT c.doc_id, c.is_kept, c.similarity_to_kept, d.corpus FROM dedup_clusters c
            JOIN documents d USING (doc_id) WHERE c.run_id = ? AND c.kept_doc = ?
            ORDER BY c.is_kept DESC, c.similarity_to_kept DESC""", [run_id, kept_doc])
-    keys = ("doc_id", "is_kept", "similarity_to_kept", "corpus", "text")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    texts = document_texts(ws, [r[0] for r in rows])
+    keys = ("doc_id", "is_kept", "similarity_to_kept", "corpus")
+    return [{**dict(zip(keys, r, strict=True)), "text": texts[r[0]]} for r in rows]
 
 
 def normalisation_preview(text: str, cfg: NormalisationConfig | None = None) -> str:

@@ -54,6 +54,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -80,16 +81,16 @@ _HAN_EDGE_STOP = frozenset("的了是在和与及或等着过吗呢吧啊呀我�
 _CONTEXT_CHARS = 70
 
 
+@cache
 def english_stop_words() -> frozenset[str]:
-    """scikit-learn's English stop-word list (318 words) plus the studio's function words."""
+    """scikit-learn's English stop-word list (318 words) plus the studio's function words (read on first use:
+    importing scikit-learn costs the Terminology page 0.4 s)."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     from core.text import ENGLISH_STOP_WORDS as STUDIO_STOP_WORDS
 
     return frozenset(ENGLISH_STOP_WORDS) | STUDIO_STOP_WORDS
 
-
-_STOP_WORDS = english_stop_words()
 
 
 def language_group(language: str | None) -> str:
@@ -107,8 +108,9 @@ def _token_role(token: str) -> tuple[bool, bool]:
         word = token[0].isalnum()
         # Inside an n-gram: any word but a stop word other than 'of' ('quality of life', 'type 2 diabetes'; not
         # 'tests are used'); punctuation ends it.
-        role = (word and token not in _STOP_WORDS and not token.isdigit() and any(c.isalpha() for c in token),
-                word and (token not in _STOP_WORDS or token == "of"))
+        stop_words = english_stop_words()
+        role = (word and token not in stop_words and not token.isdigit() and any(c.isalpha() for c in token),
+                word and (token not in stop_words or token == "of"))
         if len(_token_roles) < 1_000_000:  # the vocabulary of a corpus; bounded for pathological input
             _token_roles[token] = role
     return role

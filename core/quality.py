@@ -35,13 +35,13 @@ from typing import Any
 from core.quality_filter import (
     QualityFilterConfig,
     QualityFilterResult,
+    SignalDistribution,
     apply_filters,
     documents_near_threshold,
     filter_preview,
-    rule_counts,
     rules_table,
     scored_documents,
-    signal_values,
+    signal_distribution,
 )
 from core.quality_rules import (
     DEFAULT_PRESETS,
@@ -82,8 +82,8 @@ __all__ = [
     "QualityFilterConfig", "QualityFilterResult", "QualityScoreConfig", "QualityScoreResult", "QualityStepConfig",
     "Rule", "apply_filters", "composite_summary", "compute_perplexity_for", "compute_signals_for",
     "corpus_summary", "documents_near_threshold", "filter_preview", "keeps", "keeps_sql", "parse_thresholds",
-    "parse_weights", "rule_counts", "rules_table", "score_quality", "scored_documents", "select_rules", "set_weights",
-    "signal_values",
+    "parse_weights", "rules_table", "score_quality", "scored_documents", "select_rules", "set_weights",
+    "signal_distribution", "SignalDistribution",
 ]
 
 

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from core.corpus import sampled
+from core.corpus import document_texts
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.quality_rules import (
@@ -237,27 +238,59 @@ def _values_sql(ws: Workspace, signal: str, roles: Sequence[str], corpora: Seque
                 WHERE v.signal = ? AND NOT isnan(v.value){' AND q.language_group = ?' if group else ''}""", params)
 
 
-def signal_values(ws: Workspace, signal: str, roles: Sequence[str] = DEFAULT_ROLES, corpora: Sequence[str] = (),
-                  group: str | None = None, sample_rows: int | None = None):  # -> pandas.DataFrame
-    """Stored values of one signal (or 'perplexity' / 'composite') with corpus and language group; only those of
-    language `group` with one; with `sample_rows`, a repeatable reservoir sample of at most that many (the page's
-    histogram: on a million documents the whole column would cost the page seconds; its counts come from
-    `rule_counts`)."""
-    body, params = _values_sql(ws, signal, roles, corpora, group)
-    sql = f"SELECT s.doc_id, s.corpus, q.language_group, v.value {body}"
-    if sample_rows is not None:
-        sql = sampled(sql, sample_rows)
-    return ws.df(sql, params + [signal] + ([group] if group else []))
+@dataclass
+class SignalDistribution:
+    """Every stored value of one signal in scope (one language group), sorted, per corpus: the page's histogram
+    sample and its per-corpus kept counts at any threshold come from it without another query, so a moved
+    threshold is counted in numpy over every document instead of re-joining a million rows."""
+
+    signal: str
+    values: dict[str, np.ndarray]  # corpus -> its documents' values, ascending (NaN left out)
+
+    @property
+    def documents(self) -> int:
+        return sum(len(v) for v in self.values.values())
+
+    def counts(self, keep_if: str, threshold: float):  # -> pandas.DataFrame
+        """Per corpus, the documents and how many `value keep_if threshold` keeps (columns corpus, documents,
+        kept): the same comparison as `keeps`, counted by binary search in the sorted values."""
+        import pandas as pd
+
+        side = {">=": ("left", True), ">": ("right", True), "<=": ("right", False), "<": ("left", False)}
+        if keep_if not in side:
+            raise ValueError(f"keep_if must be one of {', '.join(side)}, not {keep_if!r}")
+        how, above = side[keep_if]
+        rows = []
+        for corpus, values in self.values.items():
+            cut = int(np.searchsorted(values, threshold, side=how))
+            rows.append((corpus, len(values), len(values) - cut if above else cut))
+        return pd.DataFrame(rows, columns=["corpus", "documents", "kept"])
+
+    def sample(self, rows: int, seed: int = 7):  # -> pandas.DataFrame
+        """A repeatable uniform sample of at most `rows` (corpus, value) pairs: the histogram's (shipping every
+        value of a million documents to the browser would cost the page seconds)."""
+        import pandas as pd
+
+        corpora = np.repeat(np.array(list(self.values), dtype=object), [len(v) for v in self.values.values()])
+        values = np.concatenate(list(self.values.values())) if self.values else np.array([], dtype=np.float64)
+        if len(values) > rows:
+            keep = np.sort(np.random.default_rng(seed).choice(len(values), rows, replace=False))
+            corpora, values = corpora[keep], values[keep]
+        return pd.DataFrame({"corpus": corpora, "value": values})
 
 
-def rule_counts(ws: Workspace, signal: str, keep_if: str, threshold: float, group: str,
-                roles: Sequence[str] = DEFAULT_ROLES, corpora: Sequence[str] = ()):  # -> pandas.DataFrame
-    """Per corpus, the documents of language `group` with a stored value of `signal` and how many of them
-    `value keep_if threshold` keeps (columns corpus, documents, kept), counted in DuckDB over every document."""
+def signal_distribution(ws: Workspace, signal: str, roles: Sequence[str] = DEFAULT_ROLES,
+                        corpora: Sequence[str] = (), group: str | None = None) -> SignalDistribution:
+    """The stored values of one signal (or 'perplexity' / 'composite') of the documents in scope, of language
+    `group` when given, sorted per corpus."""
     body, params = _values_sql(ws, signal, roles, corpora, group)
-    return ws.df(f"SELECT s.corpus, count(*) AS documents, "
-                 f"count(*) FILTER (WHERE {keeps_sql(keep_if, 'v.value', '?')}) AS kept "
-                 f"{body} GROUP BY s.corpus ORDER BY s.corpus", [threshold] + params + [signal, group])
+    table = ws.con.sql(f"SELECT s.corpus, v.value {body} ORDER BY s.corpus, v.value",
+                       params=params + [signal] + ([group] if group else [])).to_arrow_table()
+    names = table.column("corpus").to_numpy(zero_copy_only=False)
+    values = table.column("value").to_numpy()
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]]) if len(names) else np.array([], dtype=int)
+    ends = np.r_[starts[1:], len(names)]
+    return SignalDistribution(signal, {str(names[a]): values[a:b] for a, b in zip(starts, ends, strict=True)})
 
 
 def documents_near_threshold(ws: Workspace, signal: str, threshold: float, keep_if: str, corpus: str,
@@ -275,8 +308,7 @@ def documents_near_threshold(ws: Workspace, signal: str, threshold: float, keep_
     sides = {side: ws.query(f"{base} AND {'' if side == 'kept' else 'NOT '}({kept_sql}) ORDER BY {closeness} "
                             "LIMIT ?", params + [threshold, threshold, n]) for side in ("dropped", "kept")}
     ids = [row[0] for rows in sides.values() for row in rows]
-    texts = dict(ws.query("SELECT doc_id, text FROM documents WHERE doc_id IN (SELECT unnest(?::VARCHAR[]))",
-                          [ids])) if ids else {}
+    texts = document_texts(ws, ids)
     return {side: [{"doc_id": doc_id, "value": value, "text": texts[doc_id], "language_group": language_group}
                    for doc_id, value, language_group in rows] for side, rows in sides.items()}
 

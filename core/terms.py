@@ -49,7 +49,7 @@ import ahocorasick
 import pyarrow as pa
 
 from core.config import REPO_ROOT
-from core.corpus import sampled
+from core.corpus import document_texts, sampled
 from core.flow import scope_sql
 from core.progress import Progress, no_progress
 from core.steps import ScoredAndFiltered, Step, param, score_then_filter, split_recipe
@@ -525,18 +525,22 @@ def documents_near_threshold(ws: Workspace, corpus: str, min_density: float, n: 
     """The `n` documents just below and just above `min_density` in a corpus (length within bounds, so the
     density decides them), with text and stored values."""
     cfg = cfg or TermFilterConfig()
-    base = """SELECT h.doc_id, h.density, h.hits, h.units, h.unit, h.terms, d.text
+    # the sides are picked without the texts (reading every candidate's text cost four times the pick on a
+    # million documents); the picked ones' texts are read after
+    base = """SELECT h.doc_id, h.density, h.hits, h.units, h.unit, h.terms
               FROM current_term_hits h JOIN documents d USING (doc_id)
               WHERE d.corpus = ? AND h.units BETWEEN (CASE WHEN h.unit = 'char' THEN ? ELSE ? END)
                                                AND (CASE WHEN h.unit = 'char' THEN ? ELSE ? END)"""
     bounds = [cfg.min_chars, cfg.min_words, cfg.max_chars, cfg.max_words]
-    keys = ("doc_id", "density", "hits", "units", "unit", "terms", "text")
-    below = ws.query(f"{base} AND h.density < ? ORDER BY h.density DESC, h.doc_id LIMIT ?",
-                     [corpus, *bounds, min_density, n])
-    above = ws.query(f"{base} AND h.density >= ? ORDER BY h.density, h.doc_id LIMIT ?",
-                     [corpus, *bounds, min_density, n])
-    return {"below": [dict(zip(keys, r, strict=True)) for r in below],
-            "above": [dict(zip(keys, r, strict=True)) for r in above]}
+    keys = ("doc_id", "density", "hits", "units", "unit", "terms")
+    sides = {"below": ws.query(f"{base} AND h.density < ? ORDER BY h.density DESC, h.doc_id LIMIT ?",
+                               [corpus, *bounds, min_density, n]),
+             "above": ws.query(f"{base} AND h.density >= ? ORDER BY h.density, h.doc_id LIMIT ?",
+                               [corpus, *bounds, min_density, n])}
+    ids = [row[0] for rows in sides.values() for row in rows]
+    texts = document_texts(ws, ids)
+    return {side: [{**dict(zip(keys, r, strict=True)), "text": texts[r[0]]} for r in rows]
+            for side, rows in sides.items()}
 
 
 def scored_lexicon_specs(ws: Workspace) -> list[str]:

@@ -26,10 +26,9 @@ from core.quality import (
     corpus_summary,
     documents_near_threshold,
     filter_preview,
-    rule_counts,
     scored_documents,
     set_weights,
-    signal_values,
+    signal_distribution,
 )
 from core.quality_signals import SIGNAL_BY_NAME
 from core.steps import job_argv
@@ -118,8 +117,10 @@ st.caption(signal.description if signal else
            ("per-token perplexity of the first tokens under the language model" if rule.signal == "perplexity"
             else "weighted mean of relevance, fluency, informativeness and safety (see below)"))
 
-# a sample for the slider's range and the histogram; the counts below are exact
-values = w.cached_read(signal_values, rule.signal, roles or list(DEFAULT_ROLES), (), group, HISTOGRAM_SAMPLE_ROWS)
+# every stored value in scope, sorted per corpus: a sample for the slider's range and the histogram, and the
+# exact per-corpus counts below at whatever threshold the slider holds
+distribution = w.cached_read(signal_distribution, rule.signal, roles or list(DEFAULT_ROLES), (), group)
+values = distribution.sample(HISTOGRAM_SAMPLE_ROWS)
 key = f"{rule.name}@{group}"
 default_thr = st.session_state[OVERRIDES].get(key, rule.threshold(group))
 if values.empty:
@@ -144,7 +145,7 @@ else:
                                           log_x=log_scale and lo > 0, bins=80,
                                           title=f"{rule.signal} per corpus ({group}); keep if {rule.keep_if} "
                                                 f"{threshold:g}"))
-    by_corpus = w.cached_read(rule_counts, rule.signal, rule.keep_if, threshold, group, roles or list(DEFAULT_ROLES))
+    by_corpus = distribution.counts(rule.keep_if, threshold)
     by_corpus.columns = ["corpus", "documents", "kept by this rule"]
     by_corpus["dropped by this rule"] = by_corpus["documents"] - by_corpus["kept by this rule"]
     st.dataframe(by_corpus, hide_index=True)
@@ -185,7 +186,7 @@ w.apply_filter_button(preview.dropped, apply_argv, f"Quality filter ({', '.join(
 
 # --- documents either side of the threshold --------------------------------------------------------------------------
 st.subheader("Documents either side of the threshold")
-in_scope = sorted(values["corpus"].unique()) if not values.empty else []
+in_scope = sorted(distribution.values)
 corpus = st.selectbox("Corpus", in_scope, key="quality_near_corpus")
 if corpus and not values.empty:
     near = w.cached_read(documents_near_threshold, rule.signal, threshold, rule.keep_if, corpus, group, 3)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import shared_text
 
@@ -23,11 +24,11 @@ from core.quality import (
     apply_filters,
     composite_summary,
     filter_preview,
+    keeps,
     parse_thresholds,
-    rule_counts,
     score_quality,
     select_rules,
-    signal_values,
+    signal_distribution,
 )
 from core.quality_signals import signals_dict
 from core.terms import TermScoreConfig, density_table, score_terms
@@ -204,21 +205,27 @@ def test_apply_writes_a_reason_for_every_drop_and_thresholds_move_without_recomp
 
 
 def test_page_histograms_read_a_sample_and_the_counts_every_document(zh_ws: Path) -> None:
-    """The Quality and Terminology pages' histograms read a bounded reservoir sample (the whole column of a
-    million documents would cost a page seconds and ship every value to the browser); the per-corpus counts beside
-    the quality histogram come from DuckDB over every document, the same as counting the whole column."""
+    """The Quality and Terminology pages' histograms draw a bounded sample (shipping every value of a million
+    documents would cost a page seconds); the per-corpus counts beside the quality histogram are over every
+    document in scope, at any threshold, the same as counting the whole column."""
     with Workspace.open(zh_ws, create=False, read_only=True) as ws:
-        full = signal_values(ws, "word_count", group="zh")
-        assert len(full) > 2000 and (full["language_group"] == "zh").all()
-        sample = signal_values(ws, "word_count", group="zh", sample_rows=500)
-        assert len(sample) == 500 and set(sample["doc_id"]) <= set(full["doc_id"])
-        assert (sample["language_group"] == "zh").all()  # sampled after the filter, not before it
-        counts = rule_counts(ws, "word_count", ">=", 20.0, "zh")
-        expected = full.assign(kept=full["value"] >= 20).groupby("corpus")["kept"].agg(["size", "sum"])
-        assert counts["corpus"].tolist() == expected.index.tolist() == ["fever_textbook_zh", "medical_dialogue_zh"]
-        assert counts["documents"].tolist() == expected["size"].tolist()
-        assert counts["kept"].tolist() == expected["sum"].tolist()
-        assert 0 < counts["kept"].sum() < counts["documents"].sum()
+        full = ws.df("SELECT d.corpus, v.word_count AS value FROM quality_signal_values v JOIN documents d "
+                     "USING (doc_id) JOIN quality_scored q USING (doc_id) WHERE q.language_group = 'zh'")
+        dist = signal_distribution(ws, "word_count", group="zh")
+        assert dist.documents == len(full) > 2000
+        assert all((np.diff(v) >= 0).all() for v in dist.values.values())  # sorted, for the binary search
+        sample = dist.sample(500)
+        assert len(sample) == 500 and set(sample["corpus"]) <= set(full["corpus"])
+        assert sample.equals(dist.sample(500))  # repeatable
+        for keep_if, threshold in ((">=", 20.0), (">", 20.0), ("<=", 20.0), ("<", 20.0)):
+            counts = dist.counts(keep_if, threshold)
+            kept = full.assign(kept=keeps(keep_if, full["value"], threshold)).groupby("corpus")["kept"]
+            expected = kept.agg(["size", "sum"])
+            assert counts["corpus"].tolist() == expected.index.tolist() == ["fever_textbook_zh",
+                                                                            "medical_dialogue_zh"]
+            assert counts["documents"].tolist() == expected["size"].tolist()
+            assert counts["kept"].tolist() == expected["sum"].tolist()
+            assert 0 < counts["kept"].sum() < counts["documents"].sum()
         densities = density_table(ws, ["c4_web_en", "fever_textbook_zh"])
         assert len(densities) == 2676 + 985
         few = density_table(ws, ["c4_web_en", "fever_textbook_zh"], sample_rows=300)
