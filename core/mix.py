@@ -57,7 +57,7 @@ from core.mix_formats import (
     instruction_row,
     instruction_turns,
 )
-from core.mix_plan import BATCH_ROWS, ComponentPlan, MixPlan, plan_mix, sample_documents
+from core.mix_plan import BATCH_ROWS, ComponentPlan, MixPlan, plan_mix, preview_mix
 from core.mix_recipe import (
     DRAWABLE_ROLES,
     EXPORT_FORMATS,
@@ -93,8 +93,8 @@ __all__ = [
     "ContaminationChecker", "ExportedFile", "MixExportConfig", "MixPlan", "MixRecipe", "MixResult", "Phase", "PresetMixConfig",
     "Screening", "ValidationConfig", "build_mix", "contamination_checker", "dataset_info", "duckdb_memory_limit",
     "exports_folder", "instruction_row", "instruction_turns", "latest_mix", "load_recipe", "mixable_corpora",
-    "plan_mix", "preset_recipe", "recent_mixes", "recipe_from_dict", "recipe_to_dict", "recipe_toml",
-    "recipes_folder", "role_of", "run_preset_mix", "sample_documents", "save_recipe",
+    "plan_mix", "preview_mix", "preset_recipe", "recent_mixes", "recipe_from_dict", "recipe_to_dict", "recipe_toml",
+    "recipes_folder", "role_of", "run_preset_mix", "save_recipe",
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from core.corpus import document_texts
 from core.mix_recipe import MixRecipe, role_of
 from core.workspace import Workspace, WorkspaceError
 
@@ -250,27 +251,31 @@ def drop_temp_tables(ws: Workspace) -> None:
             ws.con.execute(f"DROP TABLE IF EXISTS temp.{name}")
 
 
-def sample_documents(ws: Workspace, recipe: MixRecipe, n: int = 5) -> dict[str, list[dict[str, Any]]]:
-    """A few documents (seeded) each component would draw from, for the page: the pools are built once for all
-    components (on 1M documents a build costs ~0.5 s)."""
+def preview_mix(ws: Workspace, recipe: MixRecipe, samples: int = 4
+                ) -> tuple[MixPlan, dict[str, list[dict[str, Any]]]]:
+    """What the Mix page shows, from one build of the pools (on 1M documents a build costs ~0.5 s): the plan, as
+    `plan_mix` gives it, and a few documents (seeded) each component would draw from, with the first 1,200
+    characters of their texts."""
     recipe.validate()
     try:
-        build_pools(ws, recipe)
+        exclusions = build_pools(ws, recipe)
         rows = ws.query(
-            """WITH picked AS (
+            """SELECT comp_idx, doc_id, corpus, tokens FROM (
                    SELECT comp_idx, doc_id, corpus, tokens, row_number() OVER (
                        PARTITION BY comp_idx ORDER BY md5(? || ':sample:' || doc_id), doc_id) AS k
                    FROM mix_pool QUALIFY k <= ?)
-               SELECT p.comp_idx, p.doc_id, p.corpus, p.tokens, left(d.text, 1200)
-               FROM picked p JOIN documents d USING (doc_id) ORDER BY p.comp_idx, p.k""",
-            [str(recipe.seed), n])
+               ORDER BY comp_idx, k""",
+            [str(recipe.seed), samples])
+        carve_validation(ws, recipe)
+        plan = plan_from_pools(ws, recipe, exclusions)
     finally:
         drop_temp_tables(ws)
-    samples: dict[str, list[dict[str, Any]]] = {c.name: [] for c in recipe.components}
-    for index, doc_id, corpus, tokens, text in rows:
-        samples[recipe.components[index].name].append(
-            {"doc_id": doc_id, "corpus": corpus, "tokens": tokens, "text": text})
-    return samples
+    texts = document_texts(ws, [row[1] for row in rows])  # read for the picked documents only
+    picked: dict[str, list[dict[str, Any]]] = {c.name: [] for c in recipe.components}
+    for index, doc_id, corpus, tokens in rows:
+        picked[recipe.components[index].name].append(
+            {"doc_id": doc_id, "corpus": corpus, "tokens": tokens, "text": texts[doc_id][:1200]})
+    return plan, picked
 
 
 # --- building the mix ----------------------------------------------------------------------------------------

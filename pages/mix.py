@@ -28,11 +28,10 @@ from core.mix import (
     ValidationConfig,
     load_recipe,
     mixable_corpora,
-    plan_mix,
     preset_recipe,
+    preview_mix,
     recent_mixes,
     recipe_toml,
-    sample_documents,
     save_recipe,
 )
 from core.steps import config_argv, param_info
@@ -202,7 +201,7 @@ st.session_state["mix_recipe_current"] = current
 # --- live accounting -------------------------------------------------------------------------------------------
 st.subheader("Requested versus available tokens")
 try:
-    plan = w.cached_read(plan_mix, current)
+    plan, samples_by_component = w.cached_read(preview_mix, current, 4)
 except WorkspaceError as exc:
     st.error(str(exc), icon=":material/error:")
     st.stop()
@@ -258,7 +257,6 @@ else:
 # --- samples ---------------------------------------------------------------------------------------------------
 st.subheader("Sample documents")
 tabs = st.tabs(names)
-samples_by_component = w.cached_read(sample_documents, current, 4)
 for tab, comp_name in zip(tabs, names, strict=True):
     with tab:
         samples = samples_by_component.get(comp_name, [])

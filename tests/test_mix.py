@@ -27,8 +27,10 @@ from core.mix import (
     load_recipe,
     plan_mix,
     preset_recipe,
+    preview_mix,
     recipe_from_dict,
     recipe_to_dict,
+    role_of,
     save_recipe,
 )
 from core.tokens import count_tokens
@@ -200,6 +202,24 @@ def test_every_window_holds_the_component_shares(ws: Workspace, tmp_path: Path) 
             assert abs(sum(1 for r in window if r["component"] == c) - expected) <= 2, (start, c)
     assert by_count.window["windows_missing_a_component"] == 0
     assert {r["doc_id"] for r in rows} == {r["doc_id"] for r in train_members(result)}  # same draw, new order
+
+
+def test_page_preview_is_the_plan_and_samples_from_the_pools(ws: Workspace) -> None:
+    """The Mix page's one read: the same plan as `plan_mix` and, per component, a few seeded documents of the
+    component's pool (no validation document was carved out before they were drawn: the pool as built)."""
+    recipe = preset_recipe("MIP 80/10/10", 200_000, name="preview", seed=3, decontaminate=False)
+    plan, samples = preview_mix(ws, recipe, 3)
+    assert plan.to_dict() == plan_mix(ws, recipe).to_dict()
+    assert list(samples) == [c.name for c in recipe.components]
+    roles = dict(ws.query("SELECT name, role FROM corpora"))
+    for comp in recipe.components:
+        docs = samples[comp.name]
+        assert len(docs) == 3 and len({d["doc_id"] for d in docs}) == 3
+        for doc in docs:
+            assert roles[doc["corpus"]] == role_of(comp) and doc["tokens"] > 0
+            full = ws.scalar("SELECT text FROM documents WHERE doc_id = ?", [doc["doc_id"]])
+            assert doc["text"] == full[:1200]
+    assert preview_mix(ws, recipe, 3)[1] == samples  # seeded
 
 
 def test_short_component_is_upsampled_only_up_to_the_cap(ws: Workspace, tmp_path: Path) -> None:
