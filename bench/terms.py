@@ -29,8 +29,8 @@ from core.config import data_root  # noqa: E402
 from core.terms import (  # noqa: E402
     Lexicon,
     TermMatcher,
-    _is_latin,
     english_plurals,
+    is_latin,
     load_lexicon,
     score_texts,
 )
@@ -66,7 +66,7 @@ def regex_alternation(lexicon: Lexicon) -> re.Pattern[str]:
     """One alternation of every term (and plural), longest first so that it is leftmost-longest too."""
     latin, other = set(), set()
     for key in lexicon.weights:
-        if _is_latin(key):
+        if is_latin(key):
             latin.add(key)
             latin.update(p.lower() for p in english_plurals(lexicon.spelling[key]))
         else:

@@ -175,7 +175,8 @@ def load_lexicons(specs: Iterable[str | Path]) -> Lexicon:
 
 
 # --- matching --------------------------------------------------------------------------------------------------
-def _is_latin(term: str) -> bool:
+def is_latin(term: str) -> bool:
+    """Whether a term is written without CJK characters (matched by words, not by characters)."""
     return all(c < _CJK_SCRIPT_START for c in term)
 
 
@@ -210,10 +211,10 @@ class TermMatcher:
         self.automaton = ahocorasick.Automaton()
         # value: (length, lexicon key, needs word boundaries)
         for key in lexicon.weights:
-            latin = _is_latin(key)
+            latin = is_latin(key)
             self.automaton.add_word(key, (len(key), key, latin))
         for key in lexicon.weights:
-            if _is_latin(key):
+            if is_latin(key):
                 for plural in english_plurals(lexicon.spelling[key]):
                     plural = plural.lower()
                     if plural not in lexicon.weights:  # a plural listed as its own term stays its own term
