@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -135,3 +139,20 @@ def replicated_jsonl(source: Path, target: Path, copies: int) -> Path:
                 record["text"] = f"[{copy}] {record['text']}"
                 fh.write(json.dumps(record).encode() + b"\n")
     return target
+
+
+def kill_ingest_midway(ws_path: Path, sources: list[Path], progress: Path, reached: Callable[[str], bool],
+                       timeout_s: float = 120) -> None:
+    """Run `studio ingest` of `sources` into corpus k (domain) in a child process and SIGKILL it as soon as one of
+    its progress lines satisfies `reached` (so the kill lands midway through a file, at a known point)."""
+    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "ingest", str(ws_path), *map(str, sources),
+                             "--corpus", "k", "--role", "domain", "--json", "--progress-file", str(progress)],
+                            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and any(reached(line) for line in progress.read_text().splitlines()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the ingest finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from conftest import replicated_jsonl
+from conftest import kill_ingest_midway, replicated_jsonl
 
 from core.benchmarks import BenchmarkImportConfig, import_benchmark
 from core.decontam import contamination_index
@@ -282,18 +282,9 @@ def test_readers_never_see_a_half_ingested_file(tmp_path: Path, data_dir: Path) 
     ws_path = tmp_path / "ws"
     assert cli_main(["init", str(ws_path)]) == 0
     progress = tmp_path / "progress.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "ingest", str(ws_path), str(data_dir / MEDQUAD),
-                             str(big), "--corpus", "k", "--role", "domain", "--json", "--progress-file",
-                             str(progress)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:  # kill once a part of the big file is committed
-        if progress.exists() and any("big.jsonl" in x and re.search(r"[2-9]\d,\d{3} records", x)
-                                     for x in progress.read_text().splitlines()):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the ingest finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # kill once a part of the big file is committed
+    kill_ingest_midway(ws_path, [data_dir / MEDQUAD, big], progress,
+                       lambda line: "big.jsonl" in line and re.search(r"[2-9]\d,\d{3} records", line))
     # Read-only readers cannot clean up; the partial rows are in the table, but no reader counts them.
     con = duckdb.connect(str(ws_path / "studio.duckdb"), read_only=True)
     partial = con.execute("SELECT count(*) FROM documents WHERE source_file = ?", [str(big)]).fetchall()[0][0]

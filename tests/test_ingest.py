@@ -5,11 +5,6 @@ from __future__ import annotations
 import codecs
 import gzip
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -17,9 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from conftest import replicated_jsonl
+from conftest import kill_ingest_midway, replicated_jsonl
 
-from core.config import REPO_ROOT
 from core.ingest import IngestConfig, ingest
 from core.text import detect_language
 from core.workspace import Workspace, WorkspaceError
@@ -208,19 +202,9 @@ def test_killed_ingest_leaves_nothing_half_written(tmp_path: Path, data_dir: Pat
     ws_path = tmp_path / "ws"
     Workspace.open(ws_path).close()
     progress = tmp_path / "progress.jsonl"
-    proc = subprocess.Popen([sys.executable, "-m", "studio.cli", "ingest", str(ws_path), str(data_dir / MEDQUAD),
-                             str(big), "--corpus", "k", "--role", "domain", "--json", "--progress-file",
-                             str(progress)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
     # Kill once the big file is half read (its progress lines say how many records were read).
-    while time.time() < deadline and proc.poll() is None:
-        if progress.exists() and any("big.jsonl" in x and "100,000 records" in x
-                                     for x in progress.read_text().splitlines()):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the ingest finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_ingest_midway(ws_path, [data_dir / MEDQUAD, big], progress,
+                       lambda line: "big.jsonl" in line and "100,000 records" in line)
     with Workspace.open(ws_path) as ws:
         per_file = dict(ws.query("SELECT source_file, count(*) FROM documents GROUP BY 1"))
         assert per_file == {str(data_dir / MEDQUAD): 4896}  # the first file committed, nothing of the second
