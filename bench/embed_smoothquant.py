@@ -6,7 +6,7 @@ output projections) coarsen every other channel, and its vectors fall below the 
 (Xiao et al. 2023, arXiv:2211.10438) moves that range into the weights: for each weight MatMul `x @ W`, with
 per-input-channel `s_j = max|x_j|^a / max|W_j|^(1-a)` measured on calibration text, it computes
 `(x / s) @ (diag(s) W)`, the same product, whose activation is flat enough for per-tensor int8. Here the division is
-a Mul node before each MatMul (cheap next to the product) and the statistics come from `--calibration` paragraphs.
+a Mul node before the MatMuls that read an activation (one for Q, K and V) and the statistics come from `--calibration` paragraphs.
 
 For each smoothing strength `a` and each set of MatMuls kept in fp32, the bench prints per text set (MedQuAD
 English, Chinese, English web and books) the min cosine to the studio's torch fp32 vectors at 128 tokens and the
@@ -54,14 +54,15 @@ def text_sets(n: int) -> dict[str, list[str]]:
 
 
 def channel_maxima(model, source: Path, matmuls: list, texts: list[str], cfg: EmbedConfig) -> dict[str, np.ndarray]:
-    """max |x_j| per input channel of each MatMul's activation over the real (unpadded) tokens of `texts`."""
+    """max |x_j| per input channel of each MatMul's activation (by tensor name) over the real (unpadded) tokens of
+    `texts`."""
     import onnx
     import onnxruntime as ort
     from onnx import helper
 
     graph = onnx.load(str(source))
-    for node in matmuls:
-        graph.graph.output.append(helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, None))
+    for name in dict.fromkeys(node.input[0] for node in matmuls):
+        graph.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     probe = Path(tempfile.mkdtemp()) / "probe.onnx"
     onnx.save(graph, str(probe))
     session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
@@ -78,29 +79,39 @@ def channel_maxima(model, source: Path, matmuls: list, texts: list[str], cfg: Em
     return maxima
 
 
-def smoothed_graph(source: Path, matmuls: list, maxima: dict[str, np.ndarray], alpha: float, target: Path) -> Path:
-    """The fp32 graph with each MatMul's weight rows scaled by s and a Mul by 1/s on its input: the same function."""
+def smoothed_graph(source: Path, matmuls: list, maxima: dict[str, np.ndarray], alpha: float, target: Path,
+                   alphas: dict[str, float] | None = None) -> Path:
+    """The fp32 graph with each MatMul's weight rows scaled by s and a Mul by 1/s on its input: the same function.
+    MatMuls that read the same activation (Q, K and V) share one s (from their weights' joint row maxima) and one
+    Mul, so their int8 inputs stay one quantisation, as without smoothing. `alphas` sets another strength for the
+    MatMuls it names."""
     import onnx
     from onnx import helper, numpy_helper
 
     graph = onnx.load(str(source))
     weights = {t.name: t for t in graph.graph.initializer}
     wanted = {node.name for node in matmuls}
-    muls = {}
+    readers: dict[str, list] = {}
     for node in graph.graph.node:
-        if node.name not in wanted:
-            continue
-        w = numpy_helper.to_array(weights[node.input[1]])
-        s = np.maximum(maxima[node.input[0]], 1e-5) ** alpha / np.maximum(np.abs(w).max(axis=1), 1e-5) ** (1 - alpha)
-        weights[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), node.input[1]))
-        graph.graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), node.name + "/smooth"))
-        smoothed = f"{node.input[0]}/smoothed/{len(muls)}"
-        muls[smoothed] = helper.make_node("Mul", [node.input[0], node.name + "/smooth"], [smoothed],
-                                          name=node.name + "/smooth_mul")
-        node.input[0] = smoothed
+        if node.name in wanted:
+            readers.setdefault(node.input[0], []).append(node)
+    muls = {}
+    for k, (activation, nodes) in enumerate(readers.items()):
+        w_max = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(axis=1) for n in nodes], axis=0)
+        a = next(((alphas or {})[n.name] for n in nodes if n.name in (alphas or {})), alpha)
+        s = np.maximum(maxima[activation], 1e-5) ** a / np.maximum(w_max, 1e-5) ** (1 - a)
+        for node in nodes:
+            w = numpy_helper.to_array(weights[node.input[1]])
+            weights[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32),
+                                                                    node.input[1]))
+        scale, smoothed = f"smooth/{k}/scale", f"smooth/{k}/output"
+        graph.graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), scale))
+        muls[smoothed] = helper.make_node("Mul", [activation, scale], [smoothed], name=f"smooth/{k}/mul")
+        for node in nodes:
+            node.input[0] = smoothed
     nodes = list(graph.graph.node)
     del graph.graph.node[:]
-    for node in nodes:  # each Mul just before its consumer keeps the graph in topological order
+    for node in nodes:  # each Mul just before its first reader keeps the graph in topological order
         graph.graph.node.extend(muls.pop(name) for name in list(node.input) if name in muls)
         graph.graph.node.append(node)
     onnx.save(graph, str(target))
@@ -112,6 +123,7 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.5,0.7")
     parser.add_argument("--texts", type=int, default=200, help="texts per set")
     parser.add_argument("--calibration", type=int, default=64, help="paragraphs the channel maxima come from")
+    parser.add_argument("--layer0-alphas", default="", help="also: layer 0's FFN output smoothed at these strengths")
     args = parser.parse_args()
     import onnx
 
@@ -132,6 +144,11 @@ def main() -> None:
         variants[f"smooth a={alpha}"] = fastpath.quantize_int8(smooth, work / f"smooth-{alpha}.int8.onnx")
         variants[f"smooth a={alpha}, layer 0 FFN out fp32"] = fastpath.quantize_int8(
             smooth, work / f"smooth-{alpha}-l0.int8.onnx", [LAYER0_FFN_OUT])
+        for a0 in (float(a) for a in args.layer0_alphas.split(",") if a):
+            file = smoothed_graph(source, matmuls, maxima, alpha, work / f"smooth-{alpha}-{a0}.onnx",
+                                  {LAYER0_FFN_OUT: a0})
+            variants[f"smooth a={alpha}, layer 0 FFN out a={a0}"] = fastpath.quantize_int8(
+                file, work / f"smooth-{alpha}-{a0}.int8.onnx")
 
     def plain(texts: list[str]) -> np.ndarray:
         model.max_seq_length = 256
