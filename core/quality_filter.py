@@ -20,7 +20,9 @@ from core.quality_rules import (
     DEFAULT_ROLES,
     FILTER_STEP,
     PRESETS,
+    Rule,
     check_corpora,
+    keeps,
     keeps_sql,
     parse_thresholds,
     select_rules,
@@ -101,12 +103,13 @@ def _value_column(signal: str) -> str:
     return {"perplexity": "perplexity", "composite": "composite"}.get(signal) or f'"{_stored_signal(signal)}"'
 
 
-def _checked_sql(ws: Workspace, cfg: QualityFilterConfig) -> tuple[str, list[Any], list[str]]:
+def _checked_sql(ws: Workspace, cfg: QualityFilterConfig
+                 ) -> tuple[str, list[Any], list[tuple[Rule, float, str]]]:
     """A row per document in scope: corpus, whether it has stored signals (`scored`), the index `ord` of the first
     rule it fails (in preset order; NULL when it fails none), that rule's `value`, whether the random keep share
     spares it, and every signal's value. One pass over a row per document: a rule fails where its language
     group is the document's and `NOT (value keep_if threshold)` (a missing or NaN value fails nothing). Also
-    returns each rule's failure condition, in `ord` order, over the same columns."""
+    returns the rules checked, in `ord` order: (rule, threshold, its failure condition over the same columns)."""
     scope, params = scope_sql(ws, FILTER_STEP, cfg.roles, cfg.corpora)
     chosen = select_rules(cfg.rules, cfg.thresholds)
     fails: list[str] = []
@@ -134,18 +137,19 @@ def _checked_sql(ws: Workspace, cfg: QualityFilterConfig) -> tuple[str, list[Any
             {'LEFT JOIN quality_perplexity_latest p USING (doc_id)' if 'perplexity' in signals else ''}
             {'LEFT JOIN quality_composite c USING (doc_id)' if 'composite' in signals else ''})
     """
-    return sql, [str(cfg.seed), cfg.keep_share] + params, fails
+    checks = [(rule, threshold, fail) for (rule, _, threshold), fail in zip(chosen, fails, strict=True)]
+    return sql, [str(cfg.seed), cfg.keep_share] + params, checks
 
 
 def _verdict_sql(ws: Workspace, cfg: QualityFilterConfig) -> tuple[str, list[Any]]:
     """Per failing document: the first failed rule with its value and threshold, every failed rule (`failed`),
     and whether the random keep share spares it (`randomly_kept`). Needs `q_rules` registered (the rules'
     names and presets by `ord`)."""
-    checked, params, fails = _checked_sql(ws, cfg)
+    checked, params, checks = _checked_sql(ws, cfg)
     entries = ", ".join(
         f"CASE WHEN {fail} THEN struct_pack(rule := '{rule.name}', value := {_value_column(rule.signal)}, "
         f"threshold := {float(threshold)!r}::DOUBLE, keep_if := '{rule.keep_if}') END"
-        for fail, (rule, _, threshold) in zip(fails, select_rules(cfg.rules, cfg.thresholds), strict=True))
+        for rule, threshold, fail in checks)
     sql = f"""
         SELECT doc_id, corpus, language_group, r.rule, r.preset, value, r.threshold, r.keep_if,
                list_filter([{entries}], lambda x: x IS NOT NULL) AS failed, randomly_kept
@@ -168,19 +172,18 @@ def filter_preview(ws: Workspace, cfg: QualityFilterConfig | None = None) -> Qua
 
 def _summarise(ws: Workspace, cfg: QualityFilterConfig, run_id: str | None) -> QualityFilterResult:
     """Counts per corpus and drops per first failed rule, in one pass over the checked documents."""
-    checked, params, _ = _checked_sql(ws, cfg)
+    checked, params, checks = _checked_sql(ws, cfg)
     rows = ws.query(
         f"""SELECT grouping(corpus) AS per_rule, corpus, ord, count(*) AS documents,
                    count(*) FILTER (WHERE scored) AS scored,
                    count(*) FILTER (WHERE NOT randomly_kept) AS dropped,
                    count(*) FILTER (WHERE randomly_kept) AS randomly_kept
-            FROM ({checked}) GROUP BY GROUPING SETS ((corpus), (ord)) ORDER BY per_rule, corpus""", params)
-    names = [rule.name for rule, _, _ in select_rules(cfg.rules, cfg.thresholds)]
-    drops = sorted(((names[ord_], dropped) for per_rule, _, ord_, _, _, dropped, _ in rows
-                    if per_rule and ord_ is not None and dropped), key=lambda kv: -kv[1])
+            FROM ({checked}) GROUP BY GROUPING SETS ((corpus), (ord)) ORDER BY per_rule, corpus, ord""", params)
     by_rule: dict[str, int] = {}
-    for name, n in drops:  # a rule checked in both language groups is one rule
-        by_rule[name] = by_rule.get(name, 0) + n
+    for per_rule, _, ord_, _, _, dropped, _ in rows:
+        if per_rule and ord_ is not None and dropped:  # a rule checked in both language groups is one rule
+            name = checks[ord_][0].name
+            by_rule[name] = by_rule.get(name, 0) + dropped
     by_rule = dict(sorted(by_rule.items(), key=lambda kv: -kv[1]))
     corpora = [{"corpus": corpus, "documents": documents, "scored": scored, "dropped": dropped,
                 "randomly_kept": randomly_kept, "kept": documents - dropped}
@@ -240,9 +243,10 @@ def _values_sql(ws: Workspace, signal: str, roles: Sequence[str], corpora: Seque
 
 @dataclass
 class SignalDistribution:
-    """Every stored value of one signal in scope (one language group), sorted, per corpus: the page's histogram
-    sample and its per-corpus kept counts at any threshold come from it without another query, so a moved
-    threshold is counted in numpy over every document instead of re-joining a million rows."""
+    """Every stored value of one signal in scope (one language group), per corpus in ascending order (a fixed
+    order, so the sample below is repeatable): the page's histogram sample and its per-corpus kept counts at any
+    threshold come from it without another query, so a moved threshold is counted in numpy over every document
+    instead of re-joining a million rows."""
 
     signal: str
     values: dict[str, np.ndarray]  # corpus -> its documents' values, ascending (NaN left out)
@@ -253,18 +257,11 @@ class SignalDistribution:
 
     def counts(self, keep_if: str, threshold: float):  # -> pandas.DataFrame
         """Per corpus, the documents and how many `value keep_if threshold` keeps (columns corpus, documents,
-        kept): the same comparison as `keeps`, counted by binary search in the sorted values."""
+        kept), with the rules' own comparison (`keeps`)."""
         import pandas as pd
 
-        side = {">=": ("left", True), ">": ("right", True), "<=": ("right", False), "<": ("left", False)}
-        if keep_if not in side:
-            raise ValueError(f"keep_if must be one of {', '.join(side)}, not {keep_if!r}")
-        how, above = side[keep_if]
-        rows = []
-        for corpus, values in self.values.items():
-            cut = int(np.searchsorted(values, threshold, side=how))
-            rows.append((corpus, len(values), len(values) - cut if above else cut))
-        return pd.DataFrame(rows, columns=["corpus", "documents", "kept"])
+        return pd.DataFrame([(corpus, len(values), int(keeps(keep_if, values, threshold).sum()))
+                             for corpus, values in self.values.items()], columns=["corpus", "documents", "kept"])
 
     def sample(self, rows: int, seed: int = 7):  # -> pandas.DataFrame
         """A repeatable uniform sample of at most `rows` (corpus, value) pairs: the histogram's (shipping every

@@ -28,18 +28,18 @@ KEEP_IF: dict[str, Callable[[Any, Any], Any]] = {">=": operator.ge, ">": operato
 def keeps(keep_if: str, value: Any, threshold: Any) -> Any:
     """Whether `value keep_if threshold` keeps a document: a bool for numbers, a boolean column for a numpy
     array or pandas Series."""
-    return KEEP_IF[keep_if](value, threshold)
+    return KEEP_IF[_checked_keep_if(keep_if)](value, threshold)
 
 
-def keeps_sql(keep_if: str | None, value: str, threshold: str) -> str:
-    """The same comparison as SQL over two expressions; with `keep_if` None, a CASE over a `keep_if` column
-    (`threshold`'s table alias prefix and all)."""
-    if keep_if is not None:
-        if keep_if not in KEEP_IF:
-            raise ValueError(f"keep_if must be one of {', '.join(KEEP_IF)}, not {keep_if!r}")
-        return f"{value} {keep_if} {threshold}"
-    column = threshold.rsplit(".", 1)[0] + ".keep_if" if "." in threshold else "keep_if"
-    return "CASE " + " ".join(f"WHEN {column} = '{op}' THEN {value} {op} {threshold}" for op in KEEP_IF) + " END"
+def _checked_keep_if(keep_if: str) -> str:
+    if keep_if not in KEEP_IF:
+        raise ValueError(f"keep_if must be one of {', '.join(KEEP_IF)}, not {keep_if!r}")
+    return keep_if
+
+
+def keeps_sql(keep_if: str, value: str, threshold: str) -> str:
+    """The same comparison as SQL over two expressions."""
+    return f"{value} {_checked_keep_if(keep_if)} {threshold}"
 
 
 @dataclass(frozen=True)
