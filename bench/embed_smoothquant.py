@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from core import fastpath  # noqa: E402
 from core.config import data_root  # noqa: E402
-from core.embed import EmbedConfig, _encode_onnx, encode_uncached, load_embedder, onnx_file  # noqa: E402
+from core.embed import EmbedConfig, encode_onnx_file, encode_uncached, load_embedder, onnx_file  # noqa: E402
 
 LAYER0_FFN_OUT = "/encoder/encoder/layer.0/output/dense/MatMul"  # the most sensitive MatMul (measured)
 
@@ -156,7 +156,7 @@ def main() -> None:
 
     def onnx_encode(file: Path, texts: list[str]) -> np.ndarray:
         model.max_seq_length = cfg.max_tokens
-        return np.concatenate([_encode_onnx(model, file, texts[b:b + 16], cfg) for b in range(0, len(texts), 16)])
+        return np.concatenate([encode_onnx_file(model, file, texts[b:b + 16], cfg) for b in range(0, len(texts), 16)])
 
     print(f"{len(sets)} sets of {args.texts} texts, 128 tokens, batch 16; calibration {len(calibration)} paragraphs")
     seconds = {"plain": 0.0} | {name: 0.0 for name in variants}

@@ -212,7 +212,8 @@ def _export(model: Any, source: Path, mode: str, target: Path) -> None:
                           input_names=inputs, output_names=["embedding"], dynamic_axes=axes, opset_version=17)
 
 
-def _encode_onnx(model: Any, file: Path, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
+def encode_onnx_file(model: Any, file: Path, texts: list[str], cfg: EmbedConfig) -> np.ndarray:
+    """One batch of `texts` through an ONNX export of the embedder (`file`: any of its paths' variants)."""
     session = fastpath.onnx_session(str(file))
     wanted = [i.name for i in session.get_inputs()]
     enc = model.tokenizer(texts, padding=True, truncation=True, max_length=cfg.max_tokens, return_tensors="np")
@@ -297,7 +298,7 @@ def encode_uncached(texts: Sequence[str], cfg: EmbedConfig | None = None, progre
             if file is not None:
                 for b in range(0, len(idx), cfg.batch_size):
                     part = idx[b:b + cfg.batch_size]
-                    out[part] = _encode_onnx(model, file, [texts[i] for i in part], cfg)
+                    out[part] = encode_onnx_file(model, file, [texts[i] for i in part], cfg)
             else:
                 vectors = model.encode([texts[i] for i in idx], batch_size=cfg.batch_size, convert_to_tensor=True,
                                        normalize_embeddings=False, show_progress_bar=False)
