@@ -237,19 +237,24 @@ def bench_embeddings(n: int, chunk: int = 50) -> dict:
         embed_texts,
         encode_uncached,
         load_embedder,
+        onnx_file,
         onnx_supported,
+        smoothing_digest,
     )
     from core.fastpath import TORCH_BF16, TORCH_FP32, PathTrial
     from core.workspace import Workspace
 
     with open(data_root() / "medquad/corpus_en_medquad_nih_paragraphs.jsonl", encoding="utf-8") as fh:
-        texts = list(dict.fromkeys(json.loads(line)["text"] for line in fh))[:n]
+        every = list(dict.fromkeys(json.loads(line)["text"] for line in fh))
+    texts, held_out = every[:n], every[n:n + 200]
     words = float(np.mean([len(t.split()) for t in texts]))
     cfg = EmbedConfig()
     model = load_embedder(cfg.model)
     paths = [p for p in fastpath.PATHS if p != TORCH_BF16 or fastpath._bf16_hardware()]
     if not onnx_supported(cfg.model):
         paths = [p for p in paths if p not in fastpath.ONNX_PATHS]
+    if fastpath.ONNX_INT8_SMOOTH in paths:  # made once per model; here (if not yet) from paragraphs not measured
+        onnx_file(cfg.model, fastpath.ONNX_INT8_SMOOTH, held_out)
     for path in paths:  # warm up: ONNX export and quantisation (first run only), sessions, allocation
         encode_uncached(texts[:8], cfg, path=path)
     model.encode(texts[:8])
@@ -285,7 +290,7 @@ def bench_embeddings(n: int, chunk: int = 50) -> dict:
         "paths": {t.path: {"per_s": t.per_second, "vs_plain": seconds["plain"] / t.seconds,
                            "min_cos": t.agreement, "mean_cos": float((stacked[t.path] * ref).sum(1).mean()),
                            "accepted": t.accepted} for t in trials},
-        "chosen": chosen, "chosen_no_bf16": chosen_no_bf16,
+        "chosen": chosen, "chosen_no_bf16": chosen_no_bf16, "smoothing_digest": smoothing_digest(cfg.model),
         "fast_with_cache_write_per_s": len(texts) / first_s, "cached_per_s": len(texts) / cached_s,
         "cos_cached_vs_chosen_min": float((cached * stacked[chosen]).sum(1).min()),
         "cos_fp32_128_vs_plain256_mean": float((ref * stacked["plain"]).sum(1).mean()),
@@ -350,7 +355,8 @@ def main() -> None:
         print(f"embeddings, {e['paragraphs']} MedQuAD paragraphs ({e['mean_words']:.0f} words avg, {e['threads']} "
               f"threads), interleaved in chunks; CPU {cpu['cpu']} ({cpu['capability']}, flags "
               f"{' '.join(cpu['flags']) or '-'}, native bf16 {cpu['bf16_hardware']})")
-        print(f"  plain sentence-transformers (256 tokens, fp32): {e['plain_256_fp32_per_s']:.1f}/s")
+        print(f"  plain sentence-transformers (256 tokens, fp32): {e['plain_256_fp32_per_s']:.1f}/s; onnx-int8-smooth's "
+              f"statistics {e['smoothing_digest']}")
         for path, r in e["paths"].items():
             agreement = "reference" if r["min_cos"] is None else f"cosine to torch-fp32 min {r['min_cos']:.4f} " \
                 f"mean {r['mean_cos']:.5f} ({'within' if r['accepted'] else 'OUTSIDE'} the 0.99 bound)"

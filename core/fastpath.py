@@ -14,7 +14,14 @@ Path names: `torch-fp32` (the reference), `torch-bf16` (autocast, only where nat
 activations quantised per row and block, far closer to fp32 than per-tensor dynamic int8), and the same on the
 graph fused by ONNX Runtime's offline transformer optimizer (`onnx-fused-fp32`, `onnx-fused-int8-mixed`,
 `onnx-fused-int8-block`: fused Attention, SkipLayerNormalization, BiasGelu, which the session-time optimizer does
-not do; the fused Attention's QKV weights are quantised as one `QAttention`), where a task has such a fusion.
+not do; the fused Attention's QKV weights are quantised as one `QAttention`), where a task has such a fusion;
+and `onnx-int8-smooth`: SmoothQuant (Xiao et al. 2023, arXiv:2211.10438) before dynamic int8. A few activation
+channels with large values coarsen per-tensor int8 for every other channel; smoothing divides each input channel
+of a weight MatMul by `s_j = max|x_j|^a / max|W_j|^(1-a)` (maxima from calibration text) and multiplies the
+weight's row j by it: the same product, with the range moved into the weights, which are quantised per channel.
+The division is folded into the value projection where the activation is an attention context (free), and is a
+Mul elsewhere (one per activation, shared by the MatMuls reading it, so Q, K and V keep one quantisation); the
+MatMuls a task names stay more precise as `MatMulNBits` (8-bit blocks, activations quantised per block).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -42,8 +49,11 @@ ONNX_INT8_BLOCK = "onnx-int8-block"
 ONNX_FUSED_FP32 = "onnx-fused-fp32"
 ONNX_FUSED_INT8_MIXED = "onnx-fused-int8-mixed"
 ONNX_FUSED_INT8_BLOCK = "onnx-fused-int8-block"
-ONNX_PATHS = (ONNX_FUSED_INT8_MIXED, ONNX_FUSED_INT8_BLOCK, ONNX_INT8, ONNX_INT8_MIXED, ONNX_INT8_BLOCK,
-              ONNX_FUSED_FP32, ONNX_FP32)
+ONNX_INT8_SMOOTH = "onnx-int8-smooth"
+ONNX_PATHS = (ONNX_INT8_SMOOTH, ONNX_FUSED_INT8_MIXED, ONNX_FUSED_INT8_BLOCK, ONNX_INT8, ONNX_INT8_MIXED,
+              ONNX_INT8_BLOCK, ONNX_FUSED_FP32, ONNX_FP32)
+SMOOTH_ALPHA = 0.7  # SmoothQuant's migration strength: 0.5-1.0 measured on all-MiniLM-L6-v2, 0.7 the best
+SMOOTH_BLOCK_SIZE = 128  # MatMulNBits block for the MatMuls kept finer: as accurate as 32 there, and faster
 PATHS = (*ONNX_PATHS, TORCH_BF16, TORCH_FP32)
 # The CPU flags that change which path is fastest or even available.
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
@@ -51,7 +61,7 @@ RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni
 CHOICES_FILE = "fastpath_choices.json"
 # Part of every choice's key: bumped when the candidate paths change, so a choice made among fewer paths is made
 # again (once) rather than kept forever.
-CHOICE_SCHEME = "paths-v2"
+CHOICE_SCHEME = "paths-v3"
 
 _choice_lock = threading.Lock()
 
@@ -319,7 +329,7 @@ def variant_file(folder: Path, path: str) -> Path:
 
 
 def onnx_variant_parts(path: str) -> tuple[str, str]:
-    """('plain' | 'fused', 'fp32' | 'int8' | 'int8-mixed' | 'int8-block') of an ONNX path name."""
+    """('plain' | 'fused', 'fp32' | 'int8' | 'int8-mixed' | 'int8-block' | 'int8-smooth') of an ONNX path name."""
     if path not in ONNX_PATHS:
         raise ValueError(f"{path} is not an ONNX path ({', '.join(ONNX_PATHS)})")
     rest = path.removeprefix("onnx-")
@@ -329,17 +339,23 @@ def onnx_variant_parts(path: str) -> tuple[str, str]:
 def onnx_variant(folder: Path, path: str, export: Callable[[Path], None],
                  sensitive: Callable[[Path], Sequence[str]],
                  fuse: Callable[[Path, Path], None] | None = None,
-                 block_sensitive: Callable[[Path], Sequence[str]] = lambda source: ()) -> Path:
+                 block_sensitive: Callable[[Path], Sequence[str]] = lambda source: (),
+                 smooth_maxima: Callable[[Path], dict[str, Any]] | None = None,
+                 smooth_block: Callable[[Path], Sequence[str]] = lambda source: ()) -> Path:
     """The ONNX file of one path in `folder`, made on first need: `model.onnx` through `export`; the fused graph
     through `fuse(source, target)` (a task without one has no fused paths); the int8 variants quantised from the
     plain or fused fp32 graph (`onnx-int8-mixed` leaves the nodes `sensitive` names in fp32, `*-int8-block` those
-    `block_sensitive` names)."""
+    `block_sensitive` names; `onnx-int8-smooth` smooths with the activation maxima `smooth_maxima(source)` gives
+    (see `activation_maxima`; a task without them has no smooth path) and keeps the `smooth_block` nodes as
+    MatMulNBits)."""
     target = variant_file(folder, path)
     if target.exists():
         return target
     graph, quant = onnx_variant_parts(path)
     if graph == "fused" and fuse is None:
         raise ValueError(f"{path}: this model has no fused graph")
+    if quant == "int8-smooth" and smooth_maxima is None:
+        raise ValueError(f"{path}: this model has no smoothing statistics")
     with _variant_lock:
         source = atomic_onnx(folder / "model.onnx", export)
         if graph == "fused":
@@ -351,6 +367,14 @@ def onnx_variant(folder: Path, path: str, export: Callable[[Path], None],
             quantize_int8(source, target, sensitive(source))
         elif quant == "int8-block":
             quantize_int8_blockwise(source, target, block_sensitive(source))
+        elif quant == "int8-smooth":
+            smoothed = atomic_onnx(folder / "model.smooth.onnx",
+                                   lambda tmp: smooth_graph(source, tmp, smooth_maxima(source)))  # type: ignore[misc]
+            finer = set(smooth_block(smoothed))
+            blocked = quantize_int8_blockwise(smoothed, folder / "model.smooth.block.onnx",
+                                              [n for n in weight_matmuls(smoothed) if n not in finer],
+                                              block_size=SMOOTH_BLOCK_SIZE)
+            quantize_int8(blocked, target)  # the MatMulNBits nodes are no longer MatMuls: left as they are
     return target
 
 
@@ -456,3 +480,115 @@ def quantize_int8_blockwise(source: Path, target: Path, exclude: Sequence[str] =
         onnx.save(model, str(tmp))
 
     return atomic_onnx(target, write)
+
+
+# --- SmoothQuant ------------------------------------------------------------------------------------------------
+def activation_maxima(source: Path, feeds: Iterable[tuple[dict[str, Any], Any]]) -> dict[str, Any]:
+    """max |x_j| per input channel of every weight MatMul's activation (by tensor name), over the real tokens of
+    `feeds`: (session inputs, boolean token mask of shape batch x tokens) pairs."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    graph = onnx.load(str(source))
+    names = set(weight_matmuls(source))
+    activations = list(dict.fromkeys(n.input[0] for n in graph.graph.node if n.name in names))
+    for name in activations:
+        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    maxima: dict[str, Any] = {}
+    for inputs, mask in feeds:
+        for name, value in zip(activations, session.run(activations, inputs), strict=True):
+            found = np.abs(value[mask]).max(axis=0)
+            maxima[name] = np.maximum(maxima[name], found) if name in maxima else found
+    if not maxima:
+        raise ValueError("no calibration text to measure the activations on")
+    return maxima
+
+
+def smoothing_digest(maxima: dict[str, Any]) -> str:
+    """A short fingerprint of smoothing statistics: part of the cache key of vectors computed with them."""
+    digest = hashlib.sha1()
+    for name in sorted(maxima):
+        digest.update(name.encode())
+        digest.update(maxima[name].astype("float32").tobytes())
+    return digest.hexdigest()[:10]
+
+
+def _value_projection(nodes_by_output: dict[str, Any], consumers: dict[str, int], activation: str,
+                      weights: dict[str, Any]) -> tuple[Any, str] | None:
+    """Where `activation` is an attention context (Reshape/Transpose of `probabilities @ V`, V = x @ W + b, each
+    intermediate read once), the value projection's (MatMul node, bias initializer): scaling W's columns and b
+    by 1/s scales the context's channels by 1/s, so the smoothing costs no node. None otherwise."""
+    def back(name: str) -> Any:
+        node = nodes_by_output.get(name)
+        while node is not None and node.op_type in ("Reshape", "Transpose") and consumers.get(name) == 1:
+            name = node.input[0]
+            node = nodes_by_output.get(name)
+        return node if consumers.get(name) == 1 else None
+
+    context = back(activation)
+    if context is None or context.op_type != "MatMul" or context.input[1] in weights:
+        return None
+    add = back(context.input[1])
+    if add is None or add.op_type != "Add":
+        return None
+    bias = next((i for i in add.input if i in weights and len(weights[i].dims) == 1), None)
+    matmul = next((nodes_by_output.get(i) for i in add.input if i != bias), None)
+    if bias is None or matmul is None or matmul.op_type != "MatMul" or matmul.input[1] not in weights \
+            or consumers.get(matmul.input[1]) != 1 or consumers.get(bias) != 1:
+        return None
+    return matmul, bias
+
+
+def smooth_graph(source: Path, target: Path, maxima: dict[str, Any], alpha: float = SMOOTH_ALPHA) -> Path:
+    """The fp32 graph with each weight MatMul's rows multiplied by s and its activation divided by s (SmoothQuant,
+    see the module docstring): the same function, flatter activations. MatMuls reading one activation share one s
+    (from their weights' joint row maxima)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    weights = {t.name: t for t in graph.initializer}
+    nodes = list(graph.node)
+    nodes_by_output = {out: node for node in nodes for out in node.output}
+    consumers: dict[str, int] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    chosen = set(weight_matmuls(source))
+    readers: dict[str, list[Any]] = {}
+    for node in nodes:
+        if node.name in chosen and node.input[0] in maxima:
+            readers.setdefault(node.input[0], []).append(node)
+
+    def array(name: str) -> Any:
+        return numpy_helper.to_array(weights[name])
+
+    def store(name: str, value: Any) -> None:
+        weights[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+    muls: dict[str, Any] = {}
+    for k, (activation, matmuls) in enumerate(readers.items()):
+        w_max = np.max([np.abs(array(n.input[1])).max(axis=1) for n in matmuls], axis=0)
+        s = np.maximum(maxima[activation], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+        for node in matmuls:
+            store(node.input[1], array(node.input[1]) * s[:, None])
+        value = _value_projection(nodes_by_output, consumers, activation, weights)
+        if value is not None and array(value[0].input[1]).shape[1] == len(s):
+            store(value[0].input[1], array(value[0].input[1]) / s[None, :])
+            store(value[1], array(value[1]) / s)
+            continue
+        scale, smoothed = f"smooth/{k}/scale", f"smooth/{k}/output"
+        graph.initializer.append(numpy_helper.from_array((1 / s).astype(np.float32), scale))
+        muls[smoothed] = helper.make_node("Mul", [activation, scale], [smoothed], name=f"smooth/{k}/mul")
+        for node in matmuls:
+            node.input[0] = smoothed
+    graph.ClearField("node")
+    for node in nodes:  # each Mul just before its first reader keeps the graph in topological order
+        graph.node.extend(muls.pop(name) for name in list(node.input) if name in muls)
+        graph.node.append(node)
+    onnx.save(model, str(target))
+    return target
