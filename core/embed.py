@@ -19,8 +19,8 @@ manages ~30 paragraphs/s on 2 cores), so this module makes it fast in three ways
   onnx-fp32, onnx-int8-mixed 1.36x (min cosine 0.991), onnx-fused-int8-mixed 1.68x (min cosine 0.991);
 - SmoothQuant before dynamic int8 (`onnx-int8-smooth`, see `core.fastpath`): the activation outliers moved
   into the weights per input channel (strength 0.7), the attention output projection's smoothing folded into
-  the value projection, the first FFN output projection (the one MatMul smoothing does not bring within bounds)
-  as 8-bit MatMulNBits. Its statistics come from the first calibration's texts (those outside the timed sample),
+  the value projection, the first two FFN output projections (the MatMuls smoothing leaves least accurate) as
+  8-bit MatMulNBits. Its statistics come from the first calibration's texts (those outside the timed sample),
   once per model; the vectors' cache key names their digest. `bench/dedup.py --only embed`, 400 MedQuAD
   paragraphs on a 2-core AVX-512 EPYC: 4.23x plain sentence-transformers, min cosine 0.9960 (onnx-int8-mixed
   2.83x, plain onnx-int8 4.06x but 0.9882); `bench/embed_smoothquant.py`: 0.992-0.993 on Chinese and English
@@ -70,6 +70,9 @@ CALIBRATION_TEXTS = 48  # texts timed and compared per path at first use
 MIN_CALIBRATION_TEXTS = 16  # fewer texts than this are embedded with the reference path, undecided
 SMOOTHING_TEXTS = 64  # texts whose activations onnx-int8-smooth is made from (64 measured enough)
 SMOOTHING_FILE = "model.smooth.json"  # beside the smoothed graph: the digest of its statistics
+# onnx-int8-smooth keeps the first two FFN output projections as 8-bit blocks: with the first alone the min cosine
+# on English web and book text was 0.990-0.992, with two 0.994 at the same speed (4.25x and 4.29x plain)
+SMOOTH_BLOCK_DOWNS = 2
 PATH_ENV = "STUDIO_EMBED_PATH"  # names a path to skip the calibration (benches, tests, a user overriding)
 # The ONNX paths calibrated at first use. onnx-int8-block (MatMulNBits on the unfused graph) is left out: its
 # fused twin was as accurate and faster wherever measured; it stays available by name.
@@ -159,10 +162,10 @@ def onnx_file(name: str, path: str, calibration_texts: Sequence[str] = ()) -> Pa
         for stale in (folder / "model.smooth.onnx", folder / "model.smooth.block.onnx",
                       fastpath.variant_file(folder, path)):  # left by an interrupted run: made again
             stale.unlink(missing_ok=True)
-    return fastpath.onnx_variant(folder, path, lambda tmp: _export(model, source, mode, tmp), _sensitive_matmuls,
+    return fastpath.onnx_variant(folder, path, lambda tmp: _export(model, source, mode, tmp), sensitive_matmuls,
                                  fuse=lambda src, tmp: _fuse(model, src, tmp),
                                  smooth_maxima=lambda src: _smoothing_maxima(model, src, calibration_texts, folder),
-                                 smooth_block=lambda src: _sensitive_matmuls(src, first_down_only=True))
+                                 smooth_block=lambda src: sensitive_matmuls(src, SMOOTH_BLOCK_DOWNS))
 
 
 def _smoothing_maxima(model: Any, source: Path, texts: Sequence[str], folder: Path) -> dict[str, np.ndarray]:
@@ -182,7 +185,9 @@ def _smoothing_maxima(model: Any, source: Path, texts: Sequence[str], folder: Pa
             yield {k: enc[k].astype(np.int64) for k in wanted}, enc["attention_mask"].astype(bool)
 
     maxima = fastpath.activation_maxima(source, feeds())
-    record = {"digest": fastpath.smoothing_digest(maxima), "texts": len(sample), "alpha": fastpath.SMOOTH_ALPHA}
+    # the digest names everything the variant is made from: statistics, strength, the MatMuls kept in blocks
+    recipe = f"alpha={fastpath.SMOOTH_ALPHA}|blocks={SMOOTH_BLOCK_DOWNS}x{fastpath.SMOOTH_BLOCK_SIZE}"
+    record = {"digest": fastpath.smoothing_digest(maxima, recipe), "texts": len(sample), "recipe": recipe}
     (folder / SMOOTHING_FILE).write_text(json.dumps(record), encoding="utf-8")
     return maxima
 
@@ -204,11 +209,11 @@ def onnx_supported(name: str) -> bool:
         and fastpath.onnx_available()
 
 
-def _sensitive_matmuls(model_path: Path, first_down_only: bool = False) -> list[str]:
+def sensitive_matmuls(model_path: Path, first_downs: int = 0) -> list[str]:
     """The weight MatMuls int8 hurts most (measured on all-MiniLM-L6-v2): those of the first layer (everything
     before the first FFN output projection) and every FFN output projection (input wider than output: its
     input, after GELU, has the outliers that per-tensor activation quantisation handles worst). With
-    `first_down_only`, the first FFN output projection alone: the one smoothing does not bring within bounds."""
+    `first_downs`, only the first that many FFN output projections: those smoothing leaves least accurate."""
     import onnx
 
     model = onnx.load(str(model_path), load_external_data=False)
@@ -220,12 +225,10 @@ def _sensitive_matmuls(model_path: Path, first_down_only: bool = False) -> list[
             continue
         k, n = (shapes[node.input[1]] + (0, 0))[:2]
         down = k > n
-        if first_down_only and down:
-            return [node.name]
-        if (first_layer or down) and not first_down_only:
+        if (down if first_downs else first_layer or down):
             out.append(node.name)
         first_layer = first_layer and not down
-    return out
+    return out[:first_downs] if first_downs else out
 
 
 def _fuse(model: Any, source: Path, target: Path) -> None:

@@ -506,9 +506,10 @@ def activation_maxima(source: Path, feeds: Iterable[tuple[dict[str, Any], Any]])
     return maxima
 
 
-def smoothing_digest(maxima: dict[str, Any]) -> str:
-    """A short fingerprint of smoothing statistics: part of the cache key of vectors computed with them."""
-    digest = hashlib.sha1()
+def smoothing_digest(maxima: dict[str, Any], recipe: str = "") -> str:
+    """A short fingerprint of smoothing statistics (and of the `recipe` that uses them): part of the cache key of
+    vectors computed with them."""
+    digest = hashlib.sha1(recipe.encode())
     for name in sorted(maxima):
         digest.update(name.encode())
         digest.update(maxima[name].astype("float32").tobytes())
