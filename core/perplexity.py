@@ -53,6 +53,12 @@ PATH_ENV = "STUDIO_PERPLEXITY_PATH"
 # Blockwise int8 (MatMulNBits: 8-bit weights in blocks of 32, activations quantised per row and block) does far
 # better than per-tensor int8 but still moved a MedQuAD paragraph's perplexity by 3.3% (2.9% with the head in
 # fp32), and on AVX2 it ran no faster than onnx-fp32 (0.94x): calibrated only on request too.
+# SmoothQuant (issue 17; the embedding path's recipe, folded here into the RMSNorm gains, v_proj and up_proj, so
+# at no run-time cost) measured on MedQuAD, English web/books and Chinese paragraphs, 128 tokens: per-tensor
+# dynamic int8 2.4x onnx-fp32 but 15-26 % off (a = 0.8; 33-75 % at a = 0.5), every single layer alone 1-6 % off,
+# per-token int8 (simulated) 3.8 %; MatMulNBits 8-bit blocks after smoothing 1.4-2.6 % off at 1.07-1.24x onnx-fp32.
+# fp32 is compute-bound (MatMul 86 % of onnx-fp32's time, the head 17 %), so no exact rewrite gains much (slicing
+# the hidden states before the head: 2 %). No int8 path is both within 2 % and faster than 1.25x onnx-fp32 here.
 INT8_ENV = "STUDIO_PERPLEXITY_TRY_INT8"
 INT8_PATHS = (ONNX_INT8, ONNX_INT8_MIXED, ONNX_INT8_BLOCK)
 # The ONNX paths of a causal LM: the ORT transformer optimizer's decoder fusions (model_type "qwen3": RMSNorm
