@@ -4,7 +4,7 @@ Perplexity here is per token: exp(mean negative log-likelihood of tokens 2..n gi
 for the first `max_tokens` tokens of a document (no special tokens are added; SmolLM2 adds no BOS). Scoring the
 same document with another model or length gives another number, so both are stored with it.
 
-On the 2-core development machines the bundled SmolLM2-135M scores about 360 tokens/s in fp32 and about 580
+On the 2-core development machines the bundled SmolLM2-135M scores about 360-560 tokens/s in fp32 and 580-970
 with bf16 autocast where bf16 is native (docs/PLATFORM facts); batches are sorted by length so padding costs
 little. bf16 is emulated (slower than fp32) on AVX2-only CPUs, so `dtype="auto"` picks, per model and CPU
 feature set (`core.fastpath`), the fastest of: ONNX Runtime fp32, bf16 autocast where native, torch fp32 (and,
