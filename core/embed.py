@@ -22,9 +22,9 @@ manages ~30 paragraphs/s on 2 cores), so this module makes it fast in three ways
   the value projection, the first two FFN output projections (the MatMuls smoothing leaves least accurate) as
   8-bit MatMulNBits. Its statistics come from the first calibration's texts (those outside the timed sample),
   once per model; the vectors' cache key names their digest. `bench/dedup.py --only embed`, 400 MedQuAD
-  paragraphs on a 2-core AVX-512 EPYC: 4.23x plain sentence-transformers, min cosine 0.9960 (onnx-int8-mixed
-  2.83x, plain onnx-int8 4.06x but 0.9882); `bench/embed_smoothquant.py`: 0.992-0.993 on Chinese and English
-  web and book paragraphs;
+  paragraphs on a 2-core AVX-512 EPYC: 4.27x plain sentence-transformers, min cosine 0.9972 (onnx-int8-mixed
+  2.82x, plain onnx-int8 4.22x but 0.9882); `bench/embed_smoothquant.py`: 0.9940 on Chinese and 0.9937 on
+  English web and book paragraphs;
 - length-sorted batches so little compute goes to padding.
 
 Dynamic int8 quantisation in torch (torch.ao) was measured too and rejected: cosine to fp32 0.91 (0.97 per channel).
