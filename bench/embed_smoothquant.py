@@ -14,7 +14,10 @@ For each smoothing strength `a` and each set of MatMuls kept in fp32, the bench 
 English, Chinese, English web and books) the min cosine to the studio's torch fp32 vectors at 128 tokens and the
 speed, interleaved chunk by chunk with plain sentence-transformers (256 tokens, fp32), which the ratios divide by.
 
-    .venv/bin/python bench/embed_smoothquant.py [--alphas 0.5,0.7] [--texts 200]
+    .venv/bin/python bench/embed_smoothquant.py [--alphas 0.5,0.7] [--texts 200] [--write-stats]
+
+`--write-stats` writes the maxima (64 paragraphs of each set after the measured ones: 192) as the statistics the
+studio ships for its bundled model, `data/smoothing/all-MiniLM-L6-v2.npz`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,14 +40,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from core import fastpath  # noqa: E402
 from core.config import data_root  # noqa: E402
 from core.embed import (  # noqa: E402
+    SHIPPED_SMOOTHING,
     SMOOTH_BLOCK_DOWNS,
     EmbedConfig,
     embedding_dimension,
     encode_onnx_file,
     encode_uncached,
     load_embedder,
+    measure_smoothing_maxima,
     onnx_file,
     sensitive_matmuls,
+    write_smoothing_maxima,
 )
 
 LAYER0_FFN_OUT = "/encoder/encoder/layer.0/output/dense/MatMul"  # the most sensitive MatMul (measured)
@@ -70,24 +75,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alphas", default="0.5,0.7")
     parser.add_argument("--texts", type=int, default=200, help="texts per set")
-    parser.add_argument("--calibration", type=int, default=64, help="paragraphs the channel maxima come from")
+    parser.add_argument("--calibration", type=int, default=64,
+                        help="paragraphs per set the channel maxima come from (after the measured ones)")
+    parser.add_argument("--write-stats", action="store_true",
+                        help="write the maxima as the statistics shipped for the bundled model (data/smoothing/)")
     args = parser.parse_args()
     cfg = EmbedConfig(batch_size=16)
     model = load_embedder(cfg.model)
-    sets = text_sets(args.texts)
+    both = text_sets(args.texts + args.calibration)
+    sets = {name: texts[:args.texts] for name, texts in both.items()}
+    calibration = [t for texts in both.values() for t in texts[args.texts:]]  # never among the texts measured
     refs = {name: encode_uncached(texts, cfg, path=fastpath.TORCH_FP32) for name, texts in sets.items()}
     source = onnx_file(cfg.model, fastpath.ONNX_FP32)
-    # calibration text from the far end of each set, not the texts measured
-    calibration = [t for texts in sets.values() for t in texts[-(args.calibration // len(sets)):]]
-
-    def feeds() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        for start in range(0, len(calibration), 8):
-            enc = model.tokenizer(calibration[start:start + 8], padding=True, truncation=True,
-                                  max_length=cfg.max_tokens, return_tensors="np")
-            yield {k: enc[k].astype(np.int64) for k in model.tokenizer.model_input_names}, \
-                enc["attention_mask"].astype(bool)
-
-    maxima = fastpath.activation_maxima(source, feeds())
+    maxima = measure_smoothing_maxima(model, source, calibration, cfg.max_tokens)
+    if args.write_stats:
+        written = write_smoothing_maxima(maxima, SHIPPED_SMOOTHING[cfg.model], len(calibration))
+        print(f"statistics of {len(calibration)} paragraphs written to {written.relative_to(REPO)}")
     work = Path(tempfile.mkdtemp(prefix="smoothquant-"))  # removed at the end: each variant is ~30-90 MB
     studio_blocks = sensitive_matmuls(source, SMOOTH_BLOCK_DOWNS)
     variants: dict[str, Path] = {"onnx-int8 (no smoothing)": fastpath.quantize_int8(source, work / "int8.onnx")}

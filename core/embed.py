@@ -20,8 +20,9 @@ manages ~30 paragraphs/s on 2 cores), so this module makes it fast in three ways
 - SmoothQuant before dynamic int8 (`onnx-int8-smooth`, see `core.fastpath`): the activation outliers moved
   into the weights per input channel (strength 0.7), the attention output projection's smoothing folded into
   the value projection, the first two FFN output projections (the MatMuls smoothing leaves least accurate) as
-  8-bit MatMulNBits. Its statistics come from the first calibration's texts (those outside the timed sample),
-  once per model; the vectors' cache key names their digest. `bench/dedup.py --only embed`, 400 MedQuAD
+  8-bit MatMulNBits. Its statistics are shipped for the bundled model (`data/smoothing/`) and come from the first
+  calibration's texts (those outside the timed sample) for any other, once per model; the vectors' cache key
+  names their digest. `bench/dedup.py --only embed`, 400 MedQuAD
   paragraphs on a 2-core AVX-512 EPYC: 4.27x plain sentence-transformers, min cosine 0.9972 (onnx-int8-mixed
   2.82x, plain onnx-int8 4.22x but 0.9882); `bench/embed_smoothquant.py`: 0.9940 on Chinese and 0.9937 on
   English web and book paragraphs;
@@ -52,6 +53,7 @@ import numpy as np
 import pyarrow as pa
 
 from core import fastpath
+from core.config import REPO_ROOT
 from core.fastpath import (
     ONNX_PATHS,
     TORCH_BF16,
@@ -73,6 +75,11 @@ SMOOTHING_FILE = "model.smooth.json"  # beside the smoothed graph: the digest of
 # onnx-int8-smooth keeps the first two FFN output projections as 8-bit blocks: with the first alone the min cosine
 # on English web and book text was 0.990-0.992, with two 0.994 at the same speed (4.25x and 4.29x plain)
 SMOOTH_BLOCK_DOWNS = 2
+# Smoothing statistics shipped for the bundled model, so its onnx-int8-smooth (and its vectors' cache key) is the
+# same on every install, whatever the first workspace holds: measured by `bench/embed_smoothquant.py
+# --write-stats` on 192 paragraphs of the shared corpora (English medical, Chinese, English web and books). Other
+# models are smoothed with statistics from their first calibration's texts.
+SHIPPED_SMOOTHING = {BUNDLED_EMBEDDER: REPO_ROOT / "data" / "smoothing" / "all-MiniLM-L6-v2.npz"}
 PATH_ENV = "STUDIO_EMBED_PATH"  # names a path to skip the calibration (benches, tests, a user overriding)
 # The ONNX paths calibrated at first use. onnx-int8-block (MatMulNBits on the unfused graph) is left out: its
 # fused twin was as accurate and faster wherever measured; it stays available by name.
@@ -86,7 +93,9 @@ _export_lock = threading.Lock()
 class EmbedConfig:
     model: str = BUNDLED_EMBEDDER  # the bundled all-MiniLM-L6-v2, or any sentence-transformers id or path
     max_tokens: int = 128  # truncation in word pieces; MiniLM was trained on <= 128 (see module docstring)
-    batch_size: int = 64
+    # 16: interleaved on 400 MedQuAD paragraphs, onnx-int8-smooth ran 4.5-4.7x plain at 16 and 4.1-4.2x at 64
+    # (activations stay in cache), torch fp32 54 against 45/s, torch bf16 the same at either
+    batch_size: int = 16
 
 
 def model_key(cfg: EmbedConfig, path: str) -> str:
@@ -158,38 +167,101 @@ def onnx_file(name: str, path: str, calibration_texts: Sequence[str] = ()) -> Pa
     if source is None or mode is None or not fastpath.onnx_available():
         return None
     folder = fastpath.onnx_dir("embed-" + source.name, source)
-    if path == fastpath.ONNX_INT8_SMOOTH and not (folder / SMOOTHING_FILE).exists():
+    if path == fastpath.ONNX_INT8_SMOOTH and not _smoothing_is_current(name, folder):
+        # left by an interrupted run, or made from other statistics or by another recipe: made again
         for stale in (folder / "model.smooth.onnx", folder / "model.smooth.block.onnx",
-                      fastpath.variant_file(folder, path)):  # left by an interrupted run: made again
+                      fastpath.variant_file(folder, path), folder / SMOOTHING_FILE):
             stale.unlink(missing_ok=True)
     return fastpath.onnx_variant(folder, path, lambda tmp: _export(model, source, mode, tmp), sensitive_matmuls,
                                  fuse=lambda src, tmp: _fuse(model, src, tmp),
-                                 smooth_maxima=lambda src: _smoothing_maxima(model, src, calibration_texts, folder),
+                                 smooth_maxima=lambda src: _smoothing_maxima(model, src, calibration_texts, folder,
+                                                                             SHIPPED_SMOOTHING.get(name)),
                                  smooth_block=lambda src: sensitive_matmuls(src, SMOOTH_BLOCK_DOWNS))
 
 
-def _smoothing_maxima(model: Any, source: Path, texts: Sequence[str], folder: Path) -> dict[str, np.ndarray]:
-    """The activation maxima `onnx-int8-smooth` is made from (SMOOTHING_TEXTS of `texts`, spread over their
-    lengths, truncated like the default configuration), recorded in SMOOTHING_FILE with their digest."""
-    distinct = list(dict.fromkeys(texts))
-    if len(distinct) < MIN_CALIBRATION_TEXTS:
-        raise ValueError(f"{fastpath.ONNX_INT8_SMOOTH} is made from the activations of {MIN_CALIBRATION_TEXTS}+ "
-                         f"calibration texts; {len(distinct)} given")
-    sample = fastpath.calibration_sample(distinct, SMOOTHING_TEXTS)
+def _smoothing_maxima(model: Any, source: Path, texts: Sequence[str], folder: Path,
+                      shipped: Path | None = None) -> dict[str, np.ndarray]:
+    """The activation maxima `onnx-int8-smooth` is made from, recorded in SMOOTHING_FILE with their digest: those
+    `shipped` with the studio for this model where they name every activation of its export, else measured on
+    SMOOTHING_TEXTS of `texts` (spread over their lengths, truncated like the default configuration)."""
+    maxima = read_smoothing_maxima(shipped) if shipped is not None and shipped.exists() else {}
+    wanted = {node.input[0] for node in _weight_matmul_nodes(source)}
+    if maxima and wanted <= set(maxima):
+        origin = f"shipped: {shipped.name}"  # type: ignore[union-attr]
+    else:
+        distinct = list(dict.fromkeys(texts))
+        if len(distinct) < MIN_CALIBRATION_TEXTS:
+            raise ValueError(f"{fastpath.ONNX_INT8_SMOOTH} is made from the activations of {MIN_CALIBRATION_TEXTS}+ "
+                             f"calibration texts; {len(distinct)} given")
+        sample = fastpath.calibration_sample(distinct, SMOOTHING_TEXTS)
+        maxima = measure_smoothing_maxima(model, source, sample)
+        origin = f"{len(sample)} calibration texts"
+    record = {"digest": fastpath.smoothing_digest(maxima, _smoothing_recipe()), "statistics": origin,
+              "recipe": _smoothing_recipe()}
+    (folder / SMOOTHING_FILE).write_text(json.dumps(record), encoding="utf-8")
+    return maxima
+
+
+def _smoothing_recipe() -> str:
+    """What, besides the statistics, makes an onnx-int8-smooth variant: part of its digest."""
+    return f"alpha={fastpath.SMOOTH_ALPHA}|blocks={SMOOTH_BLOCK_DOWNS}x{fastpath.SMOOTH_BLOCK_SIZE}"
+
+
+def _smoothing_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((folder / SMOOTHING_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("digest") else None
+
+
+def _smoothing_is_current(name: str, folder: Path) -> bool:
+    """Whether the onnx-int8-smooth variant in `folder` was made by this recipe (and, for a model with shipped
+    statistics, from them)."""
+    record = _smoothing_record(folder)
+    if record is None or record.get("recipe") != _smoothing_recipe():
+        return False
+    shipped = SHIPPED_SMOOTHING.get(name)
+    if shipped is None or not shipped.exists():
+        return True
+    return record["digest"] == fastpath.smoothing_digest(read_smoothing_maxima(shipped), _smoothing_recipe())
+
+
+def _weight_matmul_nodes(source: Path) -> list[Any]:
+    import onnx
+
+    names = set(fastpath.weight_matmuls(source))
+    return [node for node in onnx.load(str(source), load_external_data=False).graph.node if node.name in names]
+
+
+def measure_smoothing_maxima(model: Any, source: Path, texts: Sequence[str],
+                             max_tokens: int = EmbedConfig.max_tokens) -> dict[str, np.ndarray]:
+    """max |x_j| per channel of every weight MatMul's activation in the ONNX export `source` over `texts`."""
     wanted = list(model.tokenizer.model_input_names)
 
     def feeds() -> Any:
-        for start in range(0, len(sample), 8):
-            enc = model.tokenizer(sample[start:start + 8], padding=True, truncation=True,
-                                  max_length=EmbedConfig().max_tokens, return_tensors="np")
+        for start in range(0, len(texts), 8):
+            enc = model.tokenizer(list(texts[start:start + 8]), padding=True, truncation=True,
+                                  max_length=max_tokens, return_tensors="np")
             yield {k: enc[k].astype(np.int64) for k in wanted}, enc["attention_mask"].astype(bool)
 
-    maxima = fastpath.activation_maxima(source, feeds())
-    # the digest names everything the variant is made from: statistics, strength, the MatMuls kept in blocks
-    recipe = f"alpha={fastpath.SMOOTH_ALPHA}|blocks={SMOOTH_BLOCK_DOWNS}x{fastpath.SMOOTH_BLOCK_SIZE}"
-    record = {"digest": fastpath.smoothing_digest(maxima, recipe), "texts": len(sample), "recipe": recipe}
-    (folder / SMOOTHING_FILE).write_text(json.dumps(record), encoding="utf-8")
-    return maxima
+    return fastpath.activation_maxima(source, feeds())
+
+
+def write_smoothing_maxima(maxima: dict[str, np.ndarray], target: Path, texts: int) -> Path:
+    """Smoothing statistics as shipped in SHIPPED_SMOOTHING (names, sizes, values; `texts`: how many measured)."""
+    names = sorted(maxima)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(target, names=np.array(names), sizes=np.array([len(maxima[n]) for n in names]),
+                        values=np.concatenate([maxima[n] for n in names]).astype(np.float32),
+                        texts=np.array(texts))
+    return target
+
+
+def read_smoothing_maxima(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        bounds = np.cumsum(np.concatenate([[0], data["sizes"]]))
+        return {str(name): data["values"][bounds[i]:bounds[i + 1]] for i, name in enumerate(data["names"])}
 
 
 def smoothing_digest(name: str) -> str | None:
@@ -197,11 +269,8 @@ def smoothing_digest(name: str) -> str | None:
     source = _onnx_source(name)
     if source is None:
         return None
-    try:
-        record = json.loads((fastpath.onnx_dir("embed-" + source.name, source) / SMOOTHING_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return str(record.get("digest")) if record.get("digest") else None
+    record = _smoothing_record(fastpath.onnx_dir("embed-" + source.name, source))
+    return str(record["digest"]) if record else None
 
 
 def onnx_supported(name: str) -> bool:
