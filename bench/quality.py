@@ -156,8 +156,8 @@ def bench_perplexity(n_docs: int, max_tokens: int, chunk: int = 8,
             f"worst document perplexity deviation {worst:.2%} ({'within' if accepted else 'OUTSIDE'} the 2% bound)")
         print(f"  {path:16s}: {out[path]['tokens_per_s']:>7,.0f} tokens/s, {out[path]['vs_fp32']:.2f}x torch fp32; "
               f"median perplexity {statistics.median(p for p, _ in scores[path] if p):.2f}; {agreement}", flush=True)
-    chosen = fastpath.select_path(trials)
-    no_bf16 = fastpath.select_path([t for t in trials if t.path != TORCH_BF16])
+    chosen = fastpath.select_path(trials, higher_agrees_more=False)
+    no_bf16 = fastpath.select_path([t for t in trials if t.path != TORCH_BF16], higher_agrees_more=False)
     print(f"  RATIO chosen path {chosen} / torch fp32: {out[chosen]['vs_fp32']:.2f}x; with bf16 forced off "
           f"(STUDIO_NO_BF16=1, as on an AVX2-only CPU): {no_bf16}, {out[no_bf16]['vs_fp32']:.2f}x", flush=True)
     return out

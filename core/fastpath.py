@@ -187,12 +187,28 @@ class PathChoice:
         return cls(**{**data, "trials": trials})
 
 
-def select_path(trials: Sequence[PathTrial]) -> str:
-    """The fastest accepted trial's path; the fp32 reference when nothing else was accepted."""
+# Accepted paths within this share of the fastest one's speed count as equally fast (timings on a shared 2-core
+# machine move by about that much between runs): of those, the one closest to fp32 is chosen, so a path just
+# inside the bound does not win over one far inside it by a difference the clock cannot tell.
+SPEED_TIE = 0.05
+
+
+def select_path(trials: Sequence[PathTrial], higher_agrees_more: bool = True) -> str:
+    """The fastest accepted trial's path, the one closest to fp32 among those within SPEED_TIE of it (agreement:
+    higher is closer, as cosine, or with `higher_agrees_more=False` lower is, as a deviation); the fp32
+    reference when nothing else was accepted."""
     accepted = [t for t in trials if t.accepted and t.error is None and t.seconds > 0]
     if not accepted:
         return TORCH_FP32
-    return max(accepted, key=lambda t: t.per_second).path
+    fastest = max(t.per_second for t in accepted)
+    ties = [t for t in accepted if t.per_second >= fastest * (1 - SPEED_TIE)]
+
+    def closeness(t: PathTrial) -> float:
+        if t.agreement is None:  # the reference itself
+            return float("inf")
+        return t.agreement if higher_agrees_more else -t.agreement
+
+    return max(ties, key=lambda t: (closeness(t), t.per_second)).path
 
 
 def run_trials(paths: Sequence[str], items: int, compute: Callable[[str, bool], Any],

@@ -210,7 +210,7 @@ def calibrate(model: str, texts: Sequence[str], paths: Sequence[str] | None = No
     trials = fastpath.run_trials(paths, len(sample), compute, relative_deviation,
                                  accept=lambda worst: worst <= AGREEMENT_BOUND,
                                  progress=lambda m: progress(-1.0, m))
-    return PathChoice("perplexity", model, fastpath.select_path(trials),
+    return PathChoice("perplexity", model, fastpath.select_path(trials, higher_agrees_more=False),
                       f"max perplexity deviation <= {AGREEMENT_BOUND:.0%}", fastpath.cpu_feature_key(), trials)
 
 
