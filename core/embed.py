@@ -23,9 +23,9 @@ manages ~30 paragraphs/s on 2 cores), so this module makes it fast in three ways
   8-bit MatMulNBits. Its statistics are shipped for the bundled model (`data/smoothing/`) and come from the first
   calibration's texts (those outside the timed sample) for any other, once per model; the vectors' cache key
   names their digest. `bench/dedup.py --only embed`, 400 MedQuAD
-  paragraphs on a 2-core AVX-512 EPYC: 4.27x plain sentence-transformers, min cosine 0.9972 (onnx-int8-mixed
-  2.82x, plain onnx-int8 4.22x but 0.9882); `bench/embed_smoothquant.py`: 0.9940 on Chinese and 0.9937 on
-  English web and book paragraphs;
+  paragraphs on a 2-core AVX-512 EPYC: 4.35x plain sentence-transformers, min cosine 0.9973 (onnx-int8-mixed
+  2.84x; plain onnx-int8 as fast, at 0.9903 here and 0.97 on Chinese); `bench/embed_smoothquant.py`: 0.9940 on
+  Chinese and 0.9951 on English web and book paragraphs;
 - length-sorted batches so little compute goes to padding.
 
 Dynamic int8 quantisation in torch (torch.ao) was measured too and rejected: cosine to fp32 0.91 (0.97 per channel).
