@@ -80,6 +80,8 @@ SMOOTH_BLOCK_DOWNS = 2
 # --write-stats` on 192 paragraphs of the shared corpora (English medical, Chinese, English web and books). Other
 # models are smoothed with statistics from their first calibration's texts.
 SHIPPED_SMOOTHING = {BUNDLED_EMBEDDER: REPO_ROOT / "data" / "smoothing" / "all-MiniLM-L6-v2.npz"}
+# What, besides the statistics, makes an onnx-int8-smooth variant: part of its digest, so a change remakes it.
+SMOOTHING_RECIPE = f"alpha={fastpath.SMOOTH_ALPHA}|blocks={SMOOTH_BLOCK_DOWNS}x{fastpath.SMOOTH_BLOCK_SIZE}"
 PATH_ENV = "STUDIO_EMBED_PATH"  # names a path to skip the calibration (benches, tests, a user overriding)
 # The ONNX paths calibrated at first use. onnx-int8-block (MatMulNBits on the unfused graph) is left out: its
 # fused twin was as accurate and faster wherever measured; it stays available by name.
@@ -158,9 +160,9 @@ def _onnx_source(name: str) -> Path | None:
 def onnx_file(name: str, path: str, calibration_texts: Sequence[str] = ()) -> Path | None:
     """The ONNX export of a local embedding model for `path` (any of `fastpath.ONNX_PATHS`), made on first need
     and cached under STUDIO_CACHE; None where the model is not a local transformer + mean/cls pooling model or
-    onnxruntime is missing. `onnx-int8-smooth` is made once per model from the activations of
-    `calibration_texts` (the first calibration's; at least MIN_CALIBRATION_TEXTS distinct texts) and names them
-    in its vectors' cache key (`smoothing_digest`)."""
+    onnxruntime is missing. `onnx-int8-smooth` is made once per model from the statistics shipped for it
+    (SHIPPED_SMOOTHING), else from the activations of `calibration_texts` (the first calibration's; at least
+    MIN_CALIBRATION_TEXTS distinct texts); its vectors' cache key names them (`smoothing_digest`)."""
     source = _onnx_source(name)
     model = load_embedder(name)
     mode = _pooling_mode(model)
@@ -184,9 +186,8 @@ def _smoothing_maxima(model: Any, source: Path, texts: Sequence[str], folder: Pa
     """The activation maxima `onnx-int8-smooth` is made from, recorded in SMOOTHING_FILE with their digest: those
     `shipped` with the studio for this model where they name every activation of its export, else measured on
     SMOOTHING_TEXTS of `texts` (spread over their lengths, truncated like the default configuration)."""
-    maxima = read_smoothing_maxima(shipped) if shipped is not None and shipped.exists() else {}
-    wanted = {node.input[0] for node in _weight_matmul_nodes(source)}
-    if maxima and wanted <= set(maxima):
+    maxima = _shipped_maxima(shipped, source) if shipped is not None else None
+    if maxima is not None:
         origin = f"shipped: {shipped.name}"  # type: ignore[union-attr]
     else:
         distinct = list(dict.fromkeys(texts))
@@ -196,15 +197,20 @@ def _smoothing_maxima(model: Any, source: Path, texts: Sequence[str], folder: Pa
         sample = fastpath.calibration_sample(distinct, SMOOTHING_TEXTS)
         maxima = measure_smoothing_maxima(model, source, sample)
         origin = f"{len(sample)} calibration texts"
-    record = {"digest": fastpath.smoothing_digest(maxima, _smoothing_recipe()), "statistics": origin,
-              "recipe": _smoothing_recipe()}
+    record = {"digest": fastpath.smoothing_digest(maxima, SMOOTHING_RECIPE), "statistics": origin,
+              "recipe": SMOOTHING_RECIPE}
     (folder / SMOOTHING_FILE).write_text(json.dumps(record), encoding="utf-8")
     return maxima
 
 
-def _smoothing_recipe() -> str:
-    """What, besides the statistics, makes an onnx-int8-smooth variant: part of its digest."""
-    return f"alpha={fastpath.SMOOTH_ALPHA}|blocks={SMOOTH_BLOCK_DOWNS}x{fastpath.SMOOTH_BLOCK_SIZE}"
+@cache
+def _shipped_maxima(shipped: Path, source: Path) -> dict[str, np.ndarray] | None:
+    """The statistics in `shipped` where the file exists and names every activation of the export `source`
+    (another exporter may name them otherwise); None else. Read once per process."""
+    if not shipped.exists():
+        return None
+    maxima = read_smoothing_maxima(shipped)
+    return maxima if set(fastpath.matmul_activations(source)) <= set(maxima) else None
 
 
 def _smoothing_record(folder: Path) -> dict[str, Any] | None:
@@ -216,22 +222,14 @@ def _smoothing_record(folder: Path) -> dict[str, Any] | None:
 
 
 def _smoothing_is_current(name: str, folder: Path) -> bool:
-    """Whether the onnx-int8-smooth variant in `folder` was made by this recipe (and, for a model with shipped
-    statistics, from them)."""
+    """Whether the onnx-int8-smooth variant in `folder` was made by this recipe and, where the shipped statistics
+    fit the model's export, from them (where they do not fit, from calibration texts, once)."""
     record = _smoothing_record(folder)
-    if record is None or record.get("recipe") != _smoothing_recipe():
+    if record is None or record.get("recipe") != SMOOTHING_RECIPE:
         return False
-    shipped = SHIPPED_SMOOTHING.get(name)
-    if shipped is None or not shipped.exists():
-        return True
-    return record["digest"] == fastpath.smoothing_digest(read_smoothing_maxima(shipped), _smoothing_recipe())
-
-
-def _weight_matmul_nodes(source: Path) -> list[Any]:
-    import onnx
-
-    names = set(fastpath.weight_matmuls(source))
-    return [node for node in onnx.load(str(source), load_external_data=False).graph.node if node.name in names]
+    shipped, source = SHIPPED_SMOOTHING.get(name), folder / "model.onnx"
+    expected = _shipped_maxima(shipped, source) if shipped is not None and source.exists() else None
+    return expected is None or record["digest"] == fastpath.smoothing_digest(expected, SMOOTHING_RECIPE)
 
 
 def measure_smoothing_maxima(model: Any, source: Path, texts: Sequence[str],

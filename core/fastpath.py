@@ -507,8 +507,7 @@ def activation_maxima(source: Path, feeds: Iterable[tuple[dict[str, Any], Any]])
     import onnxruntime as ort
 
     graph = onnx.load(str(source))
-    names = set(weight_matmuls(source))
-    activations = list(dict.fromkeys(n.input[0] for n in graph.graph.node if n.name in names))
+    activations = matmul_activations(source)
     for name in activations:
         graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -520,6 +519,15 @@ def activation_maxima(source: Path, feeds: Iterable[tuple[dict[str, Any], Any]])
     if not maxima:
         raise ValueError("no calibration text to measure the activations on")
     return maxima
+
+
+def matmul_activations(source: Path) -> list[str]:
+    """The tensors the weight MatMuls of `source` read (each once, in graph order): what smoothing measures."""
+    import onnx
+
+    names = set(weight_matmuls(source))
+    nodes = onnx.load(str(source), load_external_data=False).graph.node
+    return list(dict.fromkeys(n.input[0] for n in nodes if n.name in names))
 
 
 def smoothing_digest(maxima: dict[str, Any], recipe: str = "") -> str:

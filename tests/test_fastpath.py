@@ -208,7 +208,7 @@ def test_smooth_path_is_made_once_and_named_in_the_cache_key(data_dir: Path, emp
     cfg = EmbedConfig()
     shipped = embed.SHIPPED_SMOOTHING[cfg.model]
     assert embed.onnx_file(cfg.model, ONNX_INT8_SMOOTH) is not None  # no texts needed: the shipped statistics
-    digest = fastpath.smoothing_digest(embed.read_smoothing_maxima(shipped), embed._smoothing_recipe())
+    digest = fastpath.smoothing_digest(embed.read_smoothing_maxima(shipped), embed.SMOOTHING_RECIPE)
     assert embed.smoothing_digest(cfg.model) == digest
     assert model_key(cfg, ONNX_INT8_SMOOTH).endswith(f"{ONNX_INT8_SMOOTH}@{digest}|{embed.EMBED_SCHEME}")
     held_out = _paragraphs(data_dir, MEDQUAD, 32) + _paragraphs(data_dir, DIALOGUE_ZH, 32)
@@ -224,11 +224,13 @@ def test_smooth_path_is_made_once_and_named_in_the_cache_key(data_dir: Path, emp
 @pytest.mark.slow
 def test_smooth_path_without_shipped_statistics_uses_calibration_text(data_dir: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A model without shipped statistics is smoothed with its first calibration's texts: too few are refused
-    with a clear error, enough make the variant once, and the record says where its statistics came from."""
+    """A model whose shipped statistics do not fit its export (here: they name other tensors) is smoothed with its
+    first calibration's texts: too few are refused with a clear error, enough make the variant once (not again
+    at every call), and the record says where its statistics came from."""
     monkeypatch.setenv("STUDIO_CACHE", str(tmp_path / "cache"))  # an export of its own, made here
-    monkeypatch.setattr(embed, "SHIPPED_SMOOTHING", {})
     cfg = EmbedConfig()
+    unfitting = embed.write_smoothing_maxima({"not/an/activation": np.ones(4)}, tmp_path / "other.npz", 1)
+    monkeypatch.setattr(embed, "SHIPPED_SMOOTHING", {cfg.model: unfitting})
     with pytest.raises(ValueError, match="16\\+ calibration texts; 1 given"):
         embed.onnx_file(cfg.model, ONNX_INT8_SMOOTH, ["one text"])
     texts = _paragraphs(data_dir, MEDQUAD, 24, skip=300)
