@@ -5,7 +5,8 @@ laptops, many AMD servers) it is emulated and slower than fp32. ONNX Runtime, in
 quantisation of the matrix multiplications, is fast on every x86 CPU, but int8 can move the results too far.
 So each model task (embeddings, perplexity) lists its candidate paths, times them on a small calibration sample
 at first use, measures their agreement with the fp32 reference (a worst case over the sample, not a mean), and
-keeps the fastest one within the bound. The choice is cached in a small JSON file under `STUDIO_CACHE`, keyed by
+keeps the fastest one within the bound (paths within `SPEED_TIE` of the fastest count as equally fast, and the
+closest to fp32 among them is kept). The choice is cached in a small JSON file under `STUDIO_CACHE`, keyed by
 task, model and CPU feature set, so another CPU (or `STUDIO_NO_BF16=1`) decides again.
 
 Path names: `torch-fp32` (the reference), `torch-bf16` (autocast, only where native), `onnx-fp32`, `onnx-int8`
