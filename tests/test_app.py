@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ from conftest import open_studio_page, run_page, wait_for_app
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
+from core.jobs import wait_step_job
 from core.workspace import Workspace
 from studio.widgets import current_job
 
@@ -72,9 +72,7 @@ def test_ingest_page_previews_and_runs_a_job(tmp_path: Path, data_dir: Path, mon
     assert not at.exception
     job = current_job(ws_path)
     assert job is not None and job.argv[0] == "ingest"
-    deadline = time.time() + 120
-    while job.running and time.time() < deadline:
-        time.sleep(0.5)
+    wait_step_job(job.workspace, job.job_id, timeout_s=120)
     assert job.exit_code() == 0, job.log_file.read_text()
     with Workspace.open(ws_path, read_only=True) as ws:
         assert ws.scalar("SELECT count(*) FROM documents WHERE language = 'zh'") == 7644

@@ -4,7 +4,6 @@ runs and re-applies as background jobs, and what people see in a real browser.""
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
 from core.dedup import DedupConfig, deduplicate, what_if
+from core.jobs import wait_step_job
 from core.workspace import Workspace, active_run
 from studio import widgets
 
@@ -35,9 +35,7 @@ def page(workspace: Path) -> AppTest:
 
 
 def wait_for(job: widgets.Job, seconds: float = 180) -> None:
-    deadline = time.time() + seconds
-    while job.running and time.time() < deadline:
-        time.sleep(0.5)
+    wait_step_job(job.workspace, job.job_id, timeout_s=seconds)
     assert job.exit_code() == 0, job.log_file.read_text() if job.log_file.exists() else "no log"
 
 

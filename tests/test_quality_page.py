@@ -4,7 +4,6 @@ through a background job, and what people see in a real browser (histogram with 
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from conftest import metric_value, run_page
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
+from core.jobs import wait_step_job
 from core.quality import QualityFilterConfig, QualityScoreConfig, apply_filters, filter_preview, score_quality
 from core.workspace import Workspace
 from studio import widgets
@@ -67,9 +67,7 @@ def test_counts_follow_the_threshold_and_apply_runs_as_a_job(scored_ws: Path) ->
     job = widgets.current_job(scored_ws)
     assert job is not None and job.argv[:2] == ["score", "--rules"]
     assert "word_count:min@latin=20" in job.argv and "--apply" in job.argv
-    deadline = time.time() + 180
-    while job.running and time.time() < deadline:
-        time.sleep(0.5)
+    wait_step_job(job.workspace, job.job_id, timeout_s=180)
     assert job.exit_code() == 0, job.log_file.read_text()
     with Workspace.open(scored_ws, read_only=True) as ws:
         drops = ws.query("SELECT count(*) FROM decisions d JOIN runs r USING (run_id) "

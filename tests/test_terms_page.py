@@ -12,6 +12,7 @@ from conftest import metric_value, run_page
 from streamlit.testing.v1 import AppTest
 
 from core.config import REPO_ROOT
+from core.jobs import wait_step_job
 from core.terms import TermFilterConfig, TermScoreConfig, filter_preview, score_terms
 from core.workspace import Workspace
 from studio import widgets
@@ -68,9 +69,7 @@ def test_counts_follow_the_threshold_and_apply_runs_as_a_job(scored_page_ws: Pat
     apply.click().run()
     job = widgets.current_job(scored_page_ws)
     assert job is not None and job.argv[0] == "terms" and "--apply" in job.argv
-    deadline = time.time() + 120
-    while job.running and time.time() < deadline:
-        time.sleep(0.5)
+    wait_step_job(job.workspace, job.job_id, timeout_s=120)
     assert job.exit_code() == 0, job.log_file.read_text() if job.log_file.exists() else "no log"
     with Workspace.open(scored_page_ws, read_only=True) as ws:
         assert ws.scalar("SELECT count(*) FROM active_drops WHERE step = 'terms'") == dropped_strict
@@ -160,8 +159,6 @@ def test_mined_candidates_are_reviewed_and_saved(mined_page_ws: Path) -> None:
     next(b for b in at.button if b.label == "Mine candidates").click().run()
     job = widgets.current_job(mined_page_ws)
     assert job is not None and job.argv[0] == "lexicon-mine"
-    deadline = time.time() + 120
-    while job.running and time.time() < deadline:
-        time.sleep(0.5)
+    wait_step_job(job.workspace, job.job_id, timeout_s=120)
     assert job.exit_code() == 0, job.log_file.read_text() if job.log_file.exists() else "no log"
     assert (mined_page_ws / "artifacts" / "lexicons" / "mined.csv").exists()
