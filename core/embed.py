@@ -171,9 +171,8 @@ def onnx_file(name: str, path: str, calibration_texts: Sequence[str] = ()) -> Pa
     folder = fastpath.onnx_dir("embed-" + source.name, source)
     if path == fastpath.ONNX_INT8_SMOOTH and not _smoothing_is_current(name, folder):
         # left by an interrupted run, or made from other statistics or by another recipe: made again
-        for stale in (folder / "model.smooth.onnx", folder / "model.smooth.block.onnx",
-                      fastpath.variant_file(folder, path), folder / SMOOTHING_FILE):
-            stale.unlink(missing_ok=True)
+        fastpath.remove_variant(folder, path)
+        (folder / SMOOTHING_FILE).unlink(missing_ok=True)
     return fastpath.onnx_variant(folder, path, lambda tmp: _export(model, source, mode, tmp), sensitive_matmuls,
                                  fuse=lambda src, tmp: _fuse(model, src, tmp),
                                  smooth_maxima=lambda src: _smoothing_maxima(model, src, calibration_texts, folder,

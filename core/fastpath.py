@@ -345,6 +345,21 @@ def variant_file(folder: Path, path: str) -> Path:
     return folder / f"model{'.fused' if graph == 'fused' else ''}{'' if quant == 'fp32' else '.' + quant}.onnx"
 
 
+def intermediate_files(folder: Path, path: str) -> tuple[Path, ...]:
+    """The graphs made on the way to an ONNX path's file and for it alone (`onnx-int8-smooth`: the smoothed fp32
+    graph, then its finer MatMuls as MatMulNBits). `onnx_variant` reuses them where they exist, so they go with the
+    variant (`remove_variant`)."""
+    if onnx_variant_parts(path)[1] != "int8-smooth":
+        return ()
+    return folder / "model.smooth.onnx", folder / "model.smooth.block.onnx"
+
+
+def remove_variant(folder: Path, path: str) -> None:
+    """Remove an ONNX path's file and its intermediate graphs, so the next `onnx_variant` makes it from scratch."""
+    for file in (variant_file(folder, path), *intermediate_files(folder, path)):
+        file.unlink(missing_ok=True)
+
+
 def onnx_variant_parts(path: str) -> tuple[str, str]:
     """('plain' | 'fused', 'fp32' | 'int8' | 'int8-mixed' | 'int8-block' | 'int8-smooth') of an ONNX path name."""
     if path not in ONNX_PATHS:
@@ -385,10 +400,11 @@ def onnx_variant(folder: Path, path: str, export: Callable[[Path], None],
         elif quant == "int8-block":
             quantize_int8_blockwise(source, target, block_sensitive(source))
         elif quant == "int8-smooth":
-            smoothed = atomic_onnx(folder / "model.smooth.onnx",
+            smoothed_file, blocked_file = intermediate_files(folder, path)
+            smoothed = atomic_onnx(smoothed_file,
                                    lambda tmp: smooth_graph(source, tmp, smooth_maxima(source)))  # type: ignore[misc]
             finer = set(smooth_block(smoothed))
-            blocked = quantize_int8_blockwise(smoothed, folder / "model.smooth.block.onnx",
+            blocked = quantize_int8_blockwise(smoothed, blocked_file,
                                               [n for n in weight_matmuls(smoothed) if n not in finer],
                                               block_size=SMOOTH_BLOCK_SIZE)
             quantize_int8(blocked, target)  # the MatMulNBits nodes are no longer MatMuls: left as they are
