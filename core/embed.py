@@ -185,9 +185,8 @@ def _smoothing_maxima(model: Any, source: Path, texts: Sequence[str], folder: Pa
     """The activation maxima `onnx-int8-smooth` is made from, recorded in SMOOTHING_FILE with their digest: those
     `shipped` with the studio for this model where they name every activation of its export, else measured on
     SMOOTHING_TEXTS of `texts` (spread over their lengths, truncated like the default configuration)."""
-    maxima = _shipped_maxima(shipped, source) if shipped is not None else None
-    if maxima is not None:
-        origin = f"shipped: {shipped.name}"  # type: ignore[union-attr]
+    if shipped is not None and (maxima := _shipped_maxima(shipped, source)) is not None:
+        origin = f"shipped: {shipped.name}"
     else:
         distinct = list(dict.fromkeys(texts))
         if len(distinct) < MIN_CALIBRATION_TEXTS:
